@@ -1,0 +1,1 @@
+"""Operator endpoints: tenants and their keys."""

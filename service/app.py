@@ -1,0 +1,119 @@
+"""create_app(settings): the one place that wires everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from service import __version__
+from service.admin.controller import AdminController
+from service.auth.cache import KeyCache
+from service.auth.controller import KeysController, MeController
+from service.auth.guards import PUBLIC_PATHS, BearerAuthMiddleware
+from service.auth.service import Authenticator, KeyService, LastUsedRecorder
+from service.config import Settings
+from service.db import Database
+from service.dependencies import DEPENDENCIES
+from service.errors import problem_details_plugin
+from service.health import HealthController
+from service.middleware import RequestContextMiddleware
+from service.tenants import store as tenant_store
+from service.tenants.service import TenantService
+
+log = logging.getLogger("vectorhive.app")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="vectorhive",
+        version=__version__,
+        description=(
+            "Multi-tenant vector database service. Authenticate with 'Authorization: Bearer <API key>'. "
+            "Errors are RFC 9457 application/problem+json."
+        ),
+        components=Components(
+            security_schemes={
+                "bearerAuth": SecurityScheme(type="http", scheme="bearer", description="vh_... key")
+            }
+        ),
+        security=[{"bearerAuth": []}],
+        use_handler_docstrings=True,
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    db = Database(settings.database)
+    cache = KeyCache(
+        ttl=settings.auth.api_key_cache_ttl,
+        max_size=settings.auth.api_key_cache_size,
+        negative_ttl=settings.auth.api_key_negative_cache_ttl,
+    )
+    recorder = LastUsedRecorder(db)
+    state = State(
+        {
+            "settings": settings,
+            "db": db,
+            "key_cache": cache,
+            "authenticator": Authenticator(db, settings.auth, cache, recorder),
+            "key_service": KeyService(db, cache),
+            "tenant_service": TenantService(db, cache),
+        }
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await db.start()
+        if settings.single_tenant:
+            await tenant_store.ensure(db.pool, settings.auth.default_tenant_id, "Default tenant")
+            if not _is_loopback(settings.server.host):
+                log.warning(
+                    "authentication is off (auth.require_authentication: false) and the server listens on "
+                    "a non-loopback address: anyone who can reach it has ADMIN on the default tenant",
+                    extra={"host": settings.server.host},
+                )
+        flusher = asyncio.create_task(recorder.run(), name="last-used-recorder")
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await recorder.flush()
+            await db.stop()
+
+    app = Litestar(
+        route_handlers=[HealthController, MeController, KeysController, AdminController],
+        dependencies=DEPENDENCIES,
+        middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
+        plugins=[problem_details_plugin()],
+        lifespan=[lifespan],
+        state=state,
+        openapi_config=openapi_config(),
+        logging_config=None,
+        debug=False,
+    )
+    # Litestar builds its middleware per route, so routing failures (404, 405) never pass through it.
+    # The request id and the access log must cover every response: wrap the outermost handler.
+    app.asgi_handler = RequestContextMiddleware(
+        app.asgi_handler, access_log_enabled=settings.server.access_log
+    )
+    return app

@@ -1,0 +1,91 @@
+"""The verified-key cache: bounded, with a TTL, keyed by a fast hash of the whole key.
+
+argon2id runs only on a miss. Revocation and tenant status changes evict at once in the
+process that made them; other replicas see them when the entry's TTL runs out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from service.auth.principal import Principal
+
+
+class KeyCache:
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_size: int,
+        negative_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_size = max_size
+        self.negative_ttl = negative_ttl
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._by_key_id: dict[str, bytes] = {}
+        self._negative: OrderedDict[bytes, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, fingerprint: bytes) -> Principal | None:
+        entry = self._entries.get(fingerprint)
+        if entry is None:
+            return None
+        principal, expires = entry
+        if expires <= self._clock():
+            self._drop(fingerprint)
+            return None
+        self._entries.move_to_end(fingerprint)
+        return principal
+
+    def put(self, fingerprint: bytes, principal: Principal) -> None:
+        self._entries[fingerprint] = (principal, self._clock() + self.ttl)
+        self._entries.move_to_end(fingerprint)
+        if principal.key_id is not None:
+            self._by_key_id[principal.key_id] = fingerprint
+        self._negative.pop(fingerprint, None)
+        while len(self._entries) > self.max_size:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def is_known_bad(self, fingerprint: bytes) -> bool:
+        expires = self._negative.get(fingerprint)
+        if expires is None:
+            return False
+        if expires <= self._clock():
+            del self._negative[fingerprint]
+            return False
+        return True
+
+    def put_known_bad(self, fingerprint: bytes) -> None:
+        if self.negative_ttl <= 0:
+            return
+        self._negative[fingerprint] = self._clock() + self.negative_ttl
+        self._negative.move_to_end(fingerprint)
+        while len(self._negative) > self.max_size:
+            self._negative.popitem(last=False)
+
+    def evict_key(self, key_id: str) -> None:
+        fingerprint = self._by_key_id.get(key_id)
+        if fingerprint is not None:
+            self._drop(fingerprint)
+
+    def evict_tenant(self, tenant_id: str) -> None:
+        for fingerprint in [fp for fp, (p, _) in self._entries.items() if p.tenant_id == tenant_id]:
+            self._drop(fingerprint)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_key_id.clear()
+        self._negative.clear()
+
+    def _drop(self, fingerprint: bytes) -> None:
+        entry = self._entries.pop(fingerprint, None)
+        if entry is not None and entry[0].key_id is not None:
+            self._by_key_id.pop(entry[0].key_id, None)

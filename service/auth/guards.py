@@ -1,0 +1,77 @@
+"""Route guards: what a principal may do. Authentication itself happens in the middleware."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from service.auth.principal import Permission, Principal
+from service.auth.service import Authenticator
+from service.errors import Forbidden, Unauthorized
+
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+
+# Routes any caller may reach without a key.
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema"]
+
+
+class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        authenticator: Authenticator = connection.app.state.authenticator
+        header = connection.headers.get("authorization")
+        if header is None:
+            if not authenticator.settings.require_authentication:
+                return AuthenticationResult(user=authenticator.default_principal(), auth=None)
+            raise Unauthorized("No API key was sent: add the header 'Authorization: Bearer <key>'.")
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
+        return AuthenticationResult(user=await authenticator.authenticate(token), auth=None)
+
+
+def _tenant_checks(principal: Principal) -> None:
+    if principal.is_operator:
+        raise Forbidden(
+            "Operator keys work only on /api/v1/admin and /api/v1/cluster; use a tenant key here.",
+            code="operator_key_not_allowed",
+        )
+    if principal.permission is Permission.MCP:
+        raise Forbidden("MCP keys work only on the MCP endpoint.", code="mcp_key_not_allowed")
+    if not principal.tenant_active:
+        raise Forbidden(f"Tenant '{principal.tenant_id}' is suspended.", code="tenant_suspended")
+
+
+def requires(permission: Permission) -> Guard:
+    """A tenant key whose permission includes `permission`, of an active tenant."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal: Principal = connection.user
+        _tenant_checks(principal)
+        if not principal.allows(permission):
+            raise Forbidden(
+                f"This key has permission '{principal.permission}'; this operation needs '{permission}'.",
+                code="insufficient_permission",
+            )
+
+    guard.__name__ = f"requires_{permission.value}"
+    return guard
+
+
+def any_principal(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Operators, or tenant REST keys of an active tenant."""
+    principal: Principal = connection.user
+    if not principal.is_operator:
+        _tenant_checks(principal)
+
+
+def operator_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    principal: Principal = connection.user
+    if not principal.is_operator:
+        raise Forbidden("This endpoint needs an operator key.", code="operator_key_required")

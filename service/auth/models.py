@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from service.auth.keys import KeyKind
+from service.auth.principal import Permission
+
+COLLECTION_NAME_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
+CollectionName = Annotated[str, msgspec.Meta(pattern=COLLECTION_NAME_PATTERN)]
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class ApiKey(msgspec.Struct, kw_only=True):
+    """A key as lists show it: never its secret, never its hash."""
+
+    key_id: str
+    kind: KeyKind
+    tenant_id: str | None
+    name: str
+    permission: Permission | None
+    collections: list[str] | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    rotated_from: str | None
+
+
+class CreatedApiKey(ApiKey, kw_only=True):
+    """A key just made: the only time `key` is ever shown."""
+
+    key: str
+
+
+class CreateKeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    permission: Permission
+    name: KeyName = "api key"
+    collections: Annotated[list[CollectionName], msgspec.Meta(min_length=1, max_length=1000)] | None = None
+    expires_at: datetime | None = None

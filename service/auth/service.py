@@ -1,0 +1,264 @@
+"""Key lifecycle (create, list, revoke, rotate) and authentication (key -> Principal)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from service.auth import store
+from service.auth.cache import KeyCache
+from service.auth.keys import KeyKind, fingerprint, hash_secret, new_key, parse_key, verify_secret
+from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
+from service.auth.principal import Permission, Principal
+from service.config import AuthSettings
+from service.db import Database
+from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from service.metrics import AUTH_CACHE_HITS, AUTH_CACHE_MISSES, AUTH_FAILURES, AUTH_HASH_CHECKS
+from service.pagination import Page, decode_cursor, page_of
+from service.tenants import store as tenant_store
+
+log = logging.getLogger("vectorhive.auth")
+
+INVALID_KEY = "The API key is not valid."
+
+
+def _created(key: ApiKey, token: str) -> CreatedApiKey:
+    return CreatedApiKey(**{f: getattr(key, f) for f in ApiKey.__struct_fields__}, key=token)
+
+
+def _check_expiry(expires_at: datetime | None) -> None:
+    if expires_at is None:
+        return
+    if expires_at.tzinfo is None:
+        raise InvalidRequest(
+            "expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z",
+            errors=[{"field": "expires_at", "source": "body", "message": "time zone missing"}],
+        )
+    if expires_at <= datetime.now(UTC):
+        raise InvalidRequest(
+            "expires_at must be in the future",
+            errors=[{"field": "expires_at", "source": "body", "message": "in the past"}],
+        )
+
+
+class KeyService:
+    def __init__(self, db: Database, cache: KeyCache | None = None) -> None:
+        self.db = db
+        self.cache = cache
+
+    async def create(self, tenant_id: str | None, request: CreateKeyRequest) -> CreatedApiKey:
+        """A tenant key (tenant_id set) or an operator key (tenant_id None; permission ignored)."""
+        _check_expiry(request.expires_at)
+        kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
+        token, parsed = new_key(kind)
+        secret_hash = await asyncio.to_thread(hash_secret, parsed.secret)
+        async with self.db.transaction() as conn:
+            if tenant_id is not None and await tenant_store.get(conn, tenant_id) is None:
+                raise NotFound(f"Tenant '{tenant_id}' does not exist.")
+            key = await store.insert(
+                conn,
+                key_id=parsed.key_id,
+                kind=kind,
+                tenant_id=tenant_id,
+                name=request.name,
+                permission=request.permission if kind is KeyKind.TENANT else None,
+                collections=sorted(set(request.collections)) if request.collections and tenant_id else None,
+                secret_hash=secret_hash,
+                expires_at=request.expires_at,
+            )
+        log.info("api key created", extra={"key_id": key.key_id, "tenant_id": tenant_id, "kind": kind.value})
+        return _created(key, token)
+
+    async def list(self, tenant_id: str | None, *, cursor: str | None, limit: int) -> Page[ApiKey]:
+        kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
+        keys = await store.list_page(
+            self.db.pool, tenant_id=tenant_id, kind=kind, after=decode_cursor(cursor), limit=limit + 1
+        )
+        return page_of(keys, limit, lambda k: k.key_id)
+
+    async def get(self, tenant_id: str | None, key_id: str) -> ApiKey:
+        kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
+        key = await store.get(self.db.pool, key_id, tenant_id=tenant_id, kind=kind)
+        if key is None:
+            raise NotFound(f"API key '{key_id}' does not exist.")
+        return key
+
+    async def revoke(self, tenant_id: str | None, key_id: str, *, any_tenant: bool = False) -> ApiKey:
+        """Revoke a key of `tenant_id` (or any key at all, for the operator CLI with any_tenant)."""
+        async with self.db.transaction() as conn:
+            if not any_tenant:
+                await self._get_locked(conn, tenant_id, key_id)
+            key = await store.revoke(conn, key_id)
+        if key is None:
+            raise NotFound(f"API key '{key_id}' does not exist.")
+        self._forget(key_id)
+        log.info("api key revoked", extra={"key_id": key_id, "tenant_id": key.tenant_id})
+        return key
+
+    async def rotate(self, tenant_id: str, key_id: str) -> CreatedApiKey:
+        """A new key with the same name, permission, scope and expiry; the old one is revoked at once."""
+        token, parsed = new_key(KeyKind.TENANT)
+        secret_hash = await asyncio.to_thread(hash_secret, parsed.secret)
+        async with self.db.transaction() as conn:
+            old = await self._get_locked(conn, tenant_id, key_id)
+            if old.revoked_at is not None:
+                raise Conflict(f"API key '{key_id}' is revoked; create a new key instead.")
+            new = await store.insert(
+                conn,
+                key_id=parsed.key_id,
+                kind=KeyKind.TENANT,
+                tenant_id=tenant_id,
+                name=old.name,
+                permission=old.permission,
+                collections=old.collections,
+                secret_hash=secret_hash,
+                expires_at=old.expires_at,
+                rotated_from=old.key_id,
+            )
+            await store.revoke(conn, key_id)
+        self._forget(key_id)
+        log.info(
+            "api key rotated", extra={"key_id": key_id, "new_key_id": new.key_id, "tenant_id": tenant_id}
+        )
+        return _created(new, token)
+
+    async def _get_locked(self, conn: Any, tenant_id: str | None, key_id: str) -> ApiKey:
+        kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
+        row = await conn.fetchrow("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
+        key = await store.get(conn, key_id, tenant_id=tenant_id, kind=kind) if row else None
+        if key is None:
+            raise NotFound(f"API key '{key_id}' does not exist.")
+        return key
+
+    def _forget(self, key_id: str) -> None:
+        if self.cache is not None:
+            self.cache.evict_key(key_id)
+
+
+class LastUsedRecorder:
+    """Batches last_used_at updates for cached hits, so that a hit costs no database write."""
+
+    def __init__(self, db: Database, interval: float = 30.0) -> None:
+        self.db = db
+        self.interval = interval
+        self._pending: dict[str, datetime] = {}
+
+    def note(self, key_id: str) -> None:
+        self._pending[key_id] = datetime.now(UTC)
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        try:
+            await store.touch(self.db.pool, list(pending), list(pending.values()))
+        except Exception:
+            log.warning("could not record last_used_at; will retry", exc_info=True)
+            for key_id, used in pending.items():
+                self._pending.setdefault(key_id, used)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+
+class Authenticator:
+    def __init__(
+        self, db: Database, settings: AuthSettings, cache: KeyCache, recorder: LastUsedRecorder
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.cache = cache
+        self.recorder = recorder
+        self._hash_slots = asyncio.Semaphore(settings.max_concurrent_hash_checks)
+        # Concurrent first uses of one key share one verification instead of queueing N argon2 runs.
+        self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
+
+    def default_principal(self) -> Principal:
+        """Single-tenant mode without a key: the default tenant, with ADMIN permission."""
+        return Principal(
+            kind=KeyKind.TENANT,
+            key_id=None,
+            tenant_id=self.settings.default_tenant_id,
+            permission=Permission.ADMIN,
+        )
+
+    async def authenticate(self, token: str) -> Principal:
+        fp = fingerprint(token)
+        principal = self.cache.get(fp)
+        if principal is not None:
+            AUTH_CACHE_HITS.inc()
+            if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
+                self.cache.evict_key(principal.key_id or "")
+                AUTH_FAILURES.labels("expired").inc()
+                raise Unauthorized("The API key has expired.")
+            if principal.key_id is not None:
+                self.recorder.note(principal.key_id)
+            return principal
+        AUTH_CACHE_MISSES.inc()
+        if self.cache.is_known_bad(fp):
+            AUTH_FAILURES.labels("invalid").inc()
+            raise Unauthorized(INVALID_KEY)
+
+        inflight = self._inflight.get(fp)
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
+        self._inflight[fp] = future
+        try:
+            principal = await self._verify(token, fp)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        else:
+            future.set_result(principal)
+            return principal
+        finally:
+            del self._inflight[fp]
+
+    async def _verify(self, token: str, fp: bytes) -> Principal:
+        parsed = parse_key(token)
+        if parsed is None:
+            AUTH_FAILURES.labels("malformed").inc()
+            raise Unauthorized(
+                "The API key is malformed: expected 'Authorization: Bearer vh_<key id>_<secret>'."
+            )
+        found = await store.for_auth(self.db.pool, parsed.key_id)
+        if found is None or found.key.kind is not parsed.kind:
+            self.cache.put_known_bad(fp)
+            AUTH_FAILURES.labels("invalid").inc()
+            raise Unauthorized(INVALID_KEY)
+        async with self._hash_slots:
+            AUTH_HASH_CHECKS.inc()
+            ok = await asyncio.to_thread(verify_secret, found.secret_hash, parsed.secret)
+        if not ok:
+            self.cache.put_known_bad(fp)
+            AUTH_FAILURES.labels("invalid").inc()
+            raise Unauthorized(INVALID_KEY)
+        key = found.key
+        if key.revoked_at is not None:
+            self.cache.put_known_bad(fp)
+            AUTH_FAILURES.labels("revoked").inc()
+            raise Unauthorized("The API key has been revoked.")
+        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+            AUTH_FAILURES.labels("expired").inc()
+            raise Unauthorized("The API key has expired.")
+        principal = Principal(
+            kind=key.kind,
+            key_id=key.key_id,
+            tenant_id=key.tenant_id,
+            permission=key.permission,
+            collections=frozenset(key.collections) if key.collections is not None else None,
+            tenant_active=found.tenant_active,
+            expires_at=key.expires_at,
+        )
+        self.cache.put(fp, principal)
+        await store.touch(self.db.pool, [key.key_id], [datetime.now(UTC)])
+        return principal

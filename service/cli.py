@@ -1,0 +1,291 @@
+"""vectorhive serve | migrate | openapi | tenants ... | keys ...
+
+Every command reads ./config.yml (or --config PATH) plus VECTORHIVE_* overrides. Commands that
+touch data work whether or not the server runs: on the embedded database they attach to the
+running instance or start it for the duration of the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import msgspec
+
+from service.config import ConfigError, Settings, load_settings
+from service.errors import ServiceError
+from service.logs import configure_logging
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class CliError(Exception):
+    """A message for the user; exit status 1."""
+
+
+def parse_expiry(text: str, *, now: datetime | None = None) -> datetime:
+    """'30d', '12h', '90m' from now, or an ISO 8601 time (UTC when it names no zone)."""
+    now = now or datetime.now(UTC)
+    match = _DURATION.fullmatch(text.strip())
+    if match:
+        return now + timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(
+            f"--expires: '{text}' is neither a duration like 30d/12h/90m nor an ISO 8601 time"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _json_line(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[Any]:
+    from service.db import Database
+
+    # A CLI command needs a connection or two, not the server's pool.
+    db_settings = msgspec.structs.replace(settings.database, pool_min_size=1, pool_max_size=2)
+    db = Database(db_settings)
+    await db.start()
+    try:
+        yield db
+    finally:
+        await db.stop()
+
+
+def _run(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with _database(settings) as db:
+            return await action(db)
+
+    return asyncio.run(main())
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    if args.host is not None:
+        settings.server.host = args.host
+    if args.port is not None:
+        settings.server.port = args.port
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+        )
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async def action(db: Any) -> str:
+        revision: str = await db.pool.fetchval("SELECT version_num FROM alembic_version")
+        return revision
+
+    settings.database.migrate_on_startup = True
+    print(f"database at revision {_run(settings, action)}", file=sys.stderr)
+    return 0
+
+
+def cmd_openapi(settings: Settings, args: argparse.Namespace) -> int:
+    from service.app import create_app
+
+    print(openapi_json(create_app(settings)))
+    return 0
+
+
+def openapi_json(app: Any) -> str:
+    return json.dumps(app.openapi_schema.to_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
+    from service.tenants.models import TenantStatus
+    from service.tenants.service import TenantService
+
+    async def action(db: Any) -> int:
+        tenants = TenantService(db)
+        if args.tenants_command == "create":
+            print(_json_line(await tenants.create(args.id, args.name)))
+        elif args.tenants_command == "list":
+            cursor = None
+            while True:
+                page = await tenants.list(cursor=cursor, limit=500)
+                for tenant in page.items:
+                    print(_json_line(tenant))
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        elif args.tenants_command in ("suspend", "resume"):
+            status = TenantStatus.SUSPENDED if args.tenants_command == "suspend" else TenantStatus.ACTIVE
+            print(_json_line(await tenants.set_status(args.id, status)))
+        return 0
+
+    return _run(settings, action)
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    from service.auth.models import CreateKeyRequest
+    from service.auth.principal import Permission
+    from service.auth.service import KeyService
+
+    if args.keys_command == "create":
+        if args.operator == (args.tenant is not None):
+            raise CliError("keys create: give either --tenant ID (with --permission) or --operator")
+        if args.tenant is not None and args.permission is None:
+            raise CliError("keys create --tenant: --permission admin|read_write|read_only|mcp is required")
+        if args.operator and (args.permission or args.collections):
+            raise CliError("keys create --operator: operator keys take no --permission or --collections")
+        collections = (
+            [c.strip() for c in args.collections.split(",") if c.strip()] if args.collections else None
+        )
+        try:
+            request = msgspec.convert(
+                {
+                    "permission": args.permission or Permission.ADMIN.value,
+                    "name": args.name or ("operator key" if args.operator else f"{args.permission} key"),
+                    "collections": collections,
+                    "expires_at": parse_expiry(args.expires) if args.expires else None,
+                },
+                CreateKeyRequest,
+            )
+        except msgspec.ValidationError as exc:
+            raise CliError(f"keys create: {exc}") from None
+    if args.keys_command == "list" and args.operator == (args.tenant is not None):
+        raise CliError("keys list: give either --tenant ID or --operator")
+
+    async def action(db: Any) -> int:
+        keys = KeyService(db)
+        if args.keys_command == "create":
+            created = await keys.create(args.tenant, request)
+            owner = f"tenant '{created.tenant_id}'" if created.tenant_id else "operators"
+            print(
+                f"created key {created.key_id} for {owner}"
+                + (f" with permission {created.permission}" if created.permission else "")
+                + "; it is shown once, below",
+                file=sys.stderr,
+            )
+            print(created.key)
+        elif args.keys_command == "list":
+            cursor = None
+            while True:
+                page = await keys.list(args.tenant, cursor=cursor, limit=500)
+                for key in page.items:
+                    print(_json_line(key))
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        elif args.keys_command == "revoke":
+            revoked = await keys.revoke(None, args.key_id, any_tenant=True)
+            print(f"revoked key {revoked.key_id} at {revoked.revoked_at}", file=sys.stderr)
+        return 0
+
+    return _run(settings, action)
+
+
+# --- argument parsing ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before or after the command name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="configuration file (default ./config.yml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="vectorhive",
+        description=__doc__,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the HTTP server")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.set_defaults(handler=cmd_serve)
+
+    commands.add_parser("migrate", parents=[common], help="apply database migrations").set_defaults(
+        handler=cmd_migrate
+    )
+    commands.add_parser("openapi", parents=[common], help="print the OpenAPI document").set_defaults(
+        handler=cmd_openapi
+    )
+
+    tenants = commands.add_parser("tenants", parents=[common], help="manage tenants")
+    tenants.set_defaults(handler=cmd_tenants)
+    tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    create = tenant_commands.add_parser("create", parents=[common], help="create a tenant")
+    create.add_argument("id", help="tenant id: [a-z0-9][a-z0-9-]{0,62}")
+    create.add_argument("--name", help="display name (default: the id)")
+    tenant_commands.add_parser("list", parents=[common], help="list tenants as JSON lines")
+    for action in ("suspend", "resume"):
+        sub = tenant_commands.add_parser(action, parents=[common], help=f"{action} a tenant")
+        sub.add_argument("id")
+
+    keys = commands.add_parser("keys", parents=[common], help="manage API keys")
+    keys.set_defaults(handler=cmd_keys)
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kc = key_commands.add_parser("create", parents=[common], help="create a key; prints it once on stdout")
+    kc.add_argument("--tenant", metavar="ID")
+    kc.add_argument("--operator", action="store_true", help="an operator key (admin and cluster endpoints)")
+    kc.add_argument("--permission", choices=["admin", "read_write", "read_only", "mcp"])
+    kc.add_argument("--collections", metavar="A,B", help="limit the key to these collections")
+    kc.add_argument("--expires", metavar="WHEN", help="30d, 12h, 90m or an ISO 8601 time")
+    kc.add_argument("--name")
+    kl = key_commands.add_parser("list", parents=[common], help="list keys as JSON lines")
+    kl.add_argument("--tenant", metavar="ID")
+    kl.add_argument("--operator", action="store_true")
+    kr = key_commands.add_parser("revoke", parents=[common], help="revoke a key at once")
+    kr.add_argument("key_id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"vectorhive: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.server.log_level if args.command == "serve" else "warning")
+    try:
+        code: int = args.handler(settings, args)
+    except (CliError, ServiceError) as exc:
+        print(f"vectorhive: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

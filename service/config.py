@@ -1,0 +1,263 @@
+"""Typed settings: built-in defaults, then config.yml, then VECTORHIVE_<SECTION>__<KEY> variables.
+
+Every option is documented with its default in the repository's config.yml. Loading never half
+succeeds: any problem raises ConfigError naming the option (and where its value came from).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+ENV_PREFIX = "VECTORHIVE_"
+DEFAULT_CONFIG_FILE = "config.yml"
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the option and the problem."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+class DatabaseSettings(_Section):
+    url: str | None = None
+    data_dir: str = "./data/postgres"
+    migrate_on_startup: bool = True
+    pool_min_size: Annotated[int, msgspec.Meta(ge=0)] = 2
+    pool_max_size: PositiveInt = 10
+    command_timeout: Seconds = 60.0
+
+
+class AuthSettings(_Section):
+    require_authentication: bool = True
+    api_key_cache_ttl: Seconds = 300.0
+    api_key_cache_size: PositiveInt = 10_000
+    api_key_negative_cache_ttl: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    max_concurrent_hash_checks: PositiveInt = 4
+    default_tenant_id: str = "default"
+
+
+class ClusterSettings(_Section):
+    enabled: bool = False
+    hivehub_api_url: str | None = None
+    hivehub_api_key: str | None = None
+    quota_check_interval: Seconds = 60.0
+    usage_report_interval: Seconds = 300.0
+
+
+class RateLimitingSettings(_Section):
+    enabled: bool = True
+    default_requests_per_minute: PositiveInt = 1000
+    default_requests_per_hour: PositiveInt = 10_000
+    storage_uri: str = "memory://"
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
+    rate_limiting: RateLimitingSettings = msgspec.field(default_factory=RateLimitingSettings)
+
+    @property
+    def single_tenant(self) -> bool:
+        """Local-development mode: one default tenant served without keys."""
+        return not self.auth.require_authentication
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.database.data_dir)
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    name: type(getattr(Settings(), name)) for name in Settings.__struct_fields__
+}
+
+_TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, where: str) -> Any:
+    """Expand ${VAR} and ${VAR:-default} inside string values of the file (as the seed's examples do)."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def expand(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: refers to environment variable {name}, which is not set")
+
+    return _ENV_REF.sub(expand, value)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path}: the top level must be a mapping of sections")
+    result: dict[str, Any] = _interpolate(data, "")
+    return result
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Overlay VECTORHIVE_<SECTION>__<KEY> variables; return option -> variable name for messages."""
+    origins: dict[str, str] = {}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :]
+        if "__" not in rest:
+            # Other VECTORHIVE_* variables (not settings) are allowed, e.g. by wrappers.
+            continue
+        section, _, key = rest.lower().partition("__")
+        section_type = _SECTIONS.get(section)
+        if section_type is None:
+            raise ConfigError(f"{var}: there is no configuration section '{section}'")
+        if key not in section_type.__struct_fields__:
+            raise ConfigError(f"{var}: section '{section}' has no option '{key}'")
+        value = _parse_env_value(raw, textual=key in _text_options(section_type))
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{section}: must be a mapping of options")
+        target[key] = value
+        origins[f"{section}.{key}"] = var
+    return origins
+
+
+def _text_options(section_type: type[_Section]) -> set[str]:
+    """Options typed as text: an override like VECTORHIVE_AUTH__DEFAULT_TENANT_ID=007 stays "007"."""
+    info = msgspec.inspect.type_info(section_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    names = set()
+    for field in info.fields:
+        typ = field.type
+        members = typ.types if isinstance(typ, msgspec.inspect.UnionType) else (typ,)
+        if any(isinstance(m, msgspec.inspect.StrType) for m in members):
+            names.add(field.name)
+    return names
+
+
+def _parse_env_value(raw: str, *, textual: bool) -> Any:
+    """Read a variable by YAML scalar rules, so "true", "8080" and "null" mean what they do in the file."""
+    if textual:
+        return None if raw in ("", "null", "~") else raw
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+
+
+def _option_from_msgspec_path(message: str) -> tuple[str, str]:
+    """msgspec's "Expected `int`, got `str` - at `$.server.port`" -> ("server.port", "Expected ...")."""
+    text, sep, path = message.rpartition(" - at `")
+    if not sep:
+        return "", message
+    option = path.rstrip("`").removeprefix("$").lstrip(".")
+    option = re.sub(r"\[(\d+)\]", r"[\1]", option)
+    return option, text
+
+
+def _check_semantics(settings: Settings) -> None:
+    if settings.database.pool_min_size > settings.database.pool_max_size:
+        raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
+    url = settings.database.url
+    if url is not None and not re.match(r"^postgres(ql)?://", url):
+        raise ConfigError("database.url: must be a postgresql:// URL (or null for the embedded database)")
+    if not _TENANT_ID.fullmatch(settings.auth.default_tenant_id):
+        raise ConfigError("auth.default_tenant_id: must match [a-z0-9][a-z0-9-]{0,62}")
+    if settings.cluster.enabled and not settings.auth.require_authentication:
+        raise ConfigError(
+            "auth.require_authentication: must be true when cluster.enabled is true "
+            "(unauthenticated single-tenant mode is for local development only)"
+        )
+    if settings.cluster.hivehub_api_url is not None:
+        raise ConfigError(
+            "cluster.hivehub_api_url: HiveHub key validation is not available in this version; "
+            "leave it unset and use keys created with `vectorhive keys create`"
+        )
+    if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
+        raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Load settings the way every command does.
+
+    path=None reads ./config.yml when it exists (built-in defaults otherwise); an explicit path
+    must exist. Relative paths inside (the data folder) resolve against the working directory.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_file(Path(path))
+    elif (cwd / DEFAULT_CONFIG_FILE).is_file():
+        data = _read_file(cwd / DEFAULT_CONFIG_FILE)
+
+    for section, value in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{section}: unknown configuration section (known: {', '.join(_SECTIONS)})")
+        if value is None:
+            data[section] = {}
+        elif not isinstance(value, dict):
+            raise ConfigError(f"{section}: must be a mapping of options")
+
+    origins = _apply_env(data, environ)
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        option, problem = _option_from_msgspec_path(str(exc))
+        if "unknown field" in problem:
+            field = re.search(r"`([^`]+)`", problem)
+            name = f"{option}.{field.group(1)}" if field and option else (field.group(1) if field else option)
+            raise ConfigError(f"{name}: unknown option") from None
+        source = f" (from {origins[option]})" if option in origins else ""
+        raise ConfigError(f"{option or 'configuration'}{source}: {problem}") from None
+
+    data_dir = Path(settings.database.data_dir).expanduser()
+    if not data_dir.is_absolute():
+        settings.database.data_dir = str((cwd / data_dir).resolve())
+    _check_semantics(settings)
+    return settings
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(settings)
+    return result

@@ -1,0 +1,34 @@
+"""Litestar dependency providers: the principal and the services, from the app's state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.di import Provide
+
+from service.auth.principal import Principal
+from service.auth.service import KeyService
+from service.tenants.service import TenantService
+
+
+def _principal(request: Request[Any, Any, Any]) -> Principal:
+    principal: Principal = request.user
+    return principal
+
+
+def _keys(request: Request[Any, Any, Any]) -> KeyService:
+    service: KeyService = request.app.state.key_service
+    return service
+
+
+def _tenants(request: Request[Any, Any, Any]) -> TenantService:
+    service: TenantService = request.app.state.tenant_service
+    return service
+
+
+DEPENDENCIES = {
+    "principal": Provide(_principal, sync_to_thread=False),
+    "keys": Provide(_keys, sync_to_thread=False),
+    "tenants": Provide(_tenants, sync_to_thread=False),
+}

@@ -1,0 +1,210 @@
+"""The exception tree and its one rendering: RFC 9457 application/problem+json.
+
+Services raise ServiceError subclasses; Litestar's own HTTP exceptions (validation, routing,
+405, ...) and anything unexpected are mapped onto the same shape by problem_details_plugin():
+
+    {"type": "urn:vectorhive:problem:<code>", "title": ..., "status": ..., "detail": ...,
+     "code": "<code>", "instance": "<path>", "request_id": ..., "errors": [{"field", "message"}]?}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:vectorhive:problem:"
+
+log = logging.getLogger("vectorhive.errors")
+
+
+class ServiceError(Exception):
+    """A failure the client should be told about. Subclasses fix status, code and title."""
+
+    status = 400
+    code = "invalid_request"
+    title = "The request is invalid"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.errors = errors
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+class InvalidRequest(ServiceError):
+    pass
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+    title = "Authentication is required"
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="vectorhive"'})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+    title = "Not allowed"
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+    title = "Conflict with the current state"
+
+
+class ServiceUnavailable(ServiceError):
+    status = 503
+    code = "unavailable"
+    title = "Temporarily unavailable"
+
+
+# Litestar's own exceptions, by status: (code, title).
+_HTTP_CODES: dict[int, tuple[str, str]] = {
+    400: ("invalid_request", "The request is invalid"),
+    401: ("unauthorized", "Authentication is required"),
+    403: ("forbidden", "Not allowed"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    409: ("conflict", "Conflict with the current state"),
+    413: ("payload_too_large", "The request body is too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("rate_limited", "Too many requests"),
+    500: ("internal_error", "Internal server error"),
+    503: ("unavailable", "Temporarily unavailable"),
+}
+
+
+class Problem(ProblemDetailsException):
+    """The rendered form; carries everything to_response needs."""
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str,
+        title: str,
+        detail: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail=detail, status_code=status, headers=dict(headers or {}), title=title)
+        self.code = code
+        self.errors = errors
+        self.members = dict(extra or {})
+
+    def to_response(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE_PREFIX + self.code,
+            "title": self.title,
+            "status": self.status_code,
+            "detail": self.detail,
+            "code": self.code,
+            "instance": request.url.path,
+        }
+        request_id = request.scope.get("state", {}).get("request_id")
+        if request_id:
+            body["request_id"] = request_id
+        if self.errors:
+            body["errors"] = self.errors
+        body.update(self.members)
+        return Response(
+            body, status_code=self.status_code, headers=self.headers, media_type=PROBLEM_MEDIA_TYPE
+        )
+
+
+def _from_service_error(exc: ServiceError) -> Problem:
+    return Problem(
+        status=exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        errors=exc.errors,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
+
+
+def _validation_errors(exc: ValidationException) -> list[dict[str, Any]] | None:
+    if not isinstance(exc.extra, list):
+        return None
+    errors = []
+    for item in exc.extra:
+        if isinstance(item, Mapping):
+            entry = {"message": str(item.get("message", ""))}
+            if item.get("key"):
+                entry["field"] = str(item["key"])
+            if item.get("source"):
+                entry["source"] = str(item["source"])
+            errors.append(entry)
+    return errors or None
+
+
+def _from_http_exception(exc: HTTPException) -> Problem:
+    status = exc.status_code
+    code, title = _HTTP_CODES.get(status, ("error", "Error"))
+    detail = exc.detail or title
+    errors = _validation_errors(exc) if isinstance(exc, ValidationException) else None
+    if status == 500:
+        # Litestar's 500s may carry internal text; clients get the generic sentence.
+        detail = "An unexpected error occurred; quote the request_id when reporting it."
+    return Problem(status=status, code=code, title=title, detail=detail, errors=errors, headers=exc.headers)
+
+
+def _from_unexpected(exc: Exception) -> Problem:
+    log.error("unhandled exception", exc_info=exc)
+    return Problem(
+        status=500,
+        code="internal_error",
+        title="Internal server error",
+        detail="An unexpected error occurred; quote the request_id when reporting it.",
+    )
+
+
+def _handle_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[dict[str, Any]]:
+    return exc.to_response(request)
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    """Litestar's problem-details plugin, with every exception class mapped onto one shape."""
+
+    mapping: dict[type[Exception], Any] = {
+        ServiceError: _from_service_error,
+        HTTPException: _from_http_exception,
+        Exception: _from_unexpected,
+    }
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(exception_handler=_handle_problem, exception_to_problem_detail_map=mapping)
+    )

@@ -1,0 +1,77 @@
+"""Request context: a request id accepted or generated and echoed, and one access-log line per request.
+
+Plain ASGI so that it wraps everything, including authentication failures and routing errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+access_log = logging.getLogger("vectorhive.access")
+
+
+def request_id_of(scope: Scope) -> str | None:
+    state: dict[str, Any] = scope.get("state", {})
+    value = state.get("request_id")
+    return value if isinstance(value, str) else None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, access_log_enabled: bool = True) -> None:
+        self.app = app
+        self.access_log_enabled = access_log_enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID_OK.fullmatch(candidate):
+                    request_id = candidate
+                break
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode("latin-1"))
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log_enabled:
+                principal = scope.get("user")
+                access_log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope.get("method"),
+                        # The route template, not the raw path: raw paths can carry ids of other tenants.
+                        "route": scope.get("path_template") or scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "tenant_id": getattr(principal, "tenant_id", None),
+                        "key_id": getattr(principal, "key_id", None),
+                    },
+                )

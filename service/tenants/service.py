@@ -1,0 +1,58 @@
+"""Tenant lifecycle, as operators drive it."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from service.auth.cache import KeyCache
+from service.db import Database
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.pagination import Page, decode_cursor, page_of
+from service.tenants import store
+from service.tenants.models import TENANT_ID_PATTERN, Tenant, TenantStatus
+
+log = logging.getLogger("vectorhive.tenants")
+
+
+class TenantService:
+    def __init__(self, db: Database, cache: KeyCache | None = None) -> None:
+        self.db = db
+        self.cache = cache
+
+    async def create(self, tenant_id: str, display_name: str | None = None) -> Tenant:
+        if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
+            raise InvalidRequest(
+                f"Tenant id '{tenant_id}' is not valid: use 1-63 lower-case letters, digits and '-', "
+                "starting with a letter or digit.",
+                errors=[{"field": "id", "message": f"must match {TENANT_ID_PATTERN}"}],
+            )
+        tenant = await store.insert(self.db.pool, tenant_id, display_name or tenant_id)
+        if tenant is None:
+            raise Conflict(f"Tenant '{tenant_id}' already exists.")
+        log.info("tenant created", extra={"tenant_id": tenant_id})
+        return tenant
+
+    async def get(self, tenant_id: str) -> Tenant:
+        tenant = await store.get(self.db.pool, tenant_id)
+        if tenant is None:
+            raise NotFound(f"Tenant '{tenant_id}' does not exist.")
+        return tenant
+
+    async def list(
+        self, *, cursor: str | None, limit: int, status: TenantStatus | None = None
+    ) -> Page[Tenant]:
+        tenants = await store.list_page(
+            self.db.pool, after=decode_cursor(cursor), limit=limit + 1, status=status
+        )
+        return page_of(tenants, limit, lambda t: t.id)
+
+    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant:
+        tenant = await store.set_status(self.db.pool, tenant_id, status)
+        if tenant is None:
+            raise NotFound(f"Tenant '{tenant_id}' does not exist.")
+        if self.cache is not None:
+            # Cached principals carry the tenant's status; take effect at once in this process.
+            self.cache.evict_tenant(tenant_id)
+        log.info("tenant status changed", extra={"tenant_id": tenant_id, "status": status.value})
+        return tenant

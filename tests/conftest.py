@@ -1,0 +1,139 @@
+"""Shared fixtures: one real embedded PostgreSQL (18 + pgvector) per test session, migrated with
+Alembic by the app itself; isolation between tests comes from fresh tenants, not fresh databases."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.auth.models import CreateKeyRequest
+from service.auth.principal import Permission
+from service.auth.service import KeyService
+from service.config import Settings, load_settings
+from service.db import Database
+from service.db.embedded import EmbeddedPostgres
+from service.tenants.service import TenantService
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    data_dir = Path(tempfile.mkdtemp(prefix="vectorhive-test-")) / "postgres"
+    server = EmbeddedPostgres(data_dir)
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+    """Settings on the test database; keyword overrides as {"section": {"key": value}}."""
+
+    def make(**sections: dict[str, Any]) -> Settings:
+        settings = load_settings(environ={}, cwd=tmp_path_factory.mktemp("cwd"))
+        data = msgspec.to_builtins(settings)
+        data["database"].update(url=pg_url, pool_min_size=1, pool_max_size=5)
+        data["server"]["access_log"] = True
+        for section, values in sections.items():
+            data[section].update(values)
+        return msgspec.convert(data, Settings)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+async def db(make_settings: Callable[..., Settings]) -> AsyncIterator[Database]:
+    """A pool in the tests' own event loop, for setting up and checking rows directly."""
+    database = Database(make_settings().database)
+    await database.start(migrate=True)
+    try:
+        yield database
+    finally:
+        await database.stop()
+
+
+@pytest.fixture(scope="session")
+async def app(make_settings: Callable[..., Settings]) -> Litestar:
+    return create_app(make_settings())
+
+
+@pytest.fixture(scope="session")
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+async def operator_key(db: Database) -> str:
+    return (await KeyService(db).create(None, CreateKeyRequest(permission=Permission.ADMIN))).key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@dataclass
+class TenantKeys:
+    tenant_id: str
+    admin: str
+    keys: dict[str, str]
+
+    def key(self, permission: str) -> str:
+        return self.keys[permission]
+
+
+@pytest.fixture
+def unique_id() -> Callable[[str], str]:
+    return lambda prefix="t": f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_tenant(db: Database, unique_id: Callable[[str], str]) -> Callable[..., Any]:
+    """A fresh tenant with one key per requested permission (ADMIN always)."""
+
+    async def make(*permissions: str, collections: list[str] | None = None) -> TenantKeys:
+        tenant_id = unique_id("t")
+        await TenantService(db).create(tenant_id)
+        keys = KeyService(db)
+        made: dict[str, str] = {}
+        for permission in {"admin", *permissions}:
+            created = await keys.create(
+                tenant_id,
+                CreateKeyRequest(
+                    permission=Permission(permission),
+                    collections=collections if permission != "admin" else None,
+                ),
+            )
+            made[permission] = created.key
+        return TenantKeys(tenant_id=tenant_id, admin=made["admin"], keys=made)
+
+    return make
+
+
+def assert_problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The one error shape (RFC 9457), with our extension members."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("urn:vectorhive:problem:")
+    assert body["type"] == "urn:vectorhive:problem:" + body["code"]
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    if code is not None:
+        assert body["code"] == code, body
+    return body

@@ -1,0 +1,134 @@
+"""Configuration: defaults, config.yml, VECTORHIVE_<SECTION>__<KEY> overrides and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    settings = load_settings(environ={}, cwd=tmp_path)
+    assert settings.server.port == 8000
+    assert settings.database.url is None
+    assert settings.database.data_dir == str(tmp_path / "data" / "postgres")
+    assert settings.auth.require_authentication is True
+    assert settings.auth.api_key_cache_ttl == 300
+    assert settings.cluster.enabled is False
+    assert settings.rate_limiting.default_requests_per_minute == 1000
+    assert settings.rate_limiting.default_requests_per_hour == 10000
+
+
+def test_shipped_config_matches_built_in_defaults(tmp_path: Path) -> None:
+    """config.yml documents every option with its default: loading it changes nothing."""
+    shipped = load_settings(REPO / "config.yml", environ={}, cwd=tmp_path)
+    assert shipped == load_settings(environ={}, cwd=tmp_path)
+    text = (REPO / "config.yml").read_text()
+    for section in shipped.__struct_fields__:
+        for option in getattr(shipped, section).__struct_fields__:
+            assert f"  {option}:" in text, f"config.yml does not document {section}.{option}"
+
+
+def test_reads_config_yml_from_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "config.yml").write_text("server:\n  port: 9123\ndatabase:\n  data_dir: here/pg\n")
+    settings = load_settings(environ={}, cwd=tmp_path)
+    assert settings.server.port == 9123
+    assert settings.database.data_dir == str(tmp_path / "here" / "pg")
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("server:\n  port: 9123\n")
+    settings = load_settings(
+        path,
+        environ={
+            "VECTORHIVE_SERVER__PORT": "8080",
+            "VECTORHIVE_DATABASE__URL": "postgresql://u@db.example/vh",
+            "VECTORHIVE_AUTH__REQUIRE_AUTHENTICATION": "false",
+            "VECTORHIVE_AUTH__DEFAULT_TENANT_ID": "007",
+            "VECTORHIVE_RATE_LIMITING__DEFAULT_REQUESTS_PER_MINUTE": "50",
+        },
+        cwd=tmp_path,
+    )
+    assert settings.server.port == 8080
+    assert settings.database.url == "postgresql://u@db.example/vh"
+    assert settings.auth.require_authentication is False
+    assert settings.auth.default_tenant_id == "007"  # text options stay text
+    assert settings.rate_limiting.default_requests_per_minute == 50
+
+
+def test_environment_interpolation_in_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("database:\n  url: ${PGURL}\n  data_dir: ${NOPE:-fallback/pg}\n")
+    monkeypatch.setenv("PGURL", "postgresql://x@y/z")
+    settings = load_settings(path, environ={}, cwd=tmp_path)
+    assert settings.database.url == "postgresql://x@y/z"
+    assert settings.database.data_dir == str(tmp_path / "fallback" / "pg")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "environ", "message"),
+    [
+        ("server:\n  port: eighty\n", {}, "server.port"),
+        ("server:\n  port: 70000\n", {}, "server.port"),
+        ("server:\n  prot: 80\n", {}, "server.prot: unknown option"),
+        ("servr:\n  port: 80\n", {}, "servr: unknown configuration section"),
+        ("server: 8080\n", {}, "server: must be a mapping"),
+        ("auth:\n  api_key_cache_ttl: -1\n", {}, "auth.api_key_cache_ttl"),
+        ("server:\n  log_level: loud\n", {}, "server.log_level"),
+        ("database:\n  url: mysql://x\n", {}, "database.url"),
+        ("database:\n  pool_min_size: 20\n  pool_max_size: 5\n", {}, "database.pool_min_size"),
+        (
+            "cluster:\n  enabled: true\nauth:\n  require_authentication: false\n",
+            {},
+            "auth.require_authentication",
+        ),
+        ("database:\n  url: ${MISSING_VAR}\n", {}, "MISSING_VAR"),
+        ("[1, 2]\n", {}, "top level must be a mapping"),
+        ("server: {port: [\n", {}, "not valid YAML"),
+        ("", {"VECTORHIVE_SERVER__PORT": "abc"}, "server.port (from VECTORHIVE_SERVER__PORT)"),
+        (
+            "",
+            {"VECTORHIVE_SERVER__NOPE": "1"},
+            "VECTORHIVE_SERVER__NOPE: section 'server' has no option 'nope'",
+        ),
+        (
+            "",
+            {"VECTORHIVE_NOPE__PORT": "1"},
+            "VECTORHIVE_NOPE__PORT: there is no configuration section 'nope'",
+        ),
+    ],
+)
+def test_invalid_configuration_names_the_option(
+    tmp_path: Path, yaml_text: str, environ: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(path, environ=environ, cwd=tmp_path)
+    assert message in str(excinfo.value)
+
+
+def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_settings(tmp_path / "absent.yml", environ={}, cwd=tmp_path)
+
+
+def test_cli_stops_with_a_clear_message_on_bad_configuration(tmp_path: Path) -> None:
+    (tmp_path / "config.yml").write_text("server:\n  port: eighty\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "configuration error: server.port" in result.stderr
+    assert "Traceback" not in result.stderr
