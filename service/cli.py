@@ -116,7 +116,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_openapi(settings: Settings, args: argparse.Namespace) -> int:
     from service.app import create_app
 
-    print(openapi_json(create_app(settings)))
+    sys.stdout.write(openapi_json(create_app(settings)))
     return 0
 
 

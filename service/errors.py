@@ -13,8 +13,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
     ProblemDetailsException,
@@ -177,6 +179,8 @@ def _from_http_exception(exc: HTTPException) -> Problem:
     code, title = _HTTP_CODES.get(status, ("error", "Error"))
     detail = exc.detail or title
     errors = _validation_errors(exc) if isinstance(exc, ValidationException) else None
+    if isinstance(exc.__cause__, SerializationException):
+        detail = f"The request body is not valid JSON: {exc.detail}"
     if status == 500:
         # Litestar's 500s may carry internal text; clients get the generic sentence.
         detail = "An unexpected error occurred; quote the request_id when reporting it."
@@ -208,3 +212,42 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
     return ProblemDetailsPlugin(
         ProblemDetailsConfig(exception_handler=_handle_problem, exception_to_problem_detail_map=mapping)
     )
+
+
+class ProblemDocument(msgspec.Struct, kw_only=True):
+    """The schema of every error body (RFC 9457 plus our extension members), for the OpenAPI document."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str
+    request_id: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+_STATUS_TEXT = {
+    400: "Invalid request (problem+json; `errors` names the fields)",
+    401: "Missing, malformed, unknown, expired or revoked API key",
+    403: "The key may not do this (permission, key kind, suspended tenant)",
+    404: "Not found (also what another tenant's resources look like)",
+    409: "Conflict with the current state",
+    503: "A dependency is unavailable",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error statuses a route can answer with."""
+    return {
+        status: ResponseSpec(
+            data_container=ProblemDocument,
+            description=_STATUS_TEXT[status],
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+AUTHENTICATED = (400, 401, 403)

@@ -9,7 +9,7 @@ from litestar import Controller, Request, get
 
 from service import __version__
 from service.db import Database
-from service.errors import ServiceUnavailable
+from service.errors import ServiceUnavailable, problem_responses
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -25,7 +25,12 @@ class HealthController(Controller):
     async def healthz(self) -> Health:
         return Health(status="ok", version=__version__)
 
-    @get("/readyz", operation_id="getReadiness", summary="The database is reachable")
+    @get(
+        "/readyz",
+        operation_id="getReadiness",
+        responses=problem_responses(503),
+        summary="The database is reachable",
+    )
     async def readyz(self, request: Request[Any, Any, Any]) -> Health:
         db: Database = request.app.state.db
         try:

@@ -29,7 +29,10 @@ def decode_cursor(cursor: str | None) -> str | None:
     if cursor is None or cursor == "":
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        decoded = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        if not decoded:
+            raise ValueError("empty cursor")
+        return decoded
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidRequest(
             "cursor is not one this service issued; pass next_cursor from the previous page",

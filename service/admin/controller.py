@@ -13,6 +13,7 @@ from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import operator_only
 from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.service import KeyService
+from service.errors import AUTHENTICATED, problem_responses
 from service.pagination import Page
 from service.tenants.models import Tenant, TenantId, TenantStatus
 from service.tenants.service import TenantService
@@ -28,13 +29,23 @@ class AdminController(Controller):
     tags = ["admin"]
     guards = [operator_only]
 
-    @post("/tenants", operation_id="createTenant", summary="Create a tenant")
+    @post(
+        "/tenants",
+        operation_id="createTenant",
+        responses=problem_responses(*AUTHENTICATED, 409),
+        summary="Create a tenant",
+    )
     async def create_tenant(
         self, tenants: NamedDependency[TenantService], data: JSONBody[CreateTenantRequest]
     ) -> Tenant:
         return await tenants.create(data.id, data.display_name)
 
-    @get("/tenants", operation_id="listTenants", summary="List tenants")
+    @get(
+        "/tenants",
+        operation_id="listTenants",
+        responses=problem_responses(*AUTHENTICATED),
+        summary="List tenants",
+    )
     async def list_tenants(
         self,
         tenants: NamedDependency[TenantService],
@@ -46,13 +57,19 @@ class AdminController(Controller):
     ) -> Page[Tenant]:
         return await tenants.list(cursor=cursor, limit=limit, status=status)
 
-    @get("/tenants/{tenant_id:str}", operation_id="getTenant", summary="One tenant")
+    @get(
+        "/tenants/{tenant_id:str}",
+        operation_id="getTenant",
+        responses=problem_responses(*AUTHENTICATED, 404),
+        summary="One tenant",
+    )
     async def get_tenant(self, tenants: NamedDependency[TenantService], tenant_id: FromPath[str]) -> Tenant:
         return await tenants.get(tenant_id)
 
     @post(
         "/tenants/{tenant_id:str}/suspend",
         operation_id="suspendTenant",
+        responses=problem_responses(*AUTHENTICATED, 404),
         status_code=200,
         summary="Suspend a tenant: its keys get 403 until it is resumed",
     )
@@ -64,6 +81,7 @@ class AdminController(Controller):
     @post(
         "/tenants/{tenant_id:str}/resume",
         operation_id="resumeTenant",
+        responses=problem_responses(*AUTHENTICATED, 404),
         status_code=200,
         summary="Resume a suspended tenant",
     )
@@ -75,6 +93,7 @@ class AdminController(Controller):
     @post(
         "/tenants/{tenant_id:str}/keys",
         operation_id="createTenantKey",
+        responses=problem_responses(*AUTHENTICATED, 404),
         summary="Create an API key for a tenant (the key is shown only in this response)",
     )
     async def create_tenant_key(
@@ -82,7 +101,12 @@ class AdminController(Controller):
     ) -> CreatedApiKey:
         return await keys.create(tenant_id, data)
 
-    @get("/tenants/{tenant_id:str}/keys", operation_id="listTenantKeys", summary="List a tenant's API keys")
+    @get(
+        "/tenants/{tenant_id:str}/keys",
+        operation_id="listTenantKeys",
+        responses=problem_responses(*AUTHENTICATED, 404),
+        summary="List a tenant's API keys",
+    )
     async def list_tenant_keys(
         self,
         tenants: NamedDependency[TenantService],
@@ -97,6 +121,7 @@ class AdminController(Controller):
     @delete(
         "/tenants/{tenant_id:str}/keys/{key_id:str}",
         operation_id="revokeTenantKey",
+        responses=problem_responses(*AUTHENTICATED, 404),
         status_code=200,
         summary="Revoke one of a tenant's API keys",
     )

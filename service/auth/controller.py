@@ -15,6 +15,7 @@ from service.auth.keys import KeyKind
 from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.principal import Permission, Principal
 from service.auth.service import KeyService
+from service.errors import AUTHENTICATED, problem_responses
 from service.pagination import Page
 
 PageLimit = Annotated[int, QueryParameter(ge=1, le=1000, description="Items per page")]
@@ -34,7 +35,13 @@ class MeController(Controller):
     path = "/api/v1/me"
     tags = ["keys"]
 
-    @get("", operation_id="getCurrentPrincipal", guards=[any_principal], summary="Who is calling")
+    @get(
+        "",
+        operation_id="getCurrentPrincipal",
+        responses=problem_responses(*AUTHENTICATED),
+        guards=[any_principal],
+        summary="Who is calling",
+    )
     async def me(self, principal: NamedDependency[Principal]) -> Me:
         return Me(
             kind=principal.kind,
@@ -53,7 +60,12 @@ class KeysController(Controller):
     tags = ["keys"]
     guards = [requires(Permission.ADMIN)]
 
-    @get("", operation_id="listKeys", summary="List this tenant's API keys")
+    @get(
+        "",
+        operation_id="listKeys",
+        responses=problem_responses(*AUTHENTICATED),
+        summary="List this tenant's API keys",
+    )
     async def list_keys(
         self,
         principal: NamedDependency[Principal],
@@ -63,7 +75,12 @@ class KeysController(Controller):
     ) -> Page[ApiKey]:
         return await keys.list(principal.tenant_id, cursor=cursor, limit=limit)
 
-    @post("", operation_id="createKey", summary="Create an API key (the key is shown only in this response)")
+    @post(
+        "",
+        operation_id="createKey",
+        responses=problem_responses(*AUTHENTICATED),
+        summary="Create an API key (the key is shown only in this response)",
+    )
     async def create_key(
         self,
         principal: NamedDependency[Principal],
@@ -72,13 +89,24 @@ class KeysController(Controller):
     ) -> CreatedApiKey:
         return await keys.create(principal.tenant_id, data)
 
-    @get("/{key_id:str}", operation_id="getKey", summary="One API key")
+    @get(
+        "/{key_id:str}",
+        operation_id="getKey",
+        responses=problem_responses(*AUTHENTICATED, 404),
+        summary="One API key",
+    )
     async def get_key(
         self, principal: NamedDependency[Principal], keys: NamedDependency[KeyService], key_id: FromPath[str]
     ) -> ApiKey:
         return await keys.get(principal.tenant_id, key_id)
 
-    @delete("/{key_id:str}", operation_id="revokeKey", status_code=200, summary="Revoke an API key at once")
+    @delete(
+        "/{key_id:str}",
+        operation_id="revokeKey",
+        responses=problem_responses(*AUTHENTICATED, 404),
+        status_code=200,
+        summary="Revoke an API key at once",
+    )
     async def revoke_key(
         self, principal: NamedDependency[Principal], keys: NamedDependency[KeyService], key_id: FromPath[str]
     ) -> ApiKey:
@@ -87,6 +115,7 @@ class KeysController(Controller):
     @post(
         "/{key_id:str}/rotate",
         operation_id="rotateKey",
+        responses=problem_responses(*AUTHENTICATED, 404, 409),
         summary="Replace a key: a new key with the same settings; the old one is revoked at once",
     )
     async def rotate_key(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -25,9 +26,15 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+# Alembic's `context` is a module-level proxy, so two upgrades in one process must not overlap.
+# Across processes (replicas) env.py serialises them with a PostgreSQL advisory lock.
+_in_process = threading.Lock()
+
+
 def upgrade_to_head(url: str) -> None:
     """Blocking (env.py runs its own event loop): call it from a worker thread inside async code."""
-    command.upgrade(alembic_config(url), "head")
+    with _in_process:
+        command.upgrade(alembic_config(url), "head")
 
 
 def head_revision() -> str:

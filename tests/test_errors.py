@@ -1,0 +1,99 @@
+"""Every error class renders as the same RFC 9457 problem+json; request ids are accepted or made."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from litestar import Litestar, get
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.config import Settings
+from tests.conftest import assert_problem, bearer
+
+
+async def test_validation_error_names_the_field(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+    tenant = await make_tenant()
+    body = assert_problem(
+        await client.post("/api/v1/keys", headers=bearer(tenant.admin), json={"permission": "superuser"}),
+        400,
+        "invalid_request",
+    )
+    assert body["errors"] == [
+        {"message": "Invalid enum value 'superuser'", "field": "permission", "source": "body"}
+    ]
+    body = assert_problem(
+        await client.post(
+            "/api/v1/keys", headers=bearer(tenant.admin), json={"permission": "admin", "bogus": 1}
+        ),
+        400,
+    )
+    assert "bogus" in str(body)
+
+
+async def test_malformed_json_is_400(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+    tenant = await make_tenant()
+    response = await client.post(
+        "/api/v1/keys",
+        headers=bearer(tenant.admin) | {"content-type": "application/json"},
+        content=b'{"permission": ',
+    )
+    body = assert_problem(response, 400, "invalid_request")
+    assert "JSON" in body["detail"]
+
+
+async def test_bad_query_parameter_is_400(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+    tenant = await make_tenant()
+    body = assert_problem(
+        await client.get("/api/v1/keys", headers=bearer(tenant.admin), params={"limit": "x"}), 400
+    )
+    assert body["errors"][0]["field"] == "limit"
+
+
+async def test_unknown_route_is_404_problem(client: AsyncTestClient[Litestar]) -> None:
+    body = assert_problem(await client.get("/api/v1/nothing-here"), 404, "not_found")
+    assert body["instance"] == "/api/v1/nothing-here"
+
+
+async def test_wrong_method_is_405_problem(client: AsyncTestClient[Litestar]) -> None:
+    assert_problem(await client.delete("/healthz"), 405, "method_not_allowed")
+
+
+async def test_unexpected_exception_is_500_problem_without_internals(
+    make_settings: Callable[..., Settings],
+) -> None:
+    @get("/api/v1/boom", operation_id="boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    app = create_app(make_settings(auth={"require_authentication": False}))
+    app.register(boom)
+    async with AsyncTestClient(app, raise_server_exceptions=False) as client:
+        body = assert_problem(await client.get("/api/v1/boom"), 500, "internal_error")
+    assert "secret internal detail" not in str(body)
+    assert "request_id" in body["detail"]
+
+
+async def test_readiness_is_503_problem_when_the_database_is_gone(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings())
+    async with AsyncTestClient(app, raise_server_exceptions=False) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        client.blocking_portal.call(app.state.db.pool.close)
+        assert_problem(await client.get("/readyz"), 503, "unavailable")
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_request_id_is_echoed_or_generated(client: AsyncTestClient[Litestar]) -> None:
+    given = await client.get("/healthz", headers={"X-Request-ID": "abc-123.x"})
+    assert given.headers["x-request-id"] == "abc-123.x"
+    generated = await client.get("/healthz")
+    assert len(generated.headers["x-request-id"]) == 32
+    # Unsafe ids (log injection, oversized) are replaced, not echoed.
+    unsafe = await client.get("/healthz", headers={"X-Request-ID": "a b\tc" + "x" * 200})
+    assert unsafe.headers["x-request-id"] != "a b\tc" + "x" * 200
+    assert len(unsafe.headers["x-request-id"]) == 32
+    error = await client.get("/api/v1/me", headers={"X-Request-ID": "trace-42"})
+    assert error.json()["request_id"] == "trace-42"

@@ -1,0 +1,52 @@
+"""openapi/openapi.json is exactly what `vectorhive openapi` prints for the current app."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from service.app import create_app
+from service.cli import openapi_json
+from service.config import load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+EXPORTED = REPO / "openapi" / "openapi.json"
+
+
+def current_document(tmp_path: Path) -> str:
+    return openapi_json(create_app(load_settings(environ={}, cwd=tmp_path)))
+
+
+def test_exported_document_matches_the_app(tmp_path: Path) -> None:
+    assert EXPORTED.read_text() == current_document(tmp_path), (
+        "openapi/openapi.json is stale: regenerate it with `vectorhive openapi > openapi/openapi.json`"
+    )
+
+
+def test_cli_prints_the_same_document(tmp_path: Path) -> None:
+    printed = subprocess.run(
+        [sys.executable, "-m", "service.cli", "openapi"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == current_document(tmp_path)
+
+
+def test_every_operation_has_an_id_and_documents_its_errors(tmp_path: Path) -> None:
+    document = json.loads(current_document(tmp_path))
+    ids = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("operationId"), f"{method} {path} has no operationId"
+            ids.append(operation["operationId"])
+            if path.startswith("/api/"):
+                for status in ("401", "403"):
+                    response = operation["responses"][status]
+                    assert "application/problem+json" in response["content"], f"{method} {path} {status}"
+    assert len(ids) == len(set(ids))
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"

