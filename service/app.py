@@ -21,6 +21,9 @@ from service.auth.cache import KeyCache
 from service.auth.controller import KeysController, MeController
 from service.auth.guards import PUBLIC_PATHS, BearerAuthMiddleware
 from service.auth.service import Authenticator, KeyService, LastUsedRecorder
+from service.collections.controller import CollectionsController
+from service.collections.indexer import IndexBuilder
+from service.collections.service import CollectionService
 from service.config import Settings
 from service.db import Database
 from service.dependencies import DEPENDENCIES
@@ -68,6 +71,7 @@ def create_app(settings: Settings) -> Litestar:
         negative_ttl=settings.auth.api_key_negative_cache_ttl,
     )
     recorder = LastUsedRecorder(db)
+    indexer = IndexBuilder(db, settings.collections)
     state = State(
         {
             "settings": settings,
@@ -76,6 +80,8 @@ def create_app(settings: Settings) -> Litestar:
             "authenticator": Authenticator(db, settings.auth, cache, recorder),
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),
+            "indexer": indexer,
+            "collection_service": CollectionService(db, settings.collections, indexer),
         }
     )
 
@@ -91,9 +97,11 @@ def create_app(settings: Settings) -> Litestar:
                     extra={"host": settings.server.host},
                 )
         flusher = asyncio.create_task(recorder.run(), name="last-used-recorder")
+        await indexer.recover()
         try:
             yield
         finally:
+            await indexer.close()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -101,7 +109,13 @@ def create_app(settings: Settings) -> Litestar:
             await db.stop()
 
     app = Litestar(
-        route_handlers=[HealthController, MeController, KeysController, AdminController],
+        route_handlers=[
+            HealthController,
+            MeController,
+            KeysController,
+            CollectionsController,
+            AdminController,
+        ],
         dependencies=DEPENDENCIES,
         middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
         plugins=[problem_details_plugin()],
@@ -110,6 +124,8 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=openapi_config(),
         logging_config=None,
         debug=False,
+        # Room for a full upsert batch plus JSON punctuation; larger bodies get 413.
+        request_max_body_size=settings.collections.max_batch_bytes,
     )
     # Litestar builds its middleware per route, so routing failures (404, 405) never pass through it.
     # The request id and the access log must cover every response: wrap the outermost handler.

@@ -135,7 +135,7 @@ def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
         elif args.tenants_command == "list":
             cursor = None
             while True:
-                page = await tenants.list(cursor=cursor, limit=500)
+                page = await tenants.list_page(cursor=cursor, limit=500)
                 for tenant in page.items:
                     print(_json_line(tenant))
                 if page.next_cursor is None:
@@ -194,7 +194,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         elif args.keys_command == "list":
             cursor = None
             while True:
-                page = await keys.list(args.tenant, cursor=cursor, limit=500)
+                page = await keys.list_page(args.tenant, cursor=cursor, limit=500)
                 for key in page.items:
                     print(_json_line(key))
                 if page.next_cursor is None:

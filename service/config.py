@@ -70,12 +70,24 @@ class RateLimitingSettings(_Section):
     storage_uri: str = "memory://"
 
 
+class CollectionsSettings(_Section):
+    max_batch_vectors: PositiveInt = 1000
+    max_batch_bytes: PositiveInt = 16 * 1024 * 1024
+    max_metadata_bytes: PositiveInt = 65_536
+    index_threshold: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    index_build_memory: str = "1GB"
+    max_concurrent_index_builds: PositiveInt = 1
+    default_ef_search: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    filtered_exact_scan_limit: Annotated[int, msgspec.Meta(ge=0)] = 20_000
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
     rate_limiting: RateLimitingSettings = msgspec.field(default_factory=RateLimitingSettings)
+    collections: CollectionsSettings = msgspec.field(default_factory=CollectionsSettings)
 
     @property
     def single_tenant(self) -> bool:
@@ -208,6 +220,8 @@ def _check_semantics(settings: Settings) -> None:
             "cluster.hivehub_api_url: HiveHub key validation is not available in this version; "
             "leave it unset and use keys created with `vectorhive keys create`"
         )
+    if not re.fullmatch(r"\d+\s*(kB|MB|GB)", settings.collections.index_build_memory):
+        raise ConfigError("collections.index_build_memory: a PostgreSQL memory size such as 512MB or 2GB")
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
 

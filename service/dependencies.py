@@ -9,6 +9,7 @@ from litestar.di import Provide
 
 from service.auth.principal import Principal
 from service.auth.service import KeyService
+from service.collections.service import CollectionService
 from service.tenants.service import TenantService
 
 
@@ -22,6 +23,11 @@ def _keys(request: Request[Any, Any, Any]) -> KeyService:
     return service
 
 
+def _collections(request: Request[Any, Any, Any]) -> CollectionService:
+    service: CollectionService = request.app.state.collection_service
+    return service
+
+
 def _tenants(request: Request[Any, Any, Any]) -> TenantService:
     service: TenantService = request.app.state.tenant_service
     return service
@@ -31,4 +37,5 @@ DEPENDENCIES = {
     "principal": Provide(_principal, sync_to_thread=False),
     "keys": Provide(_keys, sync_to_thread=False),
     "tenants": Provide(_tenants, sync_to_thread=False),
+    "collections": Provide(_collections, sync_to_thread=False),
 }

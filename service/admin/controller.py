@@ -55,7 +55,7 @@ class AdminController(Controller):
             TenantStatus | None, QueryParameter(description="Only tenants with this status")
         ] = None,
     ) -> Page[Tenant]:
-        return await tenants.list(cursor=cursor, limit=limit, status=status)
+        return await tenants.list_page(cursor=cursor, limit=limit, status=status)
 
     @get(
         "/tenants/{tenant_id:str}",
@@ -116,7 +116,7 @@ class AdminController(Controller):
         cursor: Cursor = None,
     ) -> Page[ApiKey]:
         await tenants.get(tenant_id)
-        return await keys.list(tenant_id, cursor=cursor, limit=limit)
+        return await keys.list_page(tenant_id, cursor=cursor, limit=limit)
 
     @delete(
         "/tenants/{tenant_id:str}/keys/{key_id:str}",

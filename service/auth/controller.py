@@ -73,7 +73,7 @@ class KeysController(Controller):
         limit: PageLimit = 100,
         cursor: Cursor = None,
     ) -> Page[ApiKey]:
-        return await keys.list(principal.tenant_id, cursor=cursor, limit=limit)
+        return await keys.list_page(principal.tenant_id, cursor=cursor, limit=limit)
 
     @post(
         "",

@@ -71,7 +71,7 @@ class KeyService:
         log.info("api key created", extra={"key_id": key.key_id, "tenant_id": tenant_id, "kind": kind.value})
         return _created(key, token)
 
-    async def list(self, tenant_id: str | None, *, cursor: str | None, limit: int) -> Page[ApiKey]:
+    async def list_page(self, tenant_id: str | None, *, cursor: str | None, limit: int) -> Page[ApiKey]:
         kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
         keys = await store.list_page(
             self.db.pool, tenant_id=tenant_id, kind=kind, after=decode_cursor(cursor), limit=limit + 1

@@ -18,6 +18,9 @@ from service.db.migrate import upgrade_to_head
 
 log = logging.getLogger("vectorhive.db")
 
+# The NOLOGIN role that tenant work runs as; row-level security policies apply to it (migration 0002).
+TENANT_ROLE = "vectorhive_tenant"
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await register_vector(conn)
@@ -79,4 +82,19 @@ class Database:
     async def transaction(self) -> AsyncIterator[Any]:
         """One connection in one transaction: the unit of work of a request that writes."""
         async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[Any]:
+        """A transaction in one tenant's context: PostgreSQL itself refuses other tenants' rows.
+
+        Sets app.tenant_id and switches to the tenant role for this transaction only (both revert
+        at COMMIT or ROLLBACK), so a query that forgets its WHERE still cannot see another tenant.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT set_config('app.tenant_id', $1, true), set_config('role', $2, true)",
+                tenant_id,
+                TENANT_ROLE,
+            )
             yield conn

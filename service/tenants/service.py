@@ -39,7 +39,7 @@ class TenantService:
             raise NotFound(f"Tenant '{tenant_id}' does not exist.")
         return tenant
 
-    async def list(
+    async def list_page(
         self, *, cursor: str | None, limit: int, status: TenantStatus | None = None
     ) -> Page[Tenant]:
         tenants = await store.list_page(

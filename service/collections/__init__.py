@@ -1,0 +1,1 @@
+"""Collections, their vectors, and search: each collection a PostgreSQL table with its own HNSW index."""

@@ -1,0 +1,163 @@
+"""Metadata filters: JSON in the style of MongoDB, compiled to parameterised SQL from a whitelist.
+
+    {"genre": "jazz"}                               implicit $eq
+    {"year": {"$gte": 1990, "$lt": 2000}}           several operators on one field: all must hold
+    {"$or": [{"a.b": {"$in": [1, 2]}}, {"c": {"$exists": false}}]}
+    {"$not": {"draft": true}}
+
+Keys are dot paths into the metadata object ("a.b" is metadata->'a'->'b'). Field names and values
+always travel as bind parameters; the only SQL text produced is fixed by this module. Equality
+and $in on scalars compile to jsonb containment (@>), which the collection's GIN index serves.
+
+Semantics: $ne and $nin also match documents where the field is missing; $gt/$gte/$lt/$lte compare
+numbers with numbers and strings with strings, and never match other types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from service.errors import InvalidRequest
+
+COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+FIELD_OPERATORS = {"$eq", "$ne", "$in", "$nin", "$exists", *COMPARISONS}
+LOGICAL_OPERATORS = {"$and", "$or", "$not"}
+MAX_DEPTH = 16
+MAX_LIST = 1000
+MAX_CLAUSES = 256
+
+Scalar = str | int | float | bool | None
+
+
+class FilterError(InvalidRequest):
+    code = "invalid_filter"
+    title = "The filter is invalid"
+
+
+@dataclass
+class CompiledFilter:
+    sql: str
+    params: list[Any] = field(default_factory=list)
+
+
+class _Compiler:
+    def __init__(self, column: str, first_param: int) -> None:
+        self.column = column
+        self.params: list[Any] = []
+        self.first_param = first_param
+        self.clauses = 0
+
+    def param(self, value: Any, cast: str) -> str:
+        self.params.append(value)
+        return f"${self.first_param + len(self.params) - 1}::{cast}"
+
+    def fail(self, where: str, message: str) -> FilterError:
+        return FilterError(f"{where}: {message}", errors=[{"field": where, "message": message}])
+
+    # -- structure --------------------------------------------------------------------------------
+
+    def node(self, value: Any, where: str, depth: int) -> str:
+        if depth > MAX_DEPTH:
+            raise self.fail(where, f"nested more than {MAX_DEPTH} levels deep")
+        if not isinstance(value, dict):
+            raise self.fail(where, "must be an object of field conditions and $and/$or/$not")
+        if not value:
+            return "TRUE"
+        parts = []
+        for key, condition in value.items():
+            here = f"{where}.{key}"
+            if key.startswith("$"):
+                parts.append(self.logical(key, condition, here, depth))
+            else:
+                parts.append(self.field(key, condition, here))
+        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+
+    def logical(self, operator: str, value: Any, where: str, depth: int) -> str:
+        if operator not in LOGICAL_OPERATORS:
+            allowed = ", ".join(sorted(LOGICAL_OPERATORS))
+            hint = (
+                " (field operators go inside a field: {field: {op: value}})"
+                if operator in FIELD_OPERATORS
+                else ""
+            )
+            raise self.fail(where, f"unknown operator {operator}; allowed here: {allowed}{hint}")
+        if operator == "$not":
+            return f"(NOT {self.node(value, where, depth + 1)})"
+        if not isinstance(value, list) or not value:
+            raise self.fail(where, f"{operator} takes a non-empty list of filters")
+        joined = f" {operator[1:].upper()} ".join(
+            self.node(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)
+        )
+        return f"({joined})"
+
+    # -- field conditions -------------------------------------------------------------------------
+
+    def field(self, key: str, condition: Any, where: str) -> str:
+        path = key.split(".")
+        if any(not part for part in path):
+            raise self.fail(where, "field path has an empty segment")
+        if isinstance(condition, dict) and condition and all(k.startswith("$") for k in condition):
+            parts = [self.operator(path, op, value, f"{where}.{op}") for op, value in condition.items()]
+            return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        if isinstance(condition, dict) and any(k.startswith("$") for k in condition):
+            raise self.fail(where, "mixes operators ($...) with plain keys")
+        return self.operator(path, "$eq", condition, where)
+
+    def operator(self, path: list[str], operator: str, value: Any, where: str) -> str:
+        self.clauses += 1
+        if self.clauses > MAX_CLAUSES:
+            raise self.fail(where, f"more than {MAX_CLAUSES} conditions")
+        if operator not in FIELD_OPERATORS:
+            raise self.fail(
+                where, f"unknown operator {operator}; allowed: {', '.join(sorted(FIELD_OPERATORS))}"
+            )
+        if operator == "$eq":
+            return self.equals(path, value)
+        if operator == "$ne":
+            return f"(NOT {self.equals(path, value)})"
+        if operator in ("$in", "$nin"):
+            if not isinstance(value, list) or not value:
+                raise self.fail(where, f"{operator} takes a non-empty list of values")
+            if len(value) > MAX_LIST:
+                raise self.fail(where, f"{operator} takes at most {MAX_LIST} values")
+            any_of = "(" + " OR ".join(self.equals(path, v) for v in value) + ")"
+            return any_of if operator == "$in" else f"(NOT {any_of})"
+        if operator == "$exists":
+            if not isinstance(value, bool):
+                raise self.fail(where, "$exists takes true or false")
+            test = "IS NOT NULL" if value else "IS NULL"
+            return f"({self.column} #> {self.param(path, 'text[]')} {test})"
+        # $gt $gte $lt $lte
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.fail(where, f"{operator} takes a number or a string")
+        kind = "string" if isinstance(value, str) else "number"
+        path_param = self.param(path, "text[]")
+        return (
+            f"(jsonb_typeof({self.column} #> {path_param}) = '{kind}' AND "
+            f"{self.column} #> {path_param} {COMPARISONS[operator]} {self.param(_json(value), 'jsonb')})"
+        )
+
+    def equals(self, path: list[str], value: Any) -> str:
+        if isinstance(value, (dict, list)):
+            # Objects and arrays compare whole (containment would also match supersets).
+            return f"({self.column} #> {self.param(path, 'text[]')} = {self.param(_json(value), 'jsonb')})"
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise self.fail(".".join(path), "unsupported value")
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        return f"({self.column} @> {self.param(_json(nested), 'jsonb')})"
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def compile_filter(spec: Any, *, column: str = "metadata", first_param: int = 1) -> CompiledFilter:
+    """Compile a filter; raises FilterError (400) naming the offending operator's location."""
+    compiler = _Compiler(column, first_param)
+    sql = compiler.node(spec, "filter", 0)
+    return CompiledFilter(sql=sql, params=compiler.params)

@@ -1,0 +1,142 @@
+"""Background HNSW index builds.
+
+A collection is created without an HNSW index: pgvector inserts into the graph one vector at a
+time, which makes bulk loads slow, and an exact scan of a small collection is fast anyway. Once
+it holds collections.index_threshold vectors, the index is built with CREATE INDEX CONCURRENTLY
+(writes and searches go on; searches stay exact until the index is valid).
+
+The state lives in the collection's row (none -> building -> ready | failed). A build holds a
+PostgreSQL advisory lock on (INDEX_LOCK_CLASS, collection id), so one replica builds at a time,
+and a replica that starts up rebuilds whatever was left 'building' with no lock holder (a crash
+leaves an invalid index, which is dropped first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from service.collections import store
+from service.collections.models import IndexStatus
+from service.config import CollectionsSettings
+from service.db import Database
+from service.metrics import INDEX_BUILD_SECONDS, INDEX_BUILDS
+
+log = logging.getLogger("vectorhive.indexer")
+
+INDEX_LOCK_CLASS = 0x7668  # first key of the two-key advisory lock; the second is the collection id
+
+
+class IndexBuilder:
+    def __init__(self, db: Database, settings: CollectionsSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(settings.max_concurrent_index_builds)
+
+    def consider(self, row: store.CollectionRow) -> None:
+        """Called after writes: start a build once the collection is large enough."""
+        if row.index_status == IndexStatus.NONE and row.vector_count >= self.settings.index_threshold:
+            self.schedule(row.id)
+
+    def schedule(self, collection_id: int) -> None:
+        task = self._tasks.get(collection_id)
+        if task is not None and not task.done():
+            return
+        task = asyncio.create_task(self._build(collection_id), name=f"hnsw-build-{collection_id}")
+        self._tasks[collection_id] = task
+        task.add_done_callback(
+            lambda t: self._tasks.pop(collection_id, None) if self._tasks.get(collection_id) is t else None
+        )
+
+    async def recover(self) -> None:
+        """At startup: builds left unfinished by a crash, and collections that crossed the threshold."""
+        records = await self.db.pool.fetch(
+            """SELECT id FROM collections
+               WHERE index_status IN ('building', 'failed')
+                  OR (index_status = 'none' AND vector_count >= $1)""",
+            self.settings.index_threshold,
+        )
+        for record in records:
+            self.schedule(record["id"])
+
+    async def cancel(self, collection_id: int) -> None:
+        """Stop a build of this collection, here or in another replica (before dropping it)."""
+        task = self._tasks.get(collection_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.db.pool.execute(
+            """SELECT pg_cancel_backend(pid) FROM pg_locks
+               WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND objsubid = 2 AND granted
+                 AND pid <> pg_backend_pid()""",
+            INDEX_LOCK_CLASS,
+            collection_id,
+        )
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    async def _build(self, collection_id: int) -> None:
+        async with self._slots, self.db.pool.acquire() as conn:
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1, $2::int)", INDEX_LOCK_CLASS, collection_id
+            ):
+                return  # another replica is building it
+            try:
+                await self._build_locked(conn, collection_id)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock($1, $2::int)", INDEX_LOCK_CLASS, collection_id
+                    )
+
+    async def _build_locked(self, conn: Any, collection_id: int) -> None:
+        row = await store.get_by_id(conn, collection_id)
+        if row is None or row.index_status == IndexStatus.READY:
+            return  # deleted, or already built
+        await conn.execute(
+            """UPDATE collections SET index_status = 'building', index_started_at = now(),
+                   index_finished_at = NULL, index_error = NULL WHERE id = $1""",
+            collection_id,
+        )
+        log.info("building HNSW index", extra={"collection_id": collection_id, "vectors": row.vector_count})
+        started = time.perf_counter()
+        try:
+            await conn.execute(
+                "SELECT set_config('maintenance_work_mem', $1, false)", self.settings.index_build_memory
+            )
+            # An index left invalid by an interrupted build would otherwise block the name.
+            await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row.hnsw_index}")
+            await conn.execute(store.hnsw_index_sql(row), timeout=None)
+        except asyncio.CancelledError:
+            INDEX_BUILDS.labels("cancelled").inc()
+            raise
+        except Exception as exc:
+            INDEX_BUILDS.labels("failed").inc()
+            log.error("HNSW index build failed", extra={"collection_id": collection_id}, exc_info=exc)
+            await conn.execute(
+                """UPDATE collections SET index_status = 'failed', index_finished_at = now(), index_error = $2
+                   WHERE id = $1""",
+                collection_id,
+                f"{type(exc).__name__}: {exc}"[:500],
+            )
+            return
+        elapsed = time.perf_counter() - started
+        INDEX_BUILD_SECONDS.observe(elapsed)
+        INDEX_BUILDS.labels("ready").inc()
+        await conn.execute(
+            "UPDATE collections SET index_status = 'ready', index_finished_at = now() WHERE id = $1",
+            collection_id,
+        )
+        log.info("HNSW index ready", extra={"collection_id": collection_id, "seconds": round(elapsed, 2)})

@@ -1,0 +1,154 @@
+"""Request and response shapes of the collections API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import msgspec
+
+from service.auth.models import CollectionName
+
+VectorId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^/\x00-\x1f]+$")]
+Metadata = dict[str, Any]
+
+
+class Metric(StrEnum):
+    COSINE = "cosine"
+    L2 = "l2"
+    INNER_PRODUCT = "inner_product"
+
+
+class Storage(StrEnum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
+# pgvector's HNSW limits: 2,000 dimensions for vector, 4,000 for halfvec.
+MAX_DIMENSION = {Storage.FLOAT32: 2000, Storage.FLOAT16: 4000}
+
+
+class IndexStatus(StrEnum):
+    NONE = "none"
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class IndexParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    m: Annotated[int, msgspec.Meta(ge=2, le=100)] = 16
+    ef_construction: Annotated[int, msgspec.Meta(ge=4, le=1000)] = 64
+
+
+class CreateCollectionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: CollectionName
+    dimension: Annotated[int, msgspec.Meta(ge=1, le=4000)]
+    metric: Metric = Metric.COSINE
+    index: IndexParams = msgspec.field(default_factory=IndexParams)
+    storage: Storage = Storage.FLOAT32
+    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+
+class IndexState(msgspec.Struct, kw_only=True):
+    """status none: searches scan exactly until the collection reaches build_threshold vectors;
+    building: the HNSW index is being built in the background (searches still exact);
+    ready: searches use the index; failed: see error (searches stay exact)."""
+
+    status: IndexStatus
+    m: int
+    ef_construction: int
+    build_threshold: int
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+class Collection(msgspec.Struct, kw_only=True):
+    name: str
+    qualified_name: str
+    dimension: int
+    metric: Metric
+    storage: Storage
+    index: IndexState
+    vector_count: int
+    size_bytes: int
+    description: str | None
+    created_at: datetime
+
+
+class CollectionPage(msgspec.Struct, kw_only=True):
+    items: list[Collection]
+    next_cursor: str | None = None
+
+
+class VectorItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: VectorId
+    vector: list[float]
+    metadata: Metadata | None = None
+
+
+class UpsertRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    vectors: Annotated[list[VectorItem], msgspec.Meta(min_length=1)]
+
+
+class UpsertResult(msgspec.Struct, kw_only=True):
+    upserted: int
+
+
+class VectorRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    metadata: Metadata
+    vector: list[float] | None = None
+
+
+class VectorPage(msgspec.Struct, kw_only=True):
+    items: list[VectorRecord]
+    next_cursor: str | None = None
+
+
+class DeleteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Exactly one of ids and filter."""
+
+    ids: Annotated[list[VectorId], msgspec.Meta(min_length=1, max_length=10_000)] | None = None
+    filter: dict[str, Any] | None = None
+
+
+class DeleteResult(msgspec.Struct, kw_only=True):
+    deleted: int
+
+
+class SearchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    vector: list[float]
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    threshold: float | None = None
+    filter: dict[str, Any] | None = None
+    include_vector: bool = False
+    include_metadata: bool = True
+    ef_search: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+
+
+class SearchHit(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    score: float
+    metadata: Metadata | None = None
+    vector: list[float] | None = None
+
+
+class SearchResult(msgspec.Struct, kw_only=True):
+    """score: higher is better for every metric (cosine similarity, inner product, negative L2
+    distance). strategy: how it was answered: exact (scan), hnsw, or hnsw_filtered (iterative
+    index scan with the filter)."""
+
+    results: list[SearchHit]
+    took_ms: float
+    strategy: str
+
+
+class BatchSearchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    queries: Annotated[list[SearchRequest], msgspec.Meta(min_length=1, max_length=100)]
+
+
+class BatchSearchResult(msgspec.Struct, kw_only=True):
+    results: list[list[SearchHit]]
+    took_ms: float

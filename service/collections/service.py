@@ -1,0 +1,353 @@
+"""The domain rules of collections, vectors and search. The tenant always comes from the Principal."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import numpy as np
+from pgvector import HalfVector, Vector
+
+from service.auth.principal import Principal
+from service.collections import store
+from service.collections.filters import compile_filter
+from service.collections.indexer import IndexBuilder
+from service.collections.models import (
+    MAX_DIMENSION,
+    BatchSearchResult,
+    Collection,
+    CollectionPage,
+    CreateCollectionRequest,
+    DeleteRequest,
+    DeleteResult,
+    IndexState,
+    IndexStatus,
+    SearchHit,
+    SearchRequest,
+    SearchResult,
+    UpsertRequest,
+    UpsertResult,
+    VectorPage,
+    VectorRecord,
+)
+from service.collections.store import CollectionRow
+from service.config import CollectionsSettings
+from service.db import Database
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.pagination import decode_cursor, encode_cursor
+
+log = logging.getLogger("vectorhive.collections")
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _problem_at(field: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+def _as_list(value: Any) -> list[float]:
+    converted: list[float] = value.to_list() if hasattr(value, "to_list") else list(value)
+    return converted
+
+
+class CollectionService:
+    def __init__(self, db: Database, settings: CollectionsSettings, indexer: IndexBuilder) -> None:
+        self.db = db
+        self.settings = settings
+        self.indexer = indexer
+
+    # -- collections ------------------------------------------------------------------------------
+
+    def _to_model(self, row: CollectionRow, size_bytes: int) -> Collection:
+        return Collection(
+            name=row.name,
+            qualified_name=f"{row.tenant_id}:{row.name}",
+            dimension=row.dimension,
+            metric=row.metric,
+            storage=row.storage,
+            index=IndexState(
+                status=row.index_status,
+                m=row.hnsw_m,
+                ef_construction=row.hnsw_ef_construction,
+                build_threshold=self.settings.index_threshold,
+                started_at=row.index_started_at,
+                finished_at=row.index_finished_at,
+                error=row.index_error,
+            ),
+            vector_count=row.vector_count,
+            size_bytes=size_bytes,
+            description=row.description,
+            created_at=row.created_at,
+        )
+
+    async def _require(
+        self, conn: Any, principal: Principal, name: str, lock: str | None = None
+    ) -> CollectionRow:
+        # A collection outside the key's scope looks exactly like one that does not exist.
+        row = await store.get(conn, name, lock=lock) if principal.may_see_collection(name) else None
+        if row is None:
+            raise NotFound(f"Collection '{name}' does not exist.")
+        return row
+
+    async def create(self, principal: Principal, request: CreateCollectionRequest) -> Collection:
+        assert principal.tenant_id is not None
+        limit = MAX_DIMENSION[request.storage]
+        if request.dimension > limit:
+            raise _problem_at(
+                "dimension",
+                f"{request.dimension} exceeds the HNSW limit of {limit} for {request.storage} storage",
+            )
+        if not principal.may_see_collection(request.name):
+            raise InvalidRequest(
+                f"This key is limited to other collections and cannot create '{request.name}'.",
+                errors=[{"field": "name", "message": "outside the key's collections"}],
+            )
+        async with self.db.transaction() as conn:
+            row = await store.create(
+                conn,
+                tenant_id=principal.tenant_id,
+                name=request.name,
+                dimension=request.dimension,
+                metric=request.metric,
+                storage=request.storage,
+                m=request.index.m,
+                ef_construction=request.index.ef_construction,
+                description=request.description,
+            )
+            if row is None:
+                raise Conflict(f"Collection '{request.name}' already exists.")
+            size = (await store.sizes(conn, [row]))[row.id]
+        log.info("collection created", extra={"tenant_id": principal.tenant_id, "collection_id": row.id})
+        return self._to_model(row, size)
+
+    async def get(self, principal: Principal, name: str) -> Collection:
+        assert principal.tenant_id is not None
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await self._require(conn, principal, name)
+            return self._to_model(row, (await store.sizes(conn, [row]))[row.id])
+
+    async def list_page(self, principal: Principal, *, cursor: str | None, limit: int) -> CollectionPage:
+        assert principal.tenant_id is not None
+        only = sorted(principal.collections) if principal.collections is not None else None
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            rows = await store.list_page(conn, after=decode_cursor(cursor), limit=limit + 1, only=only)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            sizes = await store.sizes(conn, rows)
+        return CollectionPage(
+            items=[self._to_model(r, sizes[r.id]) for r in rows],
+            next_cursor=encode_cursor(rows[-1].name) if more else None,
+        )
+
+    async def delete(self, principal: Principal, name: str) -> None:
+        assert principal.tenant_id is not None
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await self._require(conn, principal, name)
+        # An index build holds a lock DROP TABLE would wait for: stop it first.
+        await self.indexer.cancel(row.id)
+        async with self.db.transaction() as conn:
+            locked = await conn.fetchrow(
+                "SELECT id FROM collections WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+                row.id,
+                principal.tenant_id,
+            )
+            if locked is None:
+                raise NotFound(f"Collection '{name}' does not exist.")
+            await store.drop(conn, row)
+        log.info("collection deleted", extra={"tenant_id": principal.tenant_id, "collection_id": row.id})
+
+    # -- vectors ----------------------------------------------------------------------------------
+
+    def _vectors_matrix(
+        self, row: CollectionRow, vectors: list[list[float]], field: Callable[[int], str]
+    ) -> Any:
+        for i, values in enumerate(vectors):
+            if len(values) != row.dimension:
+                raise _problem_at(
+                    field(i), f"has {len(values)} values; the collection's dimension is {row.dimension}"
+                )
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+            matrix = np.asarray(vectors, dtype=np.float32)
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise _problem_at(field(bad), "contains NaN or Infinity (or a value too large for float32)")
+        if row.storage == "float16" and (np.abs(matrix) > 65504).any():
+            bad = int(np.flatnonzero((np.abs(matrix) > 65504).any(axis=1))[0])
+            raise _problem_at(field(bad), "has a value too large for float16 storage (|x| > 65504)")
+        return matrix
+
+    def _encoder(self, row: CollectionRow) -> Callable[[Any], Any]:
+        return HalfVector if row.storage == "float16" else Vector
+
+    async def upsert(self, principal: Principal, name: str, request: UpsertRequest) -> UpsertResult:
+        assert principal.tenant_id is not None
+        items = request.vectors
+        if len(items) > self.settings.max_batch_vectors:
+            raise _problem_at(
+                "vectors", f"{len(items)} vectors; at most {self.settings.max_batch_vectors} per request"
+            )
+        seen: dict[str, int] = {}
+        metadata_json: list[str] = []
+        for i, item in enumerate(items):
+            first = seen.setdefault(item.id, i)
+            if first != i:
+                raise _problem_at(f"vectors[{i}].id", f"'{item.id}' repeats vectors[{first}].id")
+            encoded = _encode_json(item.metadata or {})
+            if len(encoded) > self.settings.max_metadata_bytes:
+                raise _problem_at(
+                    f"vectors[{i}].metadata",
+                    f"{len(encoded)} bytes of JSON; at most {self.settings.max_metadata_bytes}",
+                )
+            metadata_json.append(encoded.decode())
+
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await self._require(conn, principal, name, lock="share")
+            matrix = self._vectors_matrix(
+                row, [item.vector for item in items], lambda i: f"vectors[{i}].vector"
+            )
+            encode = self._encoder(row)
+            inserted = await store.upsert(
+                conn, row, [(item.id, encode(matrix[i]), metadata_json[i]) for i, item in enumerate(items)]
+            )
+            updated = await store.add_to_count(conn, row.id, inserted) if inserted else row
+        self.indexer.consider(updated)
+        return UpsertResult(upserted=len(items))
+
+    async def get_vector(self, principal: Principal, name: str, vector_id: str) -> VectorRecord:
+        assert principal.tenant_id is not None
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await self._require(conn, principal, name)
+            record = await store.get_vector(conn, row, vector_id)
+        if record is None:
+            raise NotFound(f"Vector '{vector_id}' does not exist in collection '{name}'.")
+        return VectorRecord(
+            id=record["id"],
+            metadata=msgspec.json.decode(record["metadata"]),
+            vector=_as_list(record["embedding"]),
+        )
+
+    async def scroll(
+        self, principal: Principal, name: str, *, cursor: str | None, limit: int, include_vector: bool
+    ) -> VectorPage:
+        assert principal.tenant_id is not None
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await self._require(conn, principal, name)
+            records = await store.scroll(
+                conn, row, after=decode_cursor(cursor), limit=limit + 1, include_vector=include_vector
+            )
+        more = len(records) > limit
+        records = records[:limit]
+        items = [
+            VectorRecord(
+                id=r["id"],
+                metadata=msgspec.json.decode(r["metadata"]),
+                vector=_as_list(r["embedding"]) if include_vector else None,
+            )
+            for r in records
+        ]
+        return VectorPage(items=items, next_cursor=encode_cursor(records[-1]["id"]) if more else None)
+
+    async def delete_vector(self, principal: Principal, name: str, vector_id: str) -> None:
+        result = await self.delete_vectors(principal, name, DeleteRequest(ids=[vector_id]))
+        if result.deleted == 0:
+            raise NotFound(f"Vector '{vector_id}' does not exist in collection '{name}'.")
+
+    async def delete_vectors(self, principal: Principal, name: str, request: DeleteRequest) -> DeleteResult:
+        assert principal.tenant_id is not None
+        if (request.ids is None) == (request.filter is None):
+            raise InvalidRequest(
+                "Give exactly one of 'ids' and 'filter'.",
+                errors=[{"field": "ids", "message": "exactly one of ids and filter"}],
+            )
+        if request.filter is not None:
+            compiled = compile_filter(request.filter)
+            where, params = compiled.sql, compiled.params
+        else:
+            where, params = "id = ANY($1::text[])", [request.ids]
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await self._require(conn, principal, name, lock="share")
+            deleted = await store.delete_where(conn, row, where, params)
+            if deleted:
+                await store.add_to_count(conn, row.id, -deleted)
+        return DeleteResult(deleted=deleted)
+
+    # -- search -----------------------------------------------------------------------------------
+
+    async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResult:
+        started = time.perf_counter()
+        assert principal.tenant_id is not None
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await self._require(conn, principal, name)
+            hits, strategy = await self._search_one(conn, row, request, "")
+        return SearchResult(
+            results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3), strategy=strategy
+        )
+
+    async def search_batch(
+        self, principal: Principal, name: str, queries: list[SearchRequest]
+    ) -> BatchSearchResult:
+        started = time.perf_counter()
+        assert principal.tenant_id is not None
+        results = []
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await self._require(conn, principal, name)
+            for i, query in enumerate(queries):
+                hits, _ = await self._search_one(conn, row, query, f"queries[{i}].")
+                results.append(hits)
+        return BatchSearchResult(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    async def _search_one(
+        self, conn: Any, row: CollectionRow, request: SearchRequest, where: str
+    ) -> tuple[list[SearchHit], str]:
+        query = self._vectors_matrix(row, [request.vector], lambda _: f"{where}vector")[0]
+        strategy = await self._choose_strategy(conn, row, request)
+        await conn.execute(
+            "SELECT set_config('enable_indexscan', $1, true), set_config('hnsw.ef_search', $2, true), "
+            "set_config('hnsw.iterative_scan', $3, true)",
+            # Exact: keep the planner off the (approximate) HNSW index; GIN still serves filters
+            # through bitmap scans.
+            "off" if strategy == "exact" else "on",
+            str(max(request.ef_search or self.settings.default_ef_search, request.top_k)),
+            "relaxed_order" if strategy == "hnsw_filtered" else "off",
+        )
+        compiled = compile_filter(request.filter, first_param=3) if request.filter else None
+        records = await store.nearest(
+            conn,
+            row,
+            self._encoder(row)(query),
+            top_k=request.top_k,
+            where=compiled.sql if compiled else None,
+            params=compiled.params if compiled else [],
+            include_metadata=request.include_metadata,
+            include_vector=request.include_vector,
+        )
+        hits = []
+        for record in records:
+            score = float(record["score"])
+            if request.threshold is not None and not score >= request.threshold:
+                continue
+            hits.append(
+                SearchHit(
+                    id=record["id"],
+                    score=score,
+                    metadata=msgspec.json.decode(record["metadata"]) if request.include_metadata else None,
+                    vector=_as_list(record["embedding"]) if request.include_vector else None,
+                )
+            )
+        return hits, strategy
+
+    async def _choose_strategy(self, conn: Any, row: CollectionRow, request: SearchRequest) -> str:
+        """exact until the HNSW index is ready; then hnsw, or for a filter: exact when it matches
+        fewer than filtered_exact_scan_limit vectors (fast, perfect recall), else hnsw_filtered."""
+        if row.index_status != IndexStatus.READY:
+            return "exact"
+        if not request.filter:
+            return "hnsw"
+        limit = self.settings.filtered_exact_scan_limit
+        counting = compile_filter(request.filter, first_param=2)
+        matches = await store.count_matches(conn, row, counting.sql, counting.params, up_to=limit)
+        return "exact" if matches < limit else "hnsw_filtered"

@@ -1,0 +1,282 @@
+"""SQL for collections and their vector tables.
+
+Table and index names come from the collection's numeric id (vectors_<id>), never from user text.
+Everything except DDL runs inside Database.tenant_transaction, under row-level security.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from service.collections.models import IndexStatus, Metric, Storage
+from service.db.database import TENANT_ROLE
+
+# (distance operator, HNSW operator class suffix, SQL turning the distance into a higher-is-better score)
+METRIC_SQL: dict[Metric, tuple[str, str, str]] = {
+    Metric.COSINE: ("<=>", "cosine_ops", "1 - {d}"),
+    Metric.L2: ("<->", "l2_ops", "-({d})"),
+    Metric.INNER_PRODUCT: ("<#>", "ip_ops", "-({d})"),
+}
+VECTOR_TYPE = {Storage.FLOAT32: "vector", Storage.FLOAT16: "halfvec"}
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRow:
+    id: int
+    tenant_id: str
+    name: str
+    dimension: int
+    metric: Metric
+    storage: Storage
+    hnsw_m: int
+    hnsw_ef_construction: int
+    description: str | None
+    vector_count: int
+    index_status: IndexStatus
+    index_error: str | None
+    index_started_at: datetime | None
+    index_finished_at: datetime | None
+    created_at: datetime
+
+    @property
+    def table(self) -> str:
+        return f"vectors_{self.id}"
+
+    @property
+    def hnsw_index(self) -> str:
+        return f"vectors_{self.id}_hnsw"
+
+    @property
+    def vector_type(self) -> str:
+        return VECTOR_TYPE[self.storage]
+
+    @property
+    def distance_op(self) -> str:
+        return METRIC_SQL[self.metric][0]
+
+    def score_sql(self, distance: str) -> str:
+        return METRIC_SQL[self.metric][2].format(d=distance)
+
+
+_COLUMNS = (
+    "id, tenant_id, name, dimension, metric, storage, hnsw_m, hnsw_ef_construction, description, "
+    "vector_count, index_status, index_error, index_started_at, index_finished_at, created_at"
+)
+
+
+def _row(record: Any) -> CollectionRow:
+    values = dict(record)
+    values["metric"] = Metric(values["metric"])
+    values["storage"] = Storage(values["storage"])
+    values["index_status"] = IndexStatus(values["index_status"])
+    return CollectionRow(**values)
+
+
+# -- collections (tenant context) -----------------------------------------------------------------
+
+
+async def get(conn: Any, name: str, *, lock: str | None = None) -> CollectionRow | None:
+    suffix = {None: "", "share": " FOR SHARE", "update": " FOR UPDATE"}[lock]
+    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM collections WHERE name = $1{suffix}", name)
+    return _row(record) if record else None
+
+
+async def get_by_id(conn: Any, collection_id: int) -> CollectionRow | None:
+    """Service context (no tenant): for background work that starts from an id."""
+    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM collections WHERE id = $1", collection_id)
+    return _row(record) if record else None
+
+
+async def list_page(
+    conn: Any, *, after: str | None, limit: int, only: list[str] | None
+) -> list[CollectionRow]:
+    records = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM collections
+            WHERE ($1::text IS NULL OR name > $1) AND ($2::text[] IS NULL OR name = ANY($2))
+            ORDER BY name LIMIT $3""",
+        after,
+        only,
+        limit,
+    )
+    return [_row(r) for r in records]
+
+
+async def sizes(conn: Any, rows: list[CollectionRow]) -> dict[int, int]:
+    """Bytes on disk of each collection's table, indexes and TOAST (0 if the table is gone)."""
+    if not rows:
+        return {}
+    records = await conn.fetch(
+        """SELECT t.id, coalesce(pg_total_relation_size(to_regclass(t.name)), 0) AS bytes
+           FROM unnest($1::bigint[], $2::text[]) AS t(id, name)""",
+        [r.id for r in rows],
+        [r.table for r in rows],
+    )
+    return {r["id"]: r["bytes"] for r in records}
+
+
+async def add_to_count(conn: Any, collection_id: int, delta: int) -> CollectionRow:
+    record = await conn.fetchrow(
+        f"UPDATE collections SET vector_count = vector_count + $2 WHERE id = $1 RETURNING {_COLUMNS}",
+        collection_id,
+        delta,
+    )
+    return _row(record)
+
+
+# -- DDL (service login, inside the caller's transaction) -----------------------------------------
+
+
+async def create(
+    conn: Any,
+    *,
+    tenant_id: str,
+    name: str,
+    dimension: int,
+    metric: Metric,
+    storage: Storage,
+    m: int,
+    ef_construction: int,
+    description: str | None,
+) -> CollectionRow | None:
+    """Insert the row and create the vector table; None if the tenant already has this name."""
+    try:
+        record = await conn.fetchrow(
+            f"""INSERT INTO collections (tenant_id, name, dimension, metric, storage, hnsw_m,
+                                         hnsw_ef_construction, description)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}""",
+            tenant_id,
+            name,
+            dimension,
+            metric.value,
+            storage.value,
+            m,
+            ef_construction,
+            description,
+        )
+    except asyncpg.UniqueViolationError:
+        return None
+    row = _row(record)
+    policy = "tenant_id = current_setting('app.tenant_id', true)"
+    # The policy keeps every tenant to its own rows; the CHECK binds the table to its owner, so that
+    # no other tenant can put rows (of its own) into it either. Tenant ids are [a-z0-9-] only.
+    owner = "'" + tenant_id.replace("'", "''") + "'"
+    await conn.execute(
+        f"""
+        CREATE TABLE {row.table} (
+            tenant_id text NOT NULL DEFAULT current_setting('app.tenant_id') CHECK (tenant_id = {owner}),
+            id        text NOT NULL PRIMARY KEY,
+            embedding {row.vector_type}({dimension}) NOT NULL,
+            metadata  jsonb NOT NULL DEFAULT '{{}}'
+        );
+        ALTER TABLE {row.table} ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY tenant_isolation ON {row.table} TO {TENANT_ROLE} USING ({policy}) WITH CHECK ({policy});
+        CREATE INDEX {row.table}_metadata ON {row.table} USING gin (metadata jsonb_path_ops);
+        GRANT SELECT, INSERT, UPDATE, DELETE ON {row.table} TO {TENANT_ROLE};
+        """
+    )
+    return row
+
+
+async def drop(conn: Any, row: CollectionRow) -> None:
+    await conn.execute(f"DROP TABLE IF EXISTS {row.table}")
+    await conn.execute("DELETE FROM collections WHERE id = $1", row.id)
+
+
+def hnsw_index_sql(row: CollectionRow) -> str:
+    opclass = f"{row.vector_type}_{METRIC_SQL[row.metric][1]}"
+    return (
+        f"CREATE INDEX CONCURRENTLY {row.hnsw_index} ON {row.table} USING hnsw (embedding {opclass}) "
+        f"WITH (m = {int(row.hnsw_m)}, ef_construction = {int(row.hnsw_ef_construction)})"
+    )
+
+
+# -- vectors (tenant context) ---------------------------------------------------------------------
+
+
+async def upsert(conn: Any, row: CollectionRow, records: list[tuple[str, Any, str]]) -> int:
+    """Binary COPY into a staging table, then merge; returns how many ids were new."""
+    staging = f"vh_staging_{row.vector_type}"
+    # One temporary table per connection and vector type, emptied at every commit.
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} (id text, embedding {row.vector_type}, metadata jsonb) "
+        "ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_records_to_table(staging, records=records, columns=["id", "embedding", "metadata"])
+    inserted: int = await conn.fetchval(
+        f"""WITH merged AS (
+                INSERT INTO {row.table} (id, embedding, metadata)
+                SELECT id, embedding, metadata FROM {staging}
+                ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
+                RETURNING (xmax = 0) AS inserted)
+            SELECT count(*) FILTER (WHERE inserted) FROM merged"""
+    )
+    return inserted
+
+
+async def get_vector(conn: Any, row: CollectionRow, vector_id: str) -> Any:
+    return await conn.fetchrow(f"SELECT id, embedding, metadata FROM {row.table} WHERE id = $1", vector_id)
+
+
+async def scroll(
+    conn: Any, row: CollectionRow, *, after: str | None, limit: int, include_vector: bool
+) -> list[Any]:
+    columns = "id, metadata, embedding" if include_vector else "id, metadata"
+    records: list[Any] = await conn.fetch(
+        f"SELECT {columns} FROM {row.table} WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+        after,
+        limit,
+    )
+    return records
+
+
+async def delete_where(conn: Any, row: CollectionRow, where: str, params: list[Any]) -> int:
+    """where: SQL from the filter compiler (or fixed text) whose values are all in params."""
+    deleted: int = await conn.fetchval(
+        f"WITH gone AS (DELETE FROM {row.table} WHERE {where} RETURNING 1) SELECT count(*) FROM gone", *params
+    )
+    return deleted
+
+
+async def count_matches(conn: Any, row: CollectionRow, where: str, params: list[Any], *, up_to: int) -> int:
+    """Vectors matching a compiled filter whose parameters start at $2, counted up to `up_to`."""
+    count: int = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM {row.table} WHERE {where} LIMIT $1) s", up_to, *params
+    )
+    return count
+
+
+async def nearest(
+    conn: Any,
+    row: CollectionRow,
+    query: Any,
+    *,
+    top_k: int,
+    where: str | None,
+    params: list[Any],
+    include_metadata: bool,
+    include_vector: bool,
+) -> list[Any]:
+    """The top_k nearest vectors with a higher-is-better score; filter parameters start at $3."""
+    distance = f"embedding {row.distance_op} $1::{row.vector_type}"
+    columns = ["id", f"{row.score_sql('distance')} AS score"]
+    if include_metadata:
+        columns.append("metadata")
+    if include_vector:
+        columns.append("embedding")
+    # With iterative scans (relaxed_order) neighbours may come slightly out of order:
+    # materialise the candidates, then sort them exactly.
+    records: list[Any] = await conn.fetch(
+        f"""WITH nearest AS MATERIALIZED (
+                SELECT id, metadata, embedding, {distance} AS distance FROM {row.table}
+                WHERE {where or "TRUE"}
+                ORDER BY {distance} LIMIT $2)
+            SELECT {", ".join(columns)} FROM nearest ORDER BY distance""",
+        query,
+        top_k,
+        *params,
+    )
+    return records
