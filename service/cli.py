@@ -208,6 +208,12 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     return _run(settings, action)
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from service import bench
+
+    return bench.main(args)
+
+
 # --- argument parsing ---------------------------------------------------------------------------
 
 
@@ -239,6 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("openapi", parents=[common], help="print the OpenAPI document").set_defaults(
         handler=cmd_openapi
     )
+
+    bench = commands.add_parser(
+        "bench",
+        parents=[common],
+        help="load vectors through the API and measure search (see docs/benchmarks.md)",
+    )
+    bench.add_argument(
+        "--url", help="a running server (default: start a temporary one on a temporary database)"
+    )
+    bench.add_argument("--key", help="an ADMIN key of the tenant to benchmark in (with --url)")
+    bench.add_argument(
+        "--database-url", help="the server's database, for the raw-SQL comparison (with --url)"
+    )
+    bench.add_argument("--vectors", type=int, default=100_000)
+    bench.add_argument("--dim", type=int, default=384)
+    bench.add_argument("--data", default="clustered", help="clustered (default), uniform, or FILE.npy")
+    bench.add_argument("--queries", type=int, default=200)
+    bench.add_argument("--ef-search", type=int, default=100, help="hnsw.ef_search for the raw-SQL comparison")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=cmd_bench)
 
     tenants = commands.add_parser("tenants", parents=[common], help="manage tenants")
     tenants.set_defaults(handler=cmd_tenants)

@@ -75,6 +75,8 @@ class CollectionsSettings(_Section):
     max_batch_bytes: PositiveInt = 16 * 1024 * 1024
     max_metadata_bytes: PositiveInt = 65_536
     index_threshold: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    index_build_quiet_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    index_build_max_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     index_build_memory: str = "1GB"
     max_concurrent_index_builds: PositiveInt = 1
     default_ef_search: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100

@@ -76,6 +76,40 @@ async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
         yield test_client
 
 
+@dataclass
+class LiveServer:
+    url: str
+    app: Litestar
+
+
+@pytest.fixture(scope="session")
+def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+    """A real uvicorn server in a background thread: for tests that need truly concurrent requests
+    (the test client's requests go through a blocking portal one at a time)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(make_settings())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, name="live-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "live server did not start"
+        time.sleep(0.05)
+    try:
+        yield LiveServer(url=f"http://127.0.0.1:{port}", app=app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 @pytest.fixture(scope="session")
 async def operator_key(db: Database) -> str:
     return (await KeyService(db).create(None, CreateKeyRequest(permission=Permission.ADMIN))).key

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.db import Database
-from tests.conftest import assert_problem, bearer
+from tests.conftest import LiveServer, assert_problem, bearer
 
 API = "/api/v1/collections"
 
@@ -320,3 +322,22 @@ async def test_same_short_name_in_two_tenants(client: AsyncTestClient[Litestar],
         0.0,
         1.0,
     ]
+
+
+async def test_concurrent_overlapping_upserts_do_not_deadlock(
+    live_server: LiveServer, make_tenant: Any
+) -> None:
+    """Writers into one collection with overlapping ids, in opposite orders, truly at once: all succeed."""
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    async with httpx.AsyncClient(base_url=live_server.url, headers=key, timeout=60) as http:
+        await http.post(API, json={"name": "c", "dimension": 2})
+        batches = []
+        for round_ in range(8):
+            ids = [f"id{i}" for i in range(300)]
+            if round_ % 2:
+                ids.reverse()
+            batches.append({"vectors": [{"id": i, "vector": [1.0, float(round_)]} for i in ids]})
+        responses = await asyncio.gather(*(http.put(f"{API}/c/vectors", json=b) for b in batches))
+        assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+        assert (await http.get(f"{API}/c")).json()["vector_count"] == 300

@@ -20,12 +20,19 @@ from tests.conftest import assert_problem, bearer
 API = "/api/v1/collections"
 THRESHOLD = 300  # vectors before a collection gets its HNSW index, in this module's app
 EXACT_LIMIT = 500  # filters matching fewer vectors are answered by an exact scan
+QUIET = 0.5  # seconds without writes before an eligible collection's index is built
 
 
 @pytest.fixture(scope="module")
 async def search_app(make_settings: Callable[..., Settings]) -> Litestar:
     return create_app(
-        make_settings(collections={"index_threshold": THRESHOLD, "filtered_exact_scan_limit": EXACT_LIMIT})
+        make_settings(
+            collections={
+                "index_threshold": THRESHOLD,
+                "filtered_exact_scan_limit": EXACT_LIMIT,
+                "index_build_quiet_seconds": QUIET,
+            }
+        )
     )
 
 
@@ -380,3 +387,20 @@ async def test_delete_during_index_build(
     assert_problem(await sclient.get(f"{API}/c", headers=key), 404)
     rows = await db.pool.fetchval("SELECT count(*) FROM collections WHERE tenant_id = $1", tenant.tenant_id)
     assert rows == 0
+
+
+async def test_index_waits_for_a_bulk_load_to_pause(
+    sclient: AsyncTestClient[Litestar], make_tenant: Any
+) -> None:
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    data = clustered(THRESHOLD + 400, 8, 8)
+    await load(sclient, key, "c", data[: THRESHOLD + 10])  # eligible from here on
+    for start in range(THRESHOLD + 10, len(data), 30):  # writes keep coming, faster than QUIET
+        items = [{"id": str(i), "vector": data[i].tolist()} for i in range(start, min(start + 30, len(data)))]
+        assert (
+            await sclient.put(f"{API}/c/vectors", headers=key, json={"vectors": items})
+        ).status_code == 200
+        assert (await sclient.get(f"{API}/c", headers=key)).json()["index"]["status"] == "none"
+        await asyncio.sleep(QUIET / 5)
+    assert (await wait_for_index(sclient, key, "c"))["status"] == "ready"

@@ -2,8 +2,11 @@
 
 A collection is created without an HNSW index: pgvector inserts into the graph one vector at a
 time, which makes bulk loads slow, and an exact scan of a small collection is fast anyway. Once
-it holds collections.index_threshold vectors, the index is built with CREATE INDEX CONCURRENTLY
-(writes and searches go on; searches stay exact until the index is valid).
+it holds collections.index_threshold vectors and its writes have paused for
+index_build_quiet_seconds (at most index_build_max_delay_seconds after it became eligible), the
+index is built with CREATE INDEX CONCURRENTLY: writes and searches go on, searches stay exact
+until the index is valid. Waiting for the pause means a bulk load is not slowed down by a graph
+that is built half-way through it.
 
 The state lives in the collection's row (none -> building -> ready | failed). A build holds a
 PostgreSQL advisory lock on (INDEX_LOCK_CLASS, collection id), so one replica builds at a time,
@@ -35,18 +38,22 @@ class IndexBuilder:
         self.db = db
         self.settings = settings
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._last_write: dict[int, float] = {}
         self._slots = asyncio.Semaphore(settings.max_concurrent_index_builds)
 
     def consider(self, row: store.CollectionRow) -> None:
-        """Called after writes: start a build once the collection is large enough."""
+        """Called after writes: a build once the collection is large enough and its writes pause."""
         if row.index_status == IndexStatus.NONE and row.vector_count >= self.settings.index_threshold:
-            self.schedule(row.id)
+            self._last_write[row.id] = time.monotonic()
+            self.schedule(row.id, wait_for_quiet=True)
 
-    def schedule(self, collection_id: int) -> None:
+    def schedule(self, collection_id: int, *, wait_for_quiet: bool = False) -> None:
         task = self._tasks.get(collection_id)
         if task is not None and not task.done():
             return
-        task = asyncio.create_task(self._build(collection_id), name=f"hnsw-build-{collection_id}")
+        task = asyncio.create_task(
+            self._build(collection_id, wait_for_quiet), name=f"hnsw-build-{collection_id}"
+        )
         self._tasks[collection_id] = task
         task.add_done_callback(
             lambda t: self._tasks.pop(collection_id, None) if self._tasks.get(collection_id) is t else None
@@ -87,7 +94,21 @@ class IndexBuilder:
             task.cancel()
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
-    async def _build(self, collection_id: int) -> None:
+    async def _quiet(self, collection_id: int) -> None:
+        eligible = time.monotonic()
+        deadline = eligible + self.settings.index_build_max_delay_seconds
+        while True:
+            last = self._last_write.get(collection_id, eligible)
+            wake = min(last + self.settings.index_build_quiet_seconds, deadline)
+            now = time.monotonic()
+            if now >= wake:
+                return
+            await asyncio.sleep(wake - now)
+
+    async def _build(self, collection_id: int, wait_for_quiet: bool) -> None:
+        if wait_for_quiet:
+            await self._quiet(collection_id)
+        self._last_write.pop(collection_id, None)
         async with self._slots, self.db.pool.acquire() as conn:
             if not await conn.fetchval(
                 "SELECT pg_try_advisory_lock($1, $2::int)", INDEX_LOCK_CLASS, collection_id
@@ -119,6 +140,9 @@ class IndexBuilder:
             # An index left invalid by an interrupted build would otherwise block the name.
             await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row.hnsw_index}")
             await conn.execute(store.hnsw_index_sql(row), timeout=None)
+            # Fresh statistics before the index counts as ready: without them the planner
+            # misjudges the row-level security predicate and prefers a full scan to the index.
+            await conn.execute(f"ANALYZE {row.table}", timeout=None)
         except asyncio.CancelledError:
             INDEX_BUILDS.labels("cancelled").inc()
             raise

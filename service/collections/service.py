@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import msgspec
 import numpy as np
 from pgvector import HalfVector, Vector
@@ -83,14 +85,24 @@ class CollectionService:
             created_at=row.created_at,
         )
 
-    async def _require(
-        self, conn: Any, principal: Principal, name: str, lock: str | None = None
-    ) -> CollectionRow:
+    async def _require(self, conn: Any, principal: Principal, name: str) -> CollectionRow:
         # A collection outside the key's scope looks exactly like one that does not exist.
-        row = await store.get(conn, name, lock=lock) if principal.may_see_collection(name) else None
+        row = await store.get(conn, name) if principal.may_see_collection(name) else None
         if row is None:
             raise NotFound(f"Collection '{name}' does not exist.")
         return row
+
+    @asynccontextmanager
+    async def _in_collection(
+        self, principal: Principal, name: str
+    ) -> AsyncIterator[tuple[Any, CollectionRow]]:
+        """A tenant transaction and the collection it works on (404 if absent, or dropped meanwhile)."""
+        assert principal.tenant_id is not None
+        try:
+            async with self.db.tenant_transaction(principal.tenant_id) as conn:
+                yield conn, await self._require(conn, principal, name)
+        except asyncpg.UndefinedTableError:
+            raise NotFound(f"Collection '{name}' does not exist.") from None
 
     async def create(self, principal: Principal, request: CreateCollectionRequest) -> Collection:
         assert principal.tenant_id is not None
@@ -124,9 +136,7 @@ class CollectionService:
         return self._to_model(row, size)
 
     async def get(self, principal: Principal, name: str) -> Collection:
-        assert principal.tenant_id is not None
-        async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await self._require(conn, principal, name)
+        async with self._in_collection(principal, name) as (conn, row):
             return self._to_model(row, (await store.sizes(conn, [row]))[row.id])
 
     async def list_page(self, principal: Principal, *, cursor: str | None, limit: int) -> CollectionPage:
@@ -144,8 +154,8 @@ class CollectionService:
 
     async def delete(self, principal: Principal, name: str) -> None:
         assert principal.tenant_id is not None
-        async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await self._require(conn, principal, name)
+        async with self._in_collection(principal, name) as (_, row):
+            pass
         # An index build holds a lock DROP TABLE would wait for: stop it first.
         await self.indexer.cancel(row.id)
         async with self.db.transaction() as conn:
@@ -184,7 +194,6 @@ class CollectionService:
         return HalfVector if row.storage == "float16" else Vector
 
     async def upsert(self, principal: Principal, name: str, request: UpsertRequest) -> UpsertResult:
-        assert principal.tenant_id is not None
         items = request.vectors
         if len(items) > self.settings.max_batch_vectors:
             raise _problem_at(
@@ -204,8 +213,7 @@ class CollectionService:
                 )
             metadata_json.append(encoded.decode())
 
-        async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await self._require(conn, principal, name, lock="share")
+        async with self._in_collection(principal, name) as (conn, row):
             matrix = self._vectors_matrix(
                 row, [item.vector for item in items], lambda i: f"vectors[{i}].vector"
             )
@@ -218,9 +226,7 @@ class CollectionService:
         return UpsertResult(upserted=len(items))
 
     async def get_vector(self, principal: Principal, name: str, vector_id: str) -> VectorRecord:
-        assert principal.tenant_id is not None
-        async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await self._require(conn, principal, name)
+        async with self._in_collection(principal, name) as (conn, row):
             record = await store.get_vector(conn, row, vector_id)
         if record is None:
             raise NotFound(f"Vector '{vector_id}' does not exist in collection '{name}'.")
@@ -233,9 +239,7 @@ class CollectionService:
     async def scroll(
         self, principal: Principal, name: str, *, cursor: str | None, limit: int, include_vector: bool
     ) -> VectorPage:
-        assert principal.tenant_id is not None
-        async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await self._require(conn, principal, name)
+        async with self._in_collection(principal, name) as (conn, row):
             records = await store.scroll(
                 conn, row, after=decode_cursor(cursor), limit=limit + 1, include_vector=include_vector
             )
@@ -257,7 +261,6 @@ class CollectionService:
             raise NotFound(f"Vector '{vector_id}' does not exist in collection '{name}'.")
 
     async def delete_vectors(self, principal: Principal, name: str, request: DeleteRequest) -> DeleteResult:
-        assert principal.tenant_id is not None
         if (request.ids is None) == (request.filter is None):
             raise InvalidRequest(
                 "Give exactly one of 'ids' and 'filter'.",
@@ -268,8 +271,7 @@ class CollectionService:
             where, params = compiled.sql, compiled.params
         else:
             where, params = "id = ANY($1::text[])", [request.ids]
-        async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await self._require(conn, principal, name, lock="share")
+        async with self._in_collection(principal, name) as (conn, row):
             deleted = await store.delete_where(conn, row, where, params)
             if deleted:
                 await store.add_to_count(conn, row.id, -deleted)
@@ -279,9 +281,7 @@ class CollectionService:
 
     async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResult:
         started = time.perf_counter()
-        assert principal.tenant_id is not None
-        async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await self._require(conn, principal, name)
+        async with self._in_collection(principal, name) as (conn, row):
             hits, strategy = await self._search_one(conn, row, request, "")
         return SearchResult(
             results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3), strategy=strategy
@@ -291,10 +291,8 @@ class CollectionService:
         self, principal: Principal, name: str, queries: list[SearchRequest]
     ) -> BatchSearchResult:
         started = time.perf_counter()
-        assert principal.tenant_id is not None
         results = []
-        async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await self._require(conn, principal, name)
+        async with self._in_collection(principal, name) as (conn, row):
             for i, query in enumerate(queries):
                 hits, _ = await self._search_one(conn, row, query, f"queries[{i}].")
                 results.append(hits)
@@ -307,7 +305,10 @@ class CollectionService:
         strategy = await self._choose_strategy(conn, row, request)
         await conn.execute(
             "SELECT set_config('enable_indexscan', $1, true), set_config('hnsw.ef_search', $2, true), "
-            "set_config('hnsw.iterative_scan', $3, true)",
+            "set_config('hnsw.iterative_scan', $3, true), "
+            # asyncpg prepares statements; a generic plan would not know LIMIT $2 (nor the filter's
+            # values) and would sort the whole table instead of walking the HNSW index.
+            "set_config('plan_cache_mode', 'force_custom_plan', true)",
             # Exact: keep the planner off the (approximate) HNSW index; GIN still serves filters
             # through bitmap scans.
             "off" if strategy == "exact" else "on",

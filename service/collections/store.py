@@ -79,9 +79,8 @@ def _row(record: Any) -> CollectionRow:
 # -- collections (tenant context) -----------------------------------------------------------------
 
 
-async def get(conn: Any, name: str, *, lock: str | None = None) -> CollectionRow | None:
-    suffix = {None: "", "share": " FOR SHARE", "update": " FOR UPDATE"}[lock]
-    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM collections WHERE name = $1{suffix}", name)
+async def get(conn: Any, name: str) -> CollectionRow | None:
+    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM collections WHERE name = $1", name)
     return _row(record) if record else None
 
 
@@ -119,6 +118,7 @@ async def sizes(conn: Any, rows: list[CollectionRow]) -> dict[int, int]:
 
 
 async def add_to_count(conn: Any, collection_id: int, delta: int) -> CollectionRow:
+    """Last statement of a write: the collection row stays locked only until the commit that follows."""
     record = await conn.fetchrow(
         f"UPDATE collections SET vector_count = vector_count + $2 WHERE id = $1 RETURNING {_COLUMNS}",
         collection_id,
@@ -198,7 +198,11 @@ def hnsw_index_sql(row: CollectionRow) -> str:
 
 
 async def upsert(conn: Any, row: CollectionRow, records: list[tuple[str, Any, str]]) -> int:
-    """Binary COPY into a staging table, then merge; returns how many ids were new."""
+    """Binary COPY into a staging table, then merge; returns how many ids were new.
+
+    The merge takes row locks in id order, so that concurrent batches with overlapping ids wait
+    for each other instead of deadlocking.
+    """
     staging = f"vh_staging_{row.vector_type}"
     # One temporary table per connection and vector type, emptied at every commit.
     await conn.execute(
@@ -209,7 +213,7 @@ async def upsert(conn: Any, row: CollectionRow, records: list[tuple[str, Any, st
     inserted: int = await conn.fetchval(
         f"""WITH merged AS (
                 INSERT INTO {row.table} (id, embedding, metadata)
-                SELECT id, embedding, metadata FROM {staging}
+                SELECT id, embedding, metadata FROM {staging} ORDER BY id
                 ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
                 RETURNING (xmax = 0) AS inserted)
             SELECT count(*) FILTER (WHERE inserted) FROM merged"""

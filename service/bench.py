@@ -1,0 +1,368 @@
+"""vectorhive bench: load vectors through the API, then measure search.
+
+Against a running server (--url/--key; add --database-url for the raw-SQL comparison) or, by
+default, a temporary server on a temporary embedded database that is removed afterwards.
+
+Phases: bulk upsert into a fresh collection (no HNSW index yet), the background index build,
+single-client latency and recall@10 against exact search (numpy, on the same vectors), QPS at 1
+and 8 concurrent clients, the same searches as raw SQL on the same database, a filtered search
+at 1% selectivity, and upserts into the now indexed collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import numpy as np
+
+BATCH = 1000
+UPLOAD_STREAMS = 2
+INDEXED_UPSERT_VECTORS = 10_000
+
+
+@dataclass
+class Target:
+    url: str
+    key: str
+    database_url: str | None
+    cleanup: Any = None
+
+
+def make_data(kind: str, n: int, dim: int, seed: int) -> tuple[np.ndarray, str]:
+    """Vectors that look like real embeddings unless told otherwise; also returns a description."""
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        data = rng.uniform(-1, 1, size=(n, dim)).astype(np.float32)
+        description = f"uniform random in [-1, 1]^{dim} (HNSW's hard case)"
+    elif kind == "clustered":
+        # Real embeddings have low intrinsic dimension and topic clusters: a Gaussian mixture in a
+        # small latent space, mapped linearly into `dim` dimensions, plus a little isotropic noise.
+        latent_dim, clusters = 24, 200
+        centers = rng.normal(size=(clusters, latent_dim))
+        latent = centers[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, latent_dim))
+        projection = rng.normal(size=(latent_dim, dim)) / np.sqrt(latent_dim)
+        data = (latent @ projection + 0.05 * rng.normal(size=(n, dim))).astype(np.float32)
+        description = (
+            f"clustered: {clusters}-component Gaussian mixture in a {latent_dim}-d latent space, "
+            f"projected to {dim}-d with noise"
+        )
+    else:
+        loaded = np.load(kind)
+        if loaded.ndim != 2:
+            raise SystemExit(f"--data {kind}: expected a 2-d array of vectors, got shape {loaded.shape}")
+        data = loaded[:n].astype(np.float32)
+        description = f"file {kind} ({data.shape[0]} x {data.shape[1]})"
+    data /= np.linalg.norm(data, axis=1, keepdims=True) + 1e-12
+    return data, description
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_temporary_server() -> Target:
+    """A server on a temporary embedded database, with a tenant and an ADMIN key."""
+    workdir = Path(tempfile.mkdtemp(prefix="vectorhive-bench-"))
+    env = {**os.environ, "VECTORHIVE_SERVER__ACCESS_LOG": "false", "VECTORHIVE_SERVER__LOG_LEVEL": "warning"}
+    cli = [sys.executable, "-m", "service.cli"]
+    subprocess.run(
+        [*cli, "tenants", "create", "bench"], cwd=workdir, env=env, check=True, capture_output=True
+    )
+    key = subprocess.run(
+        [*cli, "keys", "create", "--tenant", "bench", "--permission", "admin"],
+        cwd=workdir,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    port = _free_port()
+    server = subprocess.Popen([*cli, "serve", "--port", str(port)], cwd=workdir, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        server.kill()
+        raise SystemExit("the temporary server did not become ready")
+    data_dir = workdir / "data" / "postgres"
+
+    def cleanup() -> None:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+    # The embedded server listens on a unix socket in its data folder.
+    return Target(url, key, f"postgresql://postgres@/postgres?host={data_dir}", cleanup)
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {"p50": statistics.median(ordered), "p95": at(0.95), "p99": at(0.99)}
+
+
+async def _upload(
+    client: httpx.AsyncClient, name: str, data: np.ndarray, offset: int, metadata: bool
+) -> float:
+    """Upsert all of `data` in batches over UPLOAD_STREAMS connections; returns vectors/s."""
+    encoder = msgspec.json.Encoder()
+    batches = list(range(0, len(data), BATCH))
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for start in batches:
+        queue.put_nowait(start)
+
+    async def stream() -> None:
+        while not queue.empty():
+            start = queue.get_nowait()
+            chunk = data[start : start + BATCH]
+            items = [
+                {
+                    "id": str(offset + start + i),
+                    "vector": chunk[i].tolist(),
+                    **({"metadata": {"bucket": (offset + start + i) % 100}} if metadata else {}),
+                }
+                for i in range(len(chunk))
+            ]
+            response = await client.put(
+                f"/api/v1/collections/{name}/vectors",
+                content=encoder.encode({"vectors": items}),
+                headers={"content-type": "application/json"},
+            )
+            if response.status_code != 200:
+                raise SystemExit(f"upsert failed: {response.status_code} {response.text[:500]}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(stream() for _ in range(UPLOAD_STREAMS)))
+    return len(data) / (time.perf_counter() - started)
+
+
+async def _search_latencies(
+    client: httpx.AsyncClient, name: str, queries: np.ndarray, body: dict[str, Any]
+) -> tuple[list[float], list[list[int]], list[str]]:
+    latencies, found, strategies = [], [], []
+    for query in queries:
+        started = time.perf_counter()
+        response = await client.post(
+            f"/api/v1/collections/{name}/search", json={"vector": query.tolist(), **body}
+        )
+        latencies.append((time.perf_counter() - started) * 1000)
+        if response.status_code != 200:
+            raise SystemExit(f"search failed: {response.status_code} {response.text[:500]}")
+        result = response.json()
+        found.append([int(hit["id"]) for hit in result["results"]])
+        strategies.append(result["strategy"])
+    return latencies, found, strategies
+
+
+async def _qps(client: httpx.AsyncClient, name: str, queries: np.ndarray, concurrency: int) -> float:
+    per_client = max(1, len(queries) // concurrency)
+
+    async def worker(part: np.ndarray) -> None:
+        for query in part:
+            response = await client.post(
+                f"/api/v1/collections/{name}/search", json={"vector": query.tolist(), "top_k": 10}
+            )
+            response.raise_for_status()
+
+    parts = [queries[i * per_client : (i + 1) * per_client] for i in range(concurrency)]
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(p) for p in parts))
+    return (per_client * concurrency) / (time.perf_counter() - started)
+
+
+async def _raw_sql(
+    database_url: str, table: str, queries: np.ndarray, ef_search: int
+) -> tuple[list[float], list[list[int]]]:
+    import asyncpg
+    from pgvector.asyncpg import register_vector
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        await register_vector(conn)
+        await conn.execute(f"SET hnsw.ef_search = {int(ef_search)}")
+        statement = await conn.prepare(
+            f"SELECT id, 1 - (embedding <=> $1) AS score FROM {table} ORDER BY embedding <=> $1 LIMIT 10"
+        )
+        latencies, found = [], []
+        for query in queries:
+            started = time.perf_counter()
+            rows = await statement.fetch(query)
+            latencies.append((time.perf_counter() - started) * 1000)
+            found.append([int(r["id"]) for r in rows])
+        return latencies, found
+    finally:
+        await conn.close()
+
+
+def _recall(found: list[list[int]], truth: list[list[int]]) -> float:
+    return float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, truth, strict=True)]))
+
+
+async def run(target: Target, args: Any, log: Any) -> dict[str, Any]:
+    data, description = make_data(args.data, args.vectors, args.dim, seed=1)
+    n, dim = data.shape
+    extra, _ = make_data(
+        args.data if args.data in ("clustered", "uniform") else "clustered",
+        INDEXED_UPSERT_VECTORS,
+        dim,
+        seed=2,
+    )
+    queries, _ = make_data(
+        args.data if args.data in ("clustered", "uniform") else "clustered", args.queries, dim, seed=3
+    )
+    if args.data not in ("clustered", "uniform"):
+        # Queries from the file itself (held-out rows when it has more than --vectors).
+        rest = np.load(args.data)[n : n + args.queries].astype(np.float32)
+        queries = (
+            rest / np.linalg.norm(rest, axis=1, keepdims=True)
+            if len(rest) == args.queries
+            else data[: args.queries]
+        )
+    log(f"data: {description}; {n} x {dim}, {len(queries)} queries")
+
+    name = f"bench-{int(time.time())}"
+    headers = {"Authorization": f"Bearer {target.key}"}
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    async with httpx.AsyncClient(base_url=target.url, headers=headers, timeout=600, limits=limits) as client:
+        made = await client.post(
+            "/api/v1/collections", json={"name": name, "dimension": dim, "metric": "cosine"}
+        )
+        if made.status_code != 201:
+            raise SystemExit(f"could not create the collection: {made.status_code} {made.text[:500]}")
+        log(f"uploading {n} vectors in batches of {BATCH} over {UPLOAD_STREAMS} connections ...")
+        upsert_rate = await _upload(client, name, data, 0, metadata=True)
+        log(f"  {upsert_rate:,.0f} vectors/s")
+
+        log("waiting for the HNSW index ...")
+        waited = time.perf_counter()
+        while True:
+            state = (await client.get(f"/api/v1/collections/{name}")).json()["index"]
+            if state["status"] in ("ready", "failed"):
+                break
+            await asyncio.sleep(0.5)
+        if state["status"] != "ready":
+            raise SystemExit(f"index build failed: {state['error']}")
+        build_s = (
+            np.datetime64(state["finished_at"].rstrip("Z")) - np.datetime64(state["started_at"].rstrip("Z"))
+        ) / np.timedelta64(1, "s")
+        log(f"  built in {build_s:.1f} s (waited {time.perf_counter() - waited:.1f} s)")
+
+        truth = [list(np.argsort(-(data @ q))[:10]) for q in queries]
+        await _search_latencies(client, name, queries[:20], {"top_k": 10})  # warm-up
+        latencies, found, strategies = await _search_latencies(client, name, queries, {"top_k": 10})
+        recall = _recall(found, truth)
+        api = _percentiles(latencies)
+        log(f"search: p50 {api['p50']:.2f} ms, p99 {api['p99']:.2f} ms, recall@10 {recall:.3f}")
+        qps_1 = await _qps(client, name, queries, 1)
+        qps_8 = await _qps(client, name, np.vstack([queries] * 4), 8)
+        log(f"QPS: {qps_1:.0f} (1 client), {qps_8:.0f} (8 clients)")
+
+        # Filtered search at 1% selectivity (bucket = id % 100).
+        bucket_ids = np.arange(7, n, 100)
+        filtered_truth = [list(bucket_ids[np.argsort(-(data[bucket_ids] @ q))[:10]]) for q in queries]
+        f_latencies, f_found, f_strategies = await _search_latencies(
+            client, name, queries, {"top_k": 10, "filter": {"bucket": 7}}
+        )
+        filtered_recall = _recall(f_found, filtered_truth)
+        filtered = _percentiles(f_latencies)
+        log(
+            f"filtered (1%): p50 {filtered['p50']:.2f} ms, recall@10 {filtered_recall:.3f}, {f_strategies[0]}"
+        )
+
+        raw: dict[str, float] | None = None
+        raw_recall = None
+        if target.database_url:
+            collection_id = None
+            import asyncpg
+
+            conn = await asyncpg.connect(target.database_url)
+            try:
+                collection_id = await conn.fetchval("SELECT id FROM collections WHERE name = $1", name)
+            finally:
+                await conn.close()
+            await _raw_sql(target.database_url, f"vectors_{collection_id}", queries[:20], args.ef_search)
+            raw_latencies, raw_found = await _raw_sql(
+                target.database_url, f"vectors_{collection_id}", queries, args.ef_search
+            )
+            raw = _percentiles(raw_latencies)
+            raw_recall = _recall(raw_found, truth)
+            log(f"raw SQL: p50 {raw['p50']:.2f} ms, recall@10 {raw_recall:.3f}")
+
+        log(f"upserting {len(extra)} more vectors into the indexed collection ...")
+        indexed_rate = await _upload(client, name, extra, n, metadata=True)
+        log(f"  {indexed_rate:,.0f} vectors/s")
+        await client.delete(f"/api/v1/collections/{name}")
+
+    result: dict[str, Any] = {
+        "data": description,
+        "vectors": n,
+        "dim": dim,
+        "queries": len(queries),
+        "upsert_vectors_per_s": round(upsert_rate, 1),
+        "upsert_indexed_vectors_per_s": round(indexed_rate, 1),
+        "index_build_s": round(float(build_s), 2),
+        "search_p50_ms": round(api["p50"], 3),
+        "search_p95_ms": round(api["p95"], 3),
+        "search_p99_ms": round(api["p99"], 3),
+        "qps_1": round(qps_1, 1),
+        "qps_8": round(qps_8, 1),
+        "recall_at_10": round(recall, 4),
+        "search_strategy": strategies[0],
+        "filtered_1pct_p50_ms": round(filtered["p50"], 3),
+        "filtered_1pct_p99_ms": round(filtered["p99"], 3),
+        "filtered_1pct_recall_at_10": round(filtered_recall, 4),
+        "filtered_1pct_strategy": f_strategies[0],
+        "raw_sql_p50_ms": round(raw["p50"], 3) if raw else None,
+        "raw_sql_p99_ms": round(raw["p99"], 3) if raw else None,
+        "raw_sql_recall_at_10": round(raw_recall, 4) if raw_recall is not None else None,
+        "api_over_raw_p50": round(api["p50"] / raw["p50"], 2) if raw else None,
+    }
+    return result
+
+
+def main(args: Any) -> int:
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if args.url:
+        if not args.key:
+            raise SystemExit("--url needs --key (a READ_WRITE or ADMIN key)")
+        target = Target(args.url.rstrip("/"), args.key, args.database_url)
+    else:
+        log("starting a temporary server on a temporary embedded database ...")
+        target = start_temporary_server()
+    try:
+        result = asyncio.run(run(target, args, log))
+    finally:
+        if target.cleanup:
+            target.cleanup()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:32s} {value}")
+    return 0
