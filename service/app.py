@@ -89,7 +89,9 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await db.start()
         if settings.single_tenant:
-            await tenant_store.ensure(db.pool, settings.auth.default_tenant_id, "Default tenant")
+            async with db.transaction() as conn:
+                await tenant_store.ensure(conn, settings.auth.default_tenant_id, "Default tenant")
+                await db.ensure_tenant_role(conn, settings.auth.default_tenant_id)
             if not _is_loopback(settings.server.host):
                 log.warning(
                     "authentication is off (auth.require_authentication: false) and the server listens on "

@@ -61,10 +61,10 @@ def make_data(kind: str, n: int, dim: int, seed: int) -> tuple[np.ndarray, str]:
             f"projected to {dim}-d with noise"
         )
     else:
-        loaded = np.load(kind)
+        loaded = np.load(kind, mmap_mode="r")
         if loaded.ndim != 2:
             raise SystemExit(f"--data {kind}: expected a 2-d array of vectors, got shape {loaded.shape}")
-        data = loaded[:n].astype(np.float32)
+        data = np.array(loaded[:n], dtype=np.float32)
         description = f"file {kind} ({data.shape[0]} x {data.shape[1]})"
     data /= np.linalg.norm(data, axis=1, keepdims=True) + 1e-12
     return data, description
@@ -223,25 +223,21 @@ def _recall(found: list[list[int]], truth: list[list[int]]) -> float:
 
 
 async def run(target: Target, args: Any, log: Any) -> dict[str, Any]:
-    data, description = make_data(args.data, args.vectors, args.dim, seed=1)
-    n, dim = data.shape
-    extra, _ = make_data(
-        args.data if args.data in ("clustered", "uniform") else "clustered",
-        INDEXED_UPSERT_VECTORS,
-        dim,
-        seed=2,
-    )
-    queries, _ = make_data(
-        args.data if args.data in ("clustered", "uniform") else "clustered", args.queries, dim, seed=3
-    )
-    if args.data not in ("clustered", "uniform"):
-        # Queries from the file itself (held-out rows when it has more than --vectors).
-        rest = np.load(args.data)[n : n + args.queries].astype(np.float32)
-        queries = (
-            rest / np.linalg.norm(rest, axis=1, keepdims=True)
-            if len(rest) == args.queries
-            else data[: args.queries]
-        )
+    # One draw for everything, so that queries and later upserts come from the same distribution
+    # (same clusters, same projection) as the loaded vectors, as real queries would.
+    wanted = args.vectors + args.queries + INDEXED_UPSERT_VECTORS
+    everything, description = make_data(args.data, wanted, args.dim, seed=1)
+    if len(everything) < wanted:
+        # A file with too few rows: queries and later upserts are perturbed copies of its vectors.
+        rng = np.random.default_rng(2)
+        picks = everything[rng.integers(0, len(everything), wanted - len(everything))]
+        noisy = picks + 0.05 * rng.normal(size=picks.shape).astype(np.float32) / np.sqrt(picks.shape[1])
+        everything = np.vstack([everything, noisy / np.linalg.norm(noisy, axis=1, keepdims=True)])
+    n = min(args.vectors, len(everything) - args.queries - INDEXED_UPSERT_VECTORS)
+    data = everything[:n]
+    queries = everything[n : n + args.queries]
+    extra = everything[n + args.queries : n + args.queries + INDEXED_UPSERT_VECTORS]
+    dim = data.shape[1]
     log(f"data: {description}; {n} x {dim}, {len(queries)} queries")
 
     name = f"bench-{int(time.time())}"
@@ -315,7 +311,8 @@ async def run(target: Target, args: Any, log: Any) -> dict[str, Any]:
         log(f"upserting {len(extra)} more vectors into the indexed collection ...")
         indexed_rate = await _upload(client, name, extra, n, metadata=True)
         log(f"  {indexed_rate:,.0f} vectors/s")
-        await client.delete(f"/api/v1/collections/{name}")
+        if not args.keep:
+            await client.delete(f"/api/v1/collections/{name}")
 
     result: dict[str, Any] = {
         "data": description,

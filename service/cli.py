@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", default="clustered", help="clustered (default), uniform, or FILE.npy")
     bench.add_argument("--queries", type=int, default=200)
     bench.add_argument("--ef-search", type=int, default=100, help="hnsw.ef_search for the raw-SQL comparison")
+    bench.add_argument("--keep", action="store_true", help="keep the benchmark collection afterwards")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
 

@@ -46,28 +46,26 @@ async def test_unscoped_query_under_tenant_context_sees_no_other_tenant(
     )
 
     async with db.tenant_transaction(a.tenant_id) as conn:
-        # Deliberately no WHERE: PostgreSQL filters.
-        assert await conn.fetch(f"SELECT * FROM {b_table}") == []
+        # Deliberately no WHERE on the shared catalog: row-level security filters it.
         names = {
             (r["tenant_id"], r["name"]) for r in await conn.fetch("SELECT tenant_id, name FROM collections")
         }
         assert names == {(a.tenant_id, "mine")}
-        assert await conn.execute(f"UPDATE {b_table} SET metadata = '{{}}'") == "UPDATE 0"
-        assert await conn.execute(f"DELETE FROM {b_table}") == "DELETE 0"
-    # Writing into B's table fails whichever tenant the row claims: its own (the table's CHECK
-    # binds it to B) or B's (row-level security WITH CHECK).
-    async with db.tenant_transaction(a.tenant_id) as conn:
-        with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute(f"INSERT INTO {b_table} (id, embedding) VALUES ('x', '[1,2,3]')")
-    async with db.tenant_transaction(a.tenant_id) as conn:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute(
-                f"INSERT INTO {b_table} (tenant_id, id, embedding) VALUES ($1, 'x', '[1,2,3]')", b.tenant_id
-            )
-    for table in ("api_keys", "tenants"):
+        assert await conn.execute("UPDATE collections SET vector_count = 0") == "UPDATE 1"  # its own row only
+    b_rows = await db.pool.fetchval("SELECT vector_count FROM collections WHERE tenant_id = $1", b.tenant_id)
+    assert b_rows == 5
+    # B's vector table is B's role's alone: every statement from A's context is refused.
+    for statement in (
+        f"SELECT * FROM {b_table}",
+        f"UPDATE {b_table} SET metadata = '{{}}'",
+        f"DELETE FROM {b_table}",
+        f"INSERT INTO {b_table} (id, embedding) VALUES ('x', '[1,2,3]')",
+        "SELECT * FROM api_keys",
+        "SELECT * FROM tenants",
+    ):
         async with db.tenant_transaction(a.tenant_id) as conn:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.fetch(f"SELECT * FROM {table}")
+                await conn.fetch(statement)
     async with db.tenant_transaction(b.tenant_id) as conn:
         assert len(await conn.fetch(f"SELECT * FROM {b_table}")) == 5  # the owner still sees them
     # The tenant context ends with the transaction: the pooled connection is back to normal.

@@ -1,11 +1,12 @@
-"""Collections, the tenant role and row-level security.
+"""Collections, the tenant group role and row-level security.
 
-Each collection's vectors live in a table of their own (vectors_<collection id>), created by the
-service, not by a migration. Every tenant-data table carries tenant_id and a row-level security
-policy comparing it with the transaction's app.tenant_id; tenant work runs as the NOLOGIN role
-vectorhive_tenant (SET LOCAL ROLE), to which the policies apply even when the service logs in as
-a superuser. A policy on a column (rather than a constant) keeps the planner's row estimates
-right, so HNSW index scans are still chosen under RLS.
+Tenant work runs as a NOLOGIN role of its own (one per tenant, created by the service and named
+by service.db.database.tenant_role_name), a member of the group role vectorhive_tenant created
+here. Each collection's vectors live in a table of their own (vectors_<collection id>), created
+by the service and granted to its tenant's role only. The shared `collections` table has a
+row-level security policy for the group: a tenant sees the rows whose tenant_id equals the
+transaction's app.tenant_id. Both hold even when the service logs in as a superuser, because
+the policies and privileges apply to the role the transaction switches to.
 
 Revision ID: 0002
 Revises: 0001
@@ -30,17 +31,6 @@ def upgrade() -> None:
         BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TENANT_ROLE}') THEN
                 CREATE ROLE {TENANT_ROLE} NOLOGIN;
-            END IF;
-        END $$
-        """
-    )
-    # The service's own login must be able to SET ROLE to it (superusers always can).
-    op.execute(
-        f"""
-        DO $$
-        BEGIN
-            IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-                EXECUTE 'GRANT {TENANT_ROLE} TO ' || quote_ident(current_user);
             END IF;
         END $$
         """
@@ -78,8 +68,6 @@ def upgrade() -> None:
         """
     )
     op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON collections TO {TENANT_ROLE}")
-    # The tenant role reads tenants only to resolve foreign keys; it sees no other table.
-    op.execute(f"GRANT SELECT (id) ON tenants TO {TENANT_ROLE}")
 
 
 def downgrade() -> None:
@@ -95,4 +83,19 @@ def downgrade() -> None:
         """
     )
     op.execute("DROP TABLE collections")
-    op.execute(f"REVOKE ALL ON tenants FROM {TENANT_ROLE}")
+    # The tenant roles of this database (roles belong to the cluster; other databases keep theirs).
+    op.execute(
+        """
+        DO $$
+        DECLARE t record;
+        BEGIN
+            FOR t IN SELECT 'vh_t_' || left(encode(sha256(
+                            convert_to(current_database() || ':' || id, 'UTF8')), 'hex'), 24) AS role
+                     FROM tenants LOOP
+                IF EXISTS (SELECT FROM pg_roles WHERE rolname = t.role) THEN
+                    EXECUTE format('DROP ROLE %I', t.role);
+                END IF;
+            END LOOP;
+        END $$
+        """
+    )

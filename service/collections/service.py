@@ -118,8 +118,10 @@ class CollectionService:
                 errors=[{"field": "name", "message": "outside the key's collections"}],
             )
         async with self.db.transaction() as conn:
+            await self.db.ensure_tenant_role(conn, principal.tenant_id)
             row = await store.create(
                 conn,
+                tenant_role=self.db.tenant_role(principal.tenant_id),
                 tenant_id=principal.tenant_id,
                 name=request.name,
                 dimension=request.dimension,

@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 
 from service.collections.models import IndexStatus, Metric, Storage
-from service.db.database import TENANT_ROLE
 
 # (distance operator, HNSW operator class suffix, SQL turning the distance into a higher-is-better score)
 METRIC_SQL: dict[Metric, tuple[str, str, str]] = {
@@ -141,6 +140,7 @@ async def create(
     m: int,
     ef_construction: int,
     description: str | None,
+    tenant_role: str,
 ) -> CollectionRow | None:
     """Insert the row and create the vector table; None if the tenant already has this name."""
     try:
@@ -160,22 +160,18 @@ async def create(
     except asyncpg.UniqueViolationError:
         return None
     row = _row(record)
-    policy = "tenant_id = current_setting('app.tenant_id', true)"
-    # The policy keeps every tenant to its own rows; the CHECK binds the table to its owner, so that
-    # no other tenant can put rows (of its own) into it either. Tenant ids are [a-z0-9-] only.
-    owner = "'" + tenant_id.replace("'", "''") + "'"
+    # The table belongs to one tenant: only that tenant's role may touch it. No per-row policy,
+    # so the planner may use every index (row-level security would keep the GIN index from
+    # serving filters, because jsonb containment is not a leakproof operator).
     await conn.execute(
         f"""
         CREATE TABLE {row.table} (
-            tenant_id text NOT NULL DEFAULT current_setting('app.tenant_id') CHECK (tenant_id = {owner}),
             id        text NOT NULL PRIMARY KEY,
             embedding {row.vector_type}({dimension}) NOT NULL,
             metadata  jsonb NOT NULL DEFAULT '{{}}'
         );
-        ALTER TABLE {row.table} ENABLE ROW LEVEL SECURITY;
-        CREATE POLICY tenant_isolation ON {row.table} TO {TENANT_ROLE} USING ({policy}) WITH CHECK ({policy});
         CREATE INDEX {row.table}_metadata ON {row.table} USING gin (metadata jsonb_path_ops);
-        GRANT SELECT, INSERT, UPDATE, DELETE ON {row.table} TO {TENANT_ROLE};
+        GRANT SELECT, INSERT, UPDATE, DELETE ON {row.table} TO {tenant_role};
         """
     )
     return row
@@ -203,12 +199,8 @@ async def upsert(conn: Any, row: CollectionRow, records: list[tuple[str, Any, st
     The merge takes row locks in id order, so that concurrent batches with overlapping ids wait
     for each other instead of deadlocking.
     """
+    # Per-connection temporary table, emptied at every commit (see db.database._STAGING_TABLES).
     staging = f"vh_staging_{row.vector_type}"
-    # One temporary table per connection and vector type, emptied at every commit.
-    await conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {staging} (id text, embedding {row.vector_type}, metadata jsonb) "
-        "ON COMMIT DELETE ROWS"
-    )
     await conn.copy_records_to_table(staging, records=records, columns=["id", "embedding", "metadata"])
     inserted: int = await conn.fetchval(
         f"""WITH merged AS (

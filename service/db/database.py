@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,12 +20,29 @@ from service.db.migrate import upgrade_to_head
 
 log = logging.getLogger("vectorhive.db")
 
-# The NOLOGIN role that tenant work runs as; row-level security policies apply to it (migration 0002).
-TENANT_ROLE = "vectorhive_tenant"
+# The NOLOGIN group role of all tenant roles (migration 0002): row-level security on the shared
+# `collections` table applies to its members; they have no access to tenants or api_keys.
+TENANT_GROUP = "vectorhive_tenant"
+
+# Staging tables for binary COPY, one per connection and vector type (see collections.store.upsert).
+# Created by the service's login and granted to the group, so whichever tenant role the connection
+# takes on may use them; ON COMMIT DELETE ROWS empties them at the end of every transaction.
+_STAGING_TABLES = {"vector": "vh_staging_vector", "halfvec": "vh_staging_halfvec"}
+
+
+def tenant_role_name(database: str, tenant_id: str) -> str:
+    """The NOLOGIN role a tenant's transactions run as; unique per database of the cluster."""
+    digest = hashlib.sha256(f"{database}:{tenant_id}".encode()).hexdigest()
+    return f"vh_t_{digest[:24]}"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await register_vector(conn)
+    for vector_type, table in _STAGING_TABLES.items():
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {table} (id text, embedding {vector_type}, metadata jsonb) "
+            f"ON COMMIT DELETE ROWS; GRANT ALL ON {table} TO {TENANT_GROUP}"
+        )
 
 
 class Database:
@@ -33,6 +52,7 @@ class Database:
         self.settings = settings
         self.embedded: EmbeddedPostgres | None = None
         self.url: str | None = settings.url
+        self.database_name = ""
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -55,6 +75,7 @@ class Database:
                 command_timeout=self.settings.command_timeout,
                 init=_init_connection,
             )
+            self.database_name = await self._pool.fetchval("SELECT current_database()")
         except BaseException:
             await self._stop_embedded()
             raise
@@ -84,17 +105,40 @@ class Database:
         async with self.pool.acquire() as conn, conn.transaction():
             yield conn
 
+    def tenant_role(self, tenant_id: str) -> str:
+        return tenant_role_name(self.database_name, tenant_id)
+
+    async def ensure_tenant_role(self, conn: Any, tenant_id: str) -> None:
+        """Create the tenant's role if it is missing (idempotent; safe when two replicas race)."""
+        role = self.tenant_role(tenant_id)  # a hex digest: safe to write into the statement
+        statement = f"""
+            DO $$
+            BEGIN
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                    CREATE ROLE {role} NOLOGIN IN ROLE {TENANT_GROUP};
+                END IF;
+                IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                    EXECUTE 'GRANT {role} TO ' || quote_ident(current_user);
+                END IF;
+            END $$"""  # noqa: S608 (no user text: a fixed prefix and a hex digest)
+        # A savepoint, so that losing a race with another replica does not abort the caller's work.
+        with contextlib.suppress(asyncpg.UniqueViolationError):
+            async with conn.transaction():
+                await conn.execute(statement)
+
     @asynccontextmanager
     async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[Any]:
-        """A transaction in one tenant's context: PostgreSQL itself refuses other tenants' rows.
+        """A transaction in one tenant's context: PostgreSQL itself refuses other tenants' data.
 
-        Sets app.tenant_id and switches to the tenant role for this transaction only (both revert
-        at COMMIT or ROLLBACK), so a query that forgets its WHERE still cannot see another tenant.
+        Runs as the tenant's own role for this transaction only (reverted at COMMIT or ROLLBACK):
+        its vector tables are granted to that role alone, and row-level security limits the shared
+        `collections` table to rows whose tenant_id equals app.tenant_id. A query that forgets its
+        WHERE still cannot reach another tenant.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "SELECT set_config('app.tenant_id', $1, true), set_config('role', $2, true)",
                 tenant_id,
-                TENANT_ROLE,
+                self.tenant_role(tenant_id),
             )
             yield conn

@@ -27,9 +27,11 @@ class TenantService:
                 "starting with a letter or digit.",
                 errors=[{"field": "id", "message": f"must match {TENANT_ID_PATTERN}"}],
             )
-        tenant = await store.insert(self.db.pool, tenant_id, display_name or tenant_id)
-        if tenant is None:
-            raise Conflict(f"Tenant '{tenant_id}' already exists.")
+        async with self.db.transaction() as conn:
+            tenant = await store.insert(conn, tenant_id, display_name or tenant_id)
+            if tenant is None:
+                raise Conflict(f"Tenant '{tenant_id}' already exists.")
+            await self.db.ensure_tenant_role(conn, tenant_id)
         log.info("tenant created", extra={"tenant_id": tenant_id})
         return tenant
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
 from service.tenants.models import Tenant, TenantStatus
 
 _COLUMNS = "id, display_name, status, created_at, updated_at"
@@ -23,15 +21,13 @@ def _tenant(row: Any) -> Tenant:
 
 async def insert(conn: Any, tenant_id: str, display_name: str) -> Tenant | None:
     """None when the id is taken."""
-    try:
-        row = await conn.fetchrow(
-            f"INSERT INTO tenants (id, display_name) VALUES ($1, $2) RETURNING {_COLUMNS}",
-            tenant_id,
-            display_name,
-        )
-    except asyncpg.UniqueViolationError:
-        return None
-    return _tenant(row)
+    row = await conn.fetchrow(
+        f"""INSERT INTO tenants (id, display_name) VALUES ($1, $2)
+            ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}""",
+        tenant_id,
+        display_name,
+    )
+    return _tenant(row) if row else None
 
 
 async def ensure(conn: Any, tenant_id: str, display_name: str) -> None:
