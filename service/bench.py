@@ -76,16 +76,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_temporary_server() -> Target:
-    """A server on a temporary embedded database, with a tenant and an ADMIN key."""
+def start_temporary_server(env_overrides: dict[str, str] | None = None, permission: str = "admin") -> Target:
+    """A server on a temporary embedded database, with a tenant ("bench") and a key for it."""
     workdir = Path(tempfile.mkdtemp(prefix="vectorhive-bench-"))
-    env = {**os.environ, "VECTORHIVE_SERVER__ACCESS_LOG": "false", "VECTORHIVE_SERVER__LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "VECTORHIVE_SERVER__ACCESS_LOG": "false",
+        "VECTORHIVE_SERVER__LOG_LEVEL": "warning",
+        **(env_overrides or {}),
+    }
     cli = [sys.executable, "-m", "service.cli"]
     subprocess.run(
         [*cli, "tenants", "create", "bench"], cwd=workdir, env=env, check=True, capture_output=True
     )
     key = subprocess.run(
-        [*cli, "keys", "create", "--tenant", "bench", "--permission", "admin"],
+        [*cli, "keys", "create", "--tenant", "bench", "--permission", permission],
         cwd=workdir,
         env=env,
         check=True,

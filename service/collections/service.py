@@ -94,12 +94,12 @@ class CollectionService:
 
     @asynccontextmanager
     async def _in_collection(
-        self, principal: Principal, name: str
+        self, principal: Principal, name: str, settings: dict[str, str] | None = None
     ) -> AsyncIterator[tuple[Any, CollectionRow]]:
         """A tenant transaction and the collection it works on (404 if absent, or dropped meanwhile)."""
         assert principal.tenant_id is not None
         try:
-            async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            async with self.db.tenant_transaction(principal.tenant_id, settings) as conn:
                 yield conn, await self._require(conn, principal, name)
         except asyncpg.UndefinedTableError:
             raise NotFound(f"Collection '{name}' does not exist.") from None
@@ -281,10 +281,20 @@ class CollectionService:
 
     # -- search -----------------------------------------------------------------------------------
 
+    def _search_settings(self, request: SearchRequest) -> dict[str, str]:
+        return {
+            "hnsw.ef_search": str(max(request.ef_search or self.settings.default_ef_search, request.top_k)),
+            "hnsw.iterative_scan": "off",
+            # asyncpg prepares statements; a generic plan would not know LIMIT $2 (nor the filter's
+            # values) and would sort the whole table instead of walking the HNSW index.
+            "plan_cache_mode": "force_custom_plan",
+        }
+
     async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResult:
         started = time.perf_counter()
-        async with self._in_collection(principal, name) as (conn, row):
-            hits, strategy = await self._search_one(conn, row, request, "")
+        settings = self._search_settings(request)
+        async with self._in_collection(principal, name, settings) as (conn, row):
+            hits, strategy = await self._search_one(conn, row, request, "", dict(settings))
         return SearchResult(
             results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3), strategy=strategy
         )
@@ -294,29 +304,34 @@ class CollectionService:
     ) -> BatchSearchResult:
         started = time.perf_counter()
         results = []
-        async with self._in_collection(principal, name) as (conn, row):
+        settings = self._search_settings(queries[0])
+        async with self._in_collection(principal, name, settings) as (conn, row):
             for i, query in enumerate(queries):
-                hits, _ = await self._search_one(conn, row, query, f"queries[{i}].")
+                hits, _ = await self._search_one(conn, row, query, f"queries[{i}].", settings)
                 results.append(hits)
         return BatchSearchResult(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
+    @staticmethod
+    async def _apply(conn: Any, wanted: dict[str, str], applied: dict[str, str]) -> None:
+        """Set the transaction-local parameters in `wanted` that differ from `applied` (one round trip)."""
+        changed = {k: v for k, v in wanted.items() if applied.get(k) != v}
+        if changed:
+            await conn.execute(
+                "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
+                list(changed),
+                list(changed.values()),
+            )
+            applied.update(changed)
+
     async def _search_one(
-        self, conn: Any, row: CollectionRow, request: SearchRequest, where: str
+        self, conn: Any, row: CollectionRow, request: SearchRequest, where: str, applied: dict[str, str]
     ) -> tuple[list[SearchHit], str]:
         query = self._vectors_matrix(row, [request.vector], lambda _: f"{where}vector")[0]
         strategy = await self._choose_strategy(conn, row, request)
-        await conn.execute(
-            "SELECT set_config('enable_indexscan', $1, true), set_config('hnsw.ef_search', $2, true), "
-            "set_config('hnsw.iterative_scan', $3, true), "
-            # asyncpg prepares statements; a generic plan would not know LIMIT $2 (nor the filter's
-            # values) and would sort the whole table instead of walking the HNSW index.
-            "set_config('plan_cache_mode', 'force_custom_plan', true)",
-            # Exact: keep the planner off the (approximate) HNSW index; GIN still serves filters
-            # through bitmap scans.
-            "off" if strategy == "exact" else "on",
-            str(max(request.ef_search or self.settings.default_ef_search, request.top_k)),
-            "relaxed_order" if strategy == "hnsw_filtered" else "off",
-        )
+        wanted = self._search_settings(request)
+        if strategy == "hnsw_filtered":
+            wanted["hnsw.iterative_scan"] = "relaxed_order"
+        await self._apply(conn, wanted, applied)
         compiled = compile_filter(request.filter, first_param=3) if request.filter else None
         records = await store.nearest(
             conn,
@@ -327,6 +342,7 @@ class CollectionService:
             params=compiled.params if compiled else [],
             include_metadata=request.include_metadata,
             include_vector=request.include_vector,
+            exact=strategy == "exact",
         )
         hits = []
         for record in records:

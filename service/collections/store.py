@@ -255,9 +255,15 @@ async def nearest(
     params: list[Any],
     include_metadata: bool,
     include_vector: bool,
+    exact: bool,
 ) -> list[Any]:
-    """The top_k nearest vectors with a higher-is-better score; filter parameters start at $3."""
+    """The top_k nearest vectors with a higher-is-better score; filter parameters start at $3.
+
+    exact: order by an expression no index can produce (distance + 0), so the planner scans
+    (through the GIN index when the filter allows) instead of walking the approximate HNSW graph.
+    """
     distance = f"embedding {row.distance_op} $1::{row.vector_type}"
+    order = f"({distance}) + 0" if exact else distance
     columns = ["id", f"{row.score_sql('distance')} AS score"]
     if include_metadata:
         columns.append("metadata")
@@ -269,7 +275,7 @@ async def nearest(
         f"""WITH nearest AS MATERIALIZED (
                 SELECT id, metadata, embedding, {distance} AS distance FROM {row.table}
                 WHERE {where or "TRUE"}
-                ORDER BY {distance} LIMIT $2)
+                ORDER BY {order} LIMIT $2)
             SELECT {", ".join(columns)} FROM nearest ORDER BY distance""",
         query,
         top_k,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -127,18 +127,23 @@ class Database:
                 await conn.execute(statement)
 
     @asynccontextmanager
-    async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[Any]:
+    async def tenant_transaction(
+        self, tenant_id: str, settings: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Any]:
         """A transaction in one tenant's context: PostgreSQL itself refuses other tenants' data.
 
         Runs as the tenant's own role for this transaction only (reverted at COMMIT or ROLLBACK):
         its vector tables are granted to that role alone, and row-level security limits the shared
         `collections` table to rows whose tenant_id equals app.tenant_id. A query that forgets its
-        WHERE still cannot reach another tenant.
+        WHERE still cannot reach another tenant. `settings` are further transaction-local
+        parameters (e.g. hnsw.ef_search), set in the same round trip.
         """
+        names = ["app.tenant_id", "role", *(settings or {})]
+        values = [tenant_id, self.tenant_role(tenant_id), *(settings or {}).values()]
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "SELECT set_config('app.tenant_id', $1, true), set_config('role', $2, true)",
-                tenant_id,
-                self.tenant_role(tenant_id),
+                "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
+                names,
+                values,
             )
             yield conn

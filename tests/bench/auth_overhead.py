@@ -13,23 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from service.bench import start_temporary_server
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -45,36 +35,13 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="vh-bench-auth-"))
-    env = {
-        **os.environ,
-        "VECTORHIVE_AUTH__REQUIRE_AUTHENTICATION": "false",
-        "VECTORHIVE_SERVER__ACCESS_LOG": "false",
-        "VECTORHIVE_SERVER__LOG_LEVEL": "warning",
-    }
-    cli = [sys.executable, "-m", "service.cli"]
-    subprocess.run(
-        [*cli, "tenants", "create", "bench"], cwd=workdir, env=env, check=True, capture_output=True
+    # Single-tenant mode: the same route answers with and without a key.
+    target = start_temporary_server(
+        {"VECTORHIVE_AUTH__REQUIRE_AUTHENTICATION": "false"}, permission="read_only"
     )
-    key = subprocess.run(
-        [*cli, "keys", "create", "--tenant", "bench", "--permission", "read_only"],
-        cwd=workdir,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    port = _free_port()
-    server = subprocess.Popen([*cli, "serve", "--port", str(port)], cwd=workdir, env=env)
-    base = f"http://127.0.0.1:{port}"
+    key = target.key
     try:
-        with httpx.Client(base_url=base, timeout=10) as client:
-            for _ in range(300):
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+        with httpx.Client(base_url=target.url, timeout=10) as client:
             variants = {
                 "healthz_no_auth_middleware": ("/healthz", {}),
                 "me_without_key": ("/api/v1/me", {}),
@@ -91,8 +58,7 @@ def main() -> int:
                     samples[name].append((time.perf_counter() - started) * 1000)
                     assert response.status_code == 200
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        target.cleanup()
 
     result: dict[str, float | int] = {"requests_per_variant": args.requests}
     for name, values in samples.items():
