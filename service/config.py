@@ -96,10 +96,6 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """Local-development mode: one default tenant served without keys."""
         return not self.auth.require_authentication
 
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.database.data_dir)
-
 
 _SECTIONS: dict[str, type[_Section]] = {
     name: type(getattr(Settings(), name)) for name in Settings.__struct_fields__
@@ -272,8 +268,3 @@ def load_settings(
         settings.database.data_dir = str((cwd / data_dir).resolve())
     _check_semantics(settings)
     return settings
-
-
-def settings_to_dict(settings: Settings) -> dict[str, Any]:
-    result: dict[str, Any] = msgspec.to_builtins(settings)
-    return result

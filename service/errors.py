@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
@@ -187,6 +188,28 @@ def _from_http_exception(exc: HTTPException) -> Problem:
     return Problem(status=status, code=code, title=title, detail=detail, errors=errors, headers=exc.headers)
 
 
+def _from_database_data_error(exc: asyncpg.DataError) -> Problem:
+    """PostgreSQL refused a value the request carried (e.g. a NUL character in text)."""
+    return Problem(
+        status=400,
+        code="invalid_request",
+        title="The request is invalid",
+        detail=f"The request contains a value the database cannot store: {exc.args[0] if exc.args else exc}",
+    )
+
+
+def _from_transaction_rollback(exc: asyncpg.TransactionRollbackError) -> Problem:
+    """A deadlock or serialization failure with a concurrent request: nothing was written."""
+    log.warning("transaction rolled back by the database", extra={"sqlstate": exc.sqlstate})
+    return Problem(
+        status=409,
+        code="concurrent_conflict",
+        title="Conflict with a concurrent request",
+        detail="The request conflicted with a concurrent write and changed nothing; retry it.",
+        headers={"Retry-After": "1"},
+    )
+
+
 def _from_unexpected(exc: Exception) -> Problem:
     log.error("unhandled exception", exc_info=exc)
     return Problem(
@@ -207,6 +230,8 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
     mapping: dict[type[Exception], Any] = {
         ServiceError: _from_service_error,
         HTTPException: _from_http_exception,
+        asyncpg.DataError: _from_database_data_error,
+        asyncpg.TransactionRollbackError: _from_transaction_rollback,
         Exception: _from_unexpected,
     }
     return ProblemDetailsPlugin(

@@ -247,3 +247,57 @@ async def test_keys_never_appear_in_logs_or_error_bodies(
     for text in (logged, *bodies):
         assert secret not in text
         assert wrong[-20:] not in text
+
+
+async def test_collection_scoped_admin_cannot_widen_its_scope(
+    client: AsyncTestClient[Litestar], make_tenant: Any
+) -> None:
+    tenant = await make_tenant()
+    made = await client.post(
+        "/api/v1/keys",
+        headers=bearer(tenant.admin),
+        json={"permission": "admin", "collections": ["docs", "faq"]},
+    )
+    scoped = bearer(made.json()["key"])
+    for body in ({"permission": "admin"}, {"permission": "read_only", "collections": ["docs", "other"]}):
+        assert_problem(
+            await client.post("/api/v1/keys", headers=scoped, json=body), 403, "insufficient_scope"
+        )
+    narrower = await client.post(
+        "/api/v1/keys", headers=scoped, json={"permission": "read_only", "collections": ["faq"]}
+    )
+    assert narrower.status_code == 201
+    unscoped_id = parse_key(tenant.admin).key_id  # type: ignore[union-attr]
+    for method, path in (
+        ("POST", f"/api/v1/keys/{unscoped_id}/rotate"),
+        ("DELETE", f"/api/v1/keys/{unscoped_id}"),
+    ):
+        assert_problem(await client.request(method, path, headers=scoped), 403, "insufficient_scope")
+    assert (await client.get(ME, headers=bearer(tenant.admin))).status_code == 200
+    rotated = await client.post(f"/api/v1/keys/{narrower.json()['key_id']}/rotate", headers=scoped)
+    assert rotated.status_code == 201
+
+
+def test_cache_refuses_a_verification_older_than_an_eviction() -> None:
+    """A revocation (or suspension) while argon2 runs must not be undone by caching the old read."""
+    from service.auth.cache import KeyCache
+    from service.auth.keys import KeyKind
+    from service.auth.principal import Permission, Principal
+
+    clock = [100.0]
+    cache = KeyCache(ttl=300, max_size=10, negative_ttl=10, clock=lambda: clock[0])
+    principal = Principal(kind=KeyKind.TENANT, key_id="k1", tenant_id="t1", permission=Permission.ADMIN)
+    read_at = cache.now()
+    clock[0] += 0.1
+    cache.evict_key("k1")  # revoked while the secret was being verified
+    clock[0] += 0.1
+    cache.put(b"fp", principal, read_at=read_at)
+    assert cache.get(b"fp") is None
+    read_at = cache.now()
+    clock[0] += 0.1
+    cache.evict_tenant("t1")  # suspended meanwhile
+    cache.put(b"fp", principal, read_at=read_at)
+    assert cache.get(b"fp") is None
+    clock[0] += 0.1
+    cache.put(b"fp", principal, read_at=cache.now())  # read after both: cached
+    assert cache.get(b"fp") == principal

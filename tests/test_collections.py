@@ -341,3 +341,76 @@ async def test_concurrent_overlapping_upserts_do_not_deadlock(
         responses = await asyncio.gather(*(http.put(f"{API}/c/vectors", json=b) for b in batches))
         assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
         assert (await http.get(f"{API}/c")).json()["vector_count"] == 300
+
+
+async def test_inputs_the_database_cannot_store_are_400(
+    client: AsyncTestClient[Litestar], make_tenant: Any
+) -> None:
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    assert "name" in str(
+        assert_problem(await client.post(API, headers=key, json={"name": "docs\n", "dimension": 2}), 400)
+    )
+    await client.post(API, headers=key, json={"name": "c", "dimension": 2})
+    nul = {"vectors": [{"id": "a", "vector": [1, 2], "metadata": {"text": "x\u0000y"}}]}
+    assert_problem(await client.put(f"{API}/c/vectors", headers=key, json=nul), 400, "invalid_request")
+    assert_problem(await client.get(f"{API}/c/vectors/a%00b", headers=key), 400)
+    assert (await client.get(f"{API}/c", headers=key)).json()["vector_count"] == 0
+
+
+async def test_zero_vectors_have_no_cosine(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    await client.post(API, headers=key, json={"name": "cos", "dimension": 2})
+    await client.post(API, headers=key, json={"name": "euclid", "dimension": 2, "metric": "l2"})
+    zero = {"vectors": [{"id": "a", "vector": [1, 0]}, {"id": "z", "vector": [0, 0]}]}
+    problem = assert_problem(await client.put(f"{API}/cos/vectors", headers=key, json=zero), 400)
+    assert problem["errors"][0]["field"] == "vectors[1].vector"
+    assert_problem(await client.post(f"{API}/cos/search", headers=key, json={"vector": [0, 0]}), 400)
+    assert (await client.put(f"{API}/euclid/vectors", headers=key, json=zero)).status_code == 200
+    hits = (await client.post(f"{API}/euclid/search", headers=key, json={"vector": [0, 0]})).json()["results"]
+    assert [h["id"] for h in hits] == ["z", "a"] and hits[0]["score"] == 0.0
+
+
+async def test_empty_delete_filter_is_refused(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    await client.post(API, headers=key, json={"name": "c", "dimension": 2})
+    await client.put(f"{API}/c/vectors", headers=key, json={"vectors": [{"id": "a", "vector": [1, 2]}]})
+    assert_problem(await client.post(f"{API}/c/vectors/delete", headers=key, json={"filter": {}}), 400)
+    assert (await client.get(f"{API}/c", headers=key)).json()["vector_count"] == 1
+
+
+async def test_oversized_filters_are_refused(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    await client.post(API, headers=key, json={"name": "c", "dimension": 2})
+    many = {"$or": [{"n": {"$in": list(range(900))}} for _ in range(3)]}
+    problem = assert_problem(
+        await client.post(f"{API}/c/search", headers=key, json={"vector": [1, 2], "filter": many}),
+        400,
+        "invalid_filter",
+    )
+    assert "more than 1000 conditions" in problem["detail"]
+    empties = {"$or": [{}] * 5000}
+    assert_problem(
+        await client.post(f"{API}/c/search", headers=key, json={"vector": [1, 2], "filter": empties}), 400
+    )
+
+
+async def test_delete_collection_during_writes(live_server: LiveServer, make_tenant: Any) -> None:
+    """Deleting a collection while upserts run: every request ends cleanly (no 500, no deadlock)."""
+    tenant = await make_tenant()
+    async with httpx.AsyncClient(base_url=live_server.url, headers=bearer(tenant.admin), timeout=60) as http:
+        await http.post(API, json={"name": "c", "dimension": 8})
+        rng = np.random.default_rng(0)
+        batches = [
+            {"vectors": [{"id": f"{r}-{i}", "vector": rng.normal(size=8).tolist()} for i in range(300)]}
+            for r in range(6)
+        ]
+        writes = [http.put(f"{API}/c/vectors", json=b) for b in batches]
+        responses = await asyncio.gather(*writes[:3], http.delete(f"{API}/c"), *writes[3:])
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 204, 404}, [r.text for r in responses if r.status_code >= 500]
+        assert statuses[3] == 204
+        assert (await http.get(f"{API}/c")).status_code == 404

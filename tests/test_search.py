@@ -281,6 +281,12 @@ FILTERS: list[dict[str, Any]] = [
     {"$and": [{"flag": True}, {"$not": {"tag": "t0"}}]},
     {"$not": {"$or": [{"n": {"$lt": 10}}, {"n": {"$gt": 40}}]}},
     {"missing.path": {"$exists": False}, "tag": "t2"},
+    # Negations over fields that some documents lack: true for those documents.
+    {"$not": {"maybe": {"$gt": 10}}},
+    {"arr": {"$ne": [0, "a"]}},
+    {"arr": {"$nin": [[0, "a"], [1, "b"]]}},
+    {"$not": {"nested.y": {"$gte": "s5"}}},
+    {"$not": {"mixed": {"$lt": "2"}}},
 ]
 
 

@@ -29,6 +29,9 @@ class KeyCache:
         self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         self._by_key_id: dict[str, bytes] = {}
         self._negative: OrderedDict[bytes, float] = OrderedDict()
+        # When a key id or tenant was last evicted: a verification that read the database before
+        # then (and so may have seen the key unrevoked, the tenant active) must not be cached.
+        self._evicted: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -44,7 +47,16 @@ class KeyCache:
         self._entries.move_to_end(fingerprint)
         return principal
 
-    def put(self, fingerprint: bytes, principal: Principal) -> None:
+    def now(self) -> float:
+        return self._clock()
+
+    def put(self, fingerprint: bytes, principal: Principal, *, read_at: float | None = None) -> None:
+        """Cache a verified principal; read_at: when its database row was read (see evict_*)."""
+        if read_at is not None and any(
+            self._evicted.get(subject, float("-inf")) >= read_at
+            for subject in (f"key:{principal.key_id}", f"tenant:{principal.tenant_id}")
+        ):
+            return
         self._entries[fingerprint] = (principal, self._clock() + self.ttl)
         self._entries.move_to_end(fingerprint)
         if principal.key_id is not None:
@@ -71,12 +83,21 @@ class KeyCache:
         while len(self._negative) > self.max_size:
             self._negative.popitem(last=False)
 
+    def _mark_evicted(self, subject: str) -> None:
+        now = self._clock()
+        self._evicted[subject] = now
+        if len(self._evicted) > self.max_size:
+            # Verifications take seconds at most; older marks can no longer matter.
+            self._evicted = {k: t for k, t in self._evicted.items() if now - t < 60}
+
     def evict_key(self, key_id: str) -> None:
+        self._mark_evicted(f"key:{key_id}")
         fingerprint = self._by_key_id.get(key_id)
         if fingerprint is not None:
             self._drop(fingerprint)
 
     def evict_tenant(self, tenant_id: str) -> None:
+        self._mark_evicted(f"tenant:{tenant_id}")
         for fingerprint in [fp for fp, (p, _) in self._entries.items() if p.tenant_id == tenant_id]:
             self._drop(fingerprint)
 

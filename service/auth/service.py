@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from service.auth import store
 from service.auth.cache import KeyCache
 from service.auth.keys import KeyKind, fingerprint, hash_secret, new_key, parse_key, verify_secret
-from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
+from service.auth.models import COLLECTION_NAME_PATTERN, ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.principal import Permission, Principal
 from service.config import AuthSettings
 from service.db import Database
-from service.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from service.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from service.metrics import AUTH_CACHE_HITS, AUTH_CACHE_MISSES, AUTH_FAILURES, AUTH_HASH_CHECKS
 from service.pagination import Page, decode_cursor, page_of
 from service.tenants import store as tenant_store
@@ -43,14 +44,38 @@ def _check_expiry(expires_at: datetime | None) -> None:
         )
 
 
+def _check_scope(scope: frozenset[str] | None, collections: list[str] | None) -> None:
+    """A key limited to some collections manages only keys limited to (some of) the same ones."""
+    if scope is None:
+        return
+    if collections is None or not set(collections) <= scope:
+        raise Forbidden(
+            "This key is limited to collections "
+            f"{', '.join(sorted(scope))}; it can only manage keys limited to some of those.",
+            code="insufficient_scope",
+        )
+
+
 class KeyService:
     def __init__(self, db: Database, cache: KeyCache | None = None) -> None:
         self.db = db
         self.cache = cache
 
-    async def create(self, tenant_id: str | None, request: CreateKeyRequest) -> CreatedApiKey:
-        """A tenant key (tenant_id set) or an operator key (tenant_id None; permission ignored)."""
+    async def create(
+        self, tenant_id: str | None, request: CreateKeyRequest, *, scope: frozenset[str] | None = None
+    ) -> CreatedApiKey:
+        """A tenant key (tenant_id set) or an operator key (tenant_id None; permission ignored).
+
+        scope: the collections the creating key is limited to; the new key may not see more.
+        """
         _check_expiry(request.expires_at)
+        for i, name in enumerate(request.collections or []):
+            if not re.fullmatch(COLLECTION_NAME_PATTERN, name):
+                raise InvalidRequest(
+                    f"collections[{i}]: '{name}' is not a collection name",
+                    errors=[{"field": f"collections[{i}]", "message": "not a collection name"}],
+                )
+        _check_scope(scope, request.collections)
         kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
         token, parsed = new_key(kind)
         secret_hash = await asyncio.to_thread(hash_secret, parsed.secret)
@@ -85,11 +110,18 @@ class KeyService:
             raise NotFound(f"API key '{key_id}' does not exist.")
         return key
 
-    async def revoke(self, tenant_id: str | None, key_id: str, *, any_tenant: bool = False) -> ApiKey:
+    async def revoke(
+        self,
+        tenant_id: str | None,
+        key_id: str,
+        *,
+        any_tenant: bool = False,
+        scope: frozenset[str] | None = None,
+    ) -> ApiKey:
         """Revoke a key of `tenant_id` (or any key at all, for the operator CLI with any_tenant)."""
         async with self.db.transaction() as conn:
             if not any_tenant:
-                await self._get_locked(conn, tenant_id, key_id)
+                _check_scope(scope, (await self._get_locked(conn, tenant_id, key_id)).collections)
             key = await store.revoke(conn, key_id)
         if key is None:
             raise NotFound(f"API key '{key_id}' does not exist.")
@@ -97,12 +129,15 @@ class KeyService:
         log.info("api key revoked", extra={"key_id": key_id, "tenant_id": key.tenant_id})
         return key
 
-    async def rotate(self, tenant_id: str, key_id: str) -> CreatedApiKey:
+    async def rotate(
+        self, tenant_id: str, key_id: str, *, scope: frozenset[str] | None = None
+    ) -> CreatedApiKey:
         """A new key with the same name, permission, scope and expiry; the old one is revoked at once."""
         token, parsed = new_key(KeyKind.TENANT)
         secret_hash = await asyncio.to_thread(hash_secret, parsed.secret)
         async with self.db.transaction() as conn:
             old = await self._get_locked(conn, tenant_id, key_id)
+            _check_scope(scope, old.collections)
             if old.revoked_at is not None:
                 raise Conflict(f"API key '{key_id}' is revoked; create a new key instead.")
             new = await store.insert(
@@ -230,6 +265,7 @@ class Authenticator:
             raise Unauthorized(
                 "The API key is malformed: expected 'Authorization: Bearer vh_<key id>_<secret>'."
             )
+        read_at = self.cache.now()
         found = await store.for_auth(self.db.pool, parsed.key_id)
         if found is None or found.key.kind is not parsed.kind:
             self.cache.put_known_bad(fp)
@@ -259,6 +295,7 @@ class Authenticator:
             tenant_active=found.tenant_active,
             expires_at=key.expires_at,
         )
-        self.cache.put(fp, principal)
+        # Not cached if the key was revoked or its tenant suspended while argon2 ran.
+        self.cache.put(fp, principal, read_at=read_at)
         await store.touch(self.db.pool, [key.key_id], [datetime.now(UTC)])
         return principal

@@ -98,11 +98,6 @@ async def get(conn: Any, key_id: str, *, tenant_id: str | None, kind: KeyKind) -
     return _api_key(row) if row else None
 
 
-async def get_any(conn: Any, key_id: str) -> ApiKey | None:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-    return _api_key(row) if row else None
-
-
 async def list_page(
     conn: Any, *, tenant_id: str | None, kind: KeyKind, after: str | None, limit: int
 ) -> list[ApiKey]:

@@ -10,7 +10,11 @@ always travel as bind parameters; the only SQL text produced is fixed by this mo
 and $in on scalars compile to jsonb containment (@>), which the collection's GIN index serves.
 
 Semantics: $ne and $nin also match documents where the field is missing; $gt/$gte/$lt/$lte compare
-numbers with numbers and strings with strings, and never match other types.
+numbers with numbers and strings with strings (by code point), and never match other types. Every
+condition is true or false, never NULL, so $not and $ne negate exactly.
+
+Size: at most MAX_CONDITIONS conditions in all, counting every $in/$nin value and every filter
+object (so a filter's SQL and its parameter count stay bounded).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ FIELD_OPERATORS = {"$eq", "$ne", "$in", "$nin", "$exists", *COMPARISONS}
 LOGICAL_OPERATORS = {"$and", "$or", "$not"}
 MAX_DEPTH = 16
 MAX_LIST = 1000
-MAX_CLAUSES = 256
+MAX_CONDITIONS = 1000
 
 Scalar = str | int | float | bool | None
 
@@ -59,7 +63,13 @@ class _Compiler:
 
     # -- structure --------------------------------------------------------------------------------
 
+    def spend(self, where: str, count: int = 1) -> None:
+        self.clauses += count
+        if self.clauses > MAX_CONDITIONS:
+            raise self.fail(where, f"the filter has more than {MAX_CONDITIONS} conditions")
+
     def node(self, value: Any, where: str, depth: int) -> str:
+        self.spend(where)
         if depth > MAX_DEPTH:
             raise self.fail(where, f"nested more than {MAX_DEPTH} levels deep")
         if not isinstance(value, dict):
@@ -107,9 +117,7 @@ class _Compiler:
         return self.operator(path, "$eq", condition, where)
 
     def operator(self, path: list[str], operator: str, value: Any, where: str) -> str:
-        self.clauses += 1
-        if self.clauses > MAX_CLAUSES:
-            raise self.fail(where, f"more than {MAX_CLAUSES} conditions")
+        self.spend(where)
         if operator not in FIELD_OPERATORS:
             raise self.fail(
                 where, f"unknown operator {operator}; allowed: {', '.join(sorted(FIELD_OPERATORS))}"
@@ -123,6 +131,7 @@ class _Compiler:
                 raise self.fail(where, f"{operator} takes a non-empty list of values")
             if len(value) > MAX_LIST:
                 raise self.fail(where, f"{operator} takes at most {MAX_LIST} values")
+            self.spend(where, len(value))
             any_of = "(" + " OR ".join(self.equals(path, v) for v in value) + ")"
             return any_of if operator == "$in" else f"(NOT {any_of})"
         if operator == "$exists":
@@ -133,17 +142,24 @@ class _Compiler:
         # $gt $gte $lt $lte
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise self.fail(where, f"{operator} takes a number or a string")
-        kind = "string" if isinstance(value, str) else "number"
         path_param = self.param(path, "text[]")
-        return (
-            f"(jsonb_typeof({self.column} #> {path_param}) = '{kind}' AND "
-            f"{self.column} #> {path_param} {COMPARISONS[operator]} {self.param(_json(value), 'jsonb')})"
-        )
+        if isinstance(value, str):
+            text = f'({self.column} #>> {path_param}) COLLATE "C"'
+            compared = f"{text} {COMPARISONS[operator]} {self.param(value, 'text')}"
+            kind = "string"
+        else:
+            compared = (
+                f"{self.column} #> {path_param} {COMPARISONS[operator]} {self.param(_json(value), 'jsonb')}"
+            )
+            kind = "number"
+        # A missing field makes #> NULL: coalesce keeps the condition two-valued for NOT.
+        return f"coalesce(jsonb_typeof({self.column} #> {path_param}) = '{kind}' AND {compared}, false)"
 
     def equals(self, path: list[str], value: Any) -> str:
         if isinstance(value, (dict, list)):
             # Objects and arrays compare whole (containment would also match supersets).
-            return f"({self.column} #> {self.param(path, 'text[]')} = {self.param(_json(value), 'jsonb')})"
+            field = f"{self.column} #> {self.param(path, 'text[]')}"
+            return f"coalesce({field} = {self.param(_json(value), 'jsonb')}, false)"
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise self.fail(".".join(path), "unsupported value")
         nested: Any = value

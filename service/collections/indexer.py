@@ -75,8 +75,7 @@ class IndexBuilder:
         task = self._tasks.get(collection_id)
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.gather(task, return_exceptions=True)  # its own failures are not the caller's
         await self.db.pool.execute(
             """SELECT pg_cancel_backend(pid) FROM pg_locks
                WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND objsubid = 2 AND granted
@@ -106,9 +105,11 @@ class IndexBuilder:
             await asyncio.sleep(wake - now)
 
     async def _build(self, collection_id: int, wait_for_quiet: bool) -> None:
-        if wait_for_quiet:
-            await self._quiet(collection_id)
-        self._last_write.pop(collection_id, None)
+        try:
+            if wait_for_quiet:
+                await self._quiet(collection_id)
+        finally:
+            self._last_write.pop(collection_id, None)
         async with self._slots, self.db.pool.acquire() as conn:
             if not await conn.fetchval(
                 "SELECT pg_try_advisory_lock($1, $2::int)", INDEX_LOCK_CLASS, collection_id
@@ -145,6 +146,13 @@ class IndexBuilder:
             await conn.execute(f"ANALYZE {row.table}", timeout=None)
         except asyncio.CancelledError:
             INDEX_BUILDS.labels("cancelled").inc()
+            # Shutdown or delete: back to 'none', so that the next write (on any replica) or a
+            # restart schedules it again. The build's own connection may be unusable now.
+            with contextlib.suppress(Exception):
+                await self.db.pool.execute(
+                    "UPDATE collections SET index_status = 'none', index_started_at = NULL WHERE id = $1",
+                    collection_id,
+                )
             raise
         except Exception as exc:
             INDEX_BUILDS.labels("failed").inc()

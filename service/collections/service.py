@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ import msgspec
 import numpy as np
 from pgvector import HalfVector, Vector
 
+from service.auth.models import COLLECTION_NAME_PATTERN
 from service.auth.principal import Principal
 from service.collections import store
 from service.collections.filters import compile_filter
@@ -27,6 +29,7 @@ from service.collections.models import (
     DeleteResult,
     IndexState,
     IndexStatus,
+    Metric,
     SearchHit,
     SearchRequest,
     SearchResult,
@@ -92,20 +95,31 @@ class CollectionService:
             raise NotFound(f"Collection '{name}' does not exist.")
         return row
 
+    @staticmethod
+    @asynccontextmanager
+    async def _mapping_missing_table(name: str) -> AsyncIterator[None]:
+        """A collection dropped by a concurrent request is simply not found (404, not 500)."""
+        try:
+            yield
+        except asyncpg.UndefinedTableError:
+            raise NotFound(f"Collection '{name}' does not exist.") from None
+
     @asynccontextmanager
     async def _in_collection(
         self, principal: Principal, name: str, settings: dict[str, str] | None = None
     ) -> AsyncIterator[tuple[Any, CollectionRow]]:
         """A tenant transaction and the collection it works on (404 if absent, or dropped meanwhile)."""
         assert principal.tenant_id is not None
-        try:
-            async with self.db.tenant_transaction(principal.tenant_id, settings) as conn:
-                yield conn, await self._require(conn, principal, name)
-        except asyncpg.UndefinedTableError:
-            raise NotFound(f"Collection '{name}' does not exist.") from None
+        async with (
+            self._mapping_missing_table(name),
+            self.db.tenant_transaction(principal.tenant_id, settings) as conn,
+        ):
+            yield conn, await self._require(conn, principal, name)
 
     async def create(self, principal: Principal, request: CreateCollectionRequest) -> Collection:
         assert principal.tenant_id is not None
+        if not re.fullmatch(COLLECTION_NAME_PATTERN, request.name):
+            raise _problem_at("name", f"must match {COLLECTION_NAME_PATTERN}")
         limit = MAX_DIMENSION[request.storage]
         if request.dimension > limit:
             raise _problem_at(
@@ -160,7 +174,10 @@ class CollectionService:
             pass
         # An index build holds a lock DROP TABLE would wait for: stop it first.
         await self.indexer.cancel(row.id)
-        async with self.db.transaction() as conn:
+        async with self._mapping_missing_table(name), self.db.transaction() as conn:
+            # Table first, then the row: writers lock in that order too (rows of the table, then
+            # the collection's counter), so the two cannot deadlock. Waits for running writes.
+            await conn.execute(f"LOCK TABLE {row.table} IN ACCESS EXCLUSIVE MODE")
             locked = await conn.fetchrow(
                 "SELECT id FROM collections WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
                 row.id,
@@ -187,6 +204,12 @@ class CollectionService:
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
             raise _problem_at(field(bad), "contains NaN or Infinity (or a value too large for float32)")
+        if row.metric == Metric.COSINE:
+            zero = ~np.any(matrix != 0, axis=1)
+            if zero.any():
+                raise _problem_at(
+                    field(int(np.flatnonzero(zero)[0])), "is all zeros: it has no cosine similarity"
+                )
         if row.storage == "float16" and (np.abs(matrix) > 65504).any():
             bad = int(np.flatnonzero((np.abs(matrix) > 65504).any(axis=1))[0])
             raise _problem_at(field(bad), "has a value too large for float16 storage (|x| > 65504)")
@@ -267,6 +290,12 @@ class CollectionService:
             raise InvalidRequest(
                 "Give exactly one of 'ids' and 'filter'.",
                 errors=[{"field": "ids", "message": "exactly one of ids and filter"}],
+            )
+        if request.filter == {}:
+            raise InvalidRequest(
+                "An empty filter would delete every vector; give ids or conditions, "
+                "or delete the collection.",
+                errors=[{"field": "filter", "message": "empty"}],
             )
         if request.filter is not None:
             compiled = compile_filter(request.filter)
