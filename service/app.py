@@ -30,6 +30,7 @@ from service.dependencies import DEPENDENCIES
 from service.errors import problem_details_plugin
 from service.health import HealthController
 from service.middleware import RequestContextMiddleware
+from service.query import reject_unknown_query_parameters
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         dependencies=DEPENDENCIES,
         middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
+        before_request=reject_unknown_query_parameters,
         plugins=[problem_details_plugin()],
         lifespan=[lifespan],
         state=state,

@@ -175,13 +175,43 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, Any]] | None:
     return errors or None
 
 
+def _from_request_validation(error: msgspec.ValidationError) -> Problem:
+    """msgspec's "Expected `array | null`, got `object` - at `$.data.collections`" as a 400."""
+    text, _, path = str(error).partition(" - at `")
+    location = path.rstrip("`").removeprefix("$").lstrip(".")
+    entry = {"message": text}
+    if location.startswith("data"):
+        location = location.removeprefix("data").lstrip(".")
+        entry["source"] = "body"
+    if location:
+        entry["field"] = location
+    where = f" at {location}" if location else ""
+    return Problem(
+        status=400,
+        code="invalid_request",
+        title="The request is invalid",
+        detail=f"Validation failed{where}: {text}",
+        errors=[entry],
+    )
+
+
 def _from_http_exception(exc: HTTPException) -> Problem:
+    if exc.status_code == 500 and isinstance(exc.__cause__, msgspec.ValidationError):
+        # Litestar's fallback for some nested validation failures (re-checking field by field)
+        # finds nothing and raises a bare 500; the cause says what was wrong with the request.
+        return _from_request_validation(exc.__cause__)
     status = exc.status_code
     code, title = _HTTP_CODES.get(status, ("error", "Error"))
     detail = exc.detail or title
     errors = _validation_errors(exc) if isinstance(exc, ValidationException) else None
     if isinstance(exc.__cause__, SerializationException):
         detail = f"The request body is not valid JSON: {exc.detail}"
+    if status >= 500:
+        log.error(
+            "server error raised by the framework",
+            extra={"status": status, "detail": exc.detail},
+            exc_info=exc,
+        )
     if status == 500:
         # Litestar's 500s may carry internal text; clients get the generic sentence.
         detail = "An unexpected error occurred; quote the request_id when reporting it."

@@ -97,3 +97,18 @@ async def test_request_id_is_echoed_or_generated(client: AsyncTestClient[Litesta
     assert len(unsafe.headers["x-request-id"]) == 32
     error = await client.get("/api/v1/me", headers={"X-Request-ID": "trace-42"})
     assert error.json()["request_id"] == "trace-42"
+
+
+async def test_unknown_query_parameters_are_named(
+    client: AsyncTestClient[Litestar], make_tenant: Any
+) -> None:
+    tenant = await make_tenant()
+    response = await client.get(
+        "/api/v1/keys", headers=bearer(tenant.admin), params={"limt": "5", "limit": "5"}
+    )
+    body = assert_problem(response, 400, "invalid_request")
+    assert "'limt'" in body["detail"] and "limit" in body["detail"]
+    assert body["errors"] == [{"field": "limt", "source": "query", "message": "unknown parameter"}]
+    assert (
+        await client.get("/api/v1/keys", headers=bearer(tenant.admin), params={"limit": "5"})
+    ).status_code == 200

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -13,13 +13,18 @@ from service.auth.principal import Permission, Principal
 from service.auth.service import Authenticator
 from service.errors import Forbidden, Unauthorized
 
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 # Routes any caller may reach without a key.
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema"]
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
+    def __init__(self, app: Any, exclude: list[str] | None = None) -> None:
+        # No method is exempt (Litestar exempts OPTIONS for CORS preflights by default, and this
+        # service does not do CORS): every request to a protected route carries a principal.
+        super().__init__(app, exclude=exclude, exclude_http_methods=[])
+
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
@@ -34,6 +39,16 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
         return AuthenticationResult(user=await authenticator.authenticate(token), auth=None)
+
+
+# Guards are coroutines on purpose: Litestar runs a plain-function guard in a worker thread.
+
+
+def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal):
+        raise Unauthorized("No API key was sent: add the header 'Authorization: Bearer <key>'.")
+    return principal
 
 
 def _tenant_checks(principal: Principal) -> None:
@@ -51,8 +66,8 @@ def _tenant_checks(principal: Principal) -> None:
 def requires(permission: Permission) -> Guard:
     """A tenant key whose permission includes `permission`, of an active tenant."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        principal: Principal = connection.user
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = _principal(connection)
         _tenant_checks(principal)
         if not principal.allows(permission):
             raise Forbidden(
@@ -64,14 +79,14 @@ def requires(permission: Permission) -> Guard:
     return guard
 
 
-def any_principal(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def any_principal(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Operators, or tenant REST keys of an active tenant."""
-    principal: Principal = connection.user
+    principal = _principal(connection)
     if not principal.is_operator:
         _tenant_checks(principal)
 
 
-def operator_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    principal: Principal = connection.user
+async def operator_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    principal = _principal(connection)
     if not principal.is_operator:
         raise Forbidden("This endpoint needs an operator key.", code="operator_key_required")
