@@ -362,9 +362,15 @@ def main(args: Any) -> int:
     finally:
         if target.cleanup:
             target.cleanup()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:32s} {value}")
+    print_result(result, as_json=args.json)
     return 0
+
+
+def print_result(result: dict[str, Any], *, as_json: bool) -> None:
+    """One JSON object, or one aligned `name value` line per figure."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    width = max(len(key) for key in result) + 2
+    for key, value in result.items():
+        print(f"{key:{width}s} {value}")

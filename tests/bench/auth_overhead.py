@@ -12,14 +12,13 @@ affects all three alike.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
 import httpx
 
-from service.bench import start_temporary_server
+from service.bench import print_result, start_temporary_server
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -70,11 +69,7 @@ def main() -> int:
     result["auth_overhead_p99_ms"] = round(
         float(result["me_with_cached_key_p99_ms"]) - float(result["me_without_key_p99_ms"]), 4
     )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for name, value in result.items():
-            print(f"{name:40s} {value}")
+    print_result(result, as_json=args.json)
     return 0
 
 
