@@ -150,3 +150,73 @@ def test_cli_errors_are_clear(workdir: Path) -> None:
     result = cli(workdir, "tenants", "create", "Bad_Id", check=False)
     assert result.returncode == 1 and "is not valid" in result.stderr
     assert not embedded_running(workdir / "data" / "postgres")
+
+
+def test_a_crash_loses_no_acknowledged_write(workdir: Path) -> None:
+    """SIGKILL the server while clients upsert: every acknowledged batch is there after a restart,
+    and every other batch is there completely or not at all."""
+    import threading
+
+    cli(workdir, "tenants", "create", "acme")
+    key = cli(workdir, "keys", "create", "--tenant", "acme", "--permission", "admin").stdout.strip()
+    headers = {"Authorization": f"Bearer {key}"}
+    server = Server(workdir, free_port())
+    httpx.post(
+        server.base + "/api/v1/collections", headers=headers, json={"name": "c", "dimension": 8}
+    ).raise_for_status()
+
+    acknowledged: list[int] = []
+    attempted: list[int] = []
+    stop = threading.Event()
+
+    def writer(first_batch: int) -> None:
+        batch = first_batch
+        with httpx.Client(base_url=server.base, headers=headers, timeout=10) as http:
+            while not stop.is_set():
+                items = [
+                    {"id": f"b{batch}-{i}", "vector": [float(batch), float(i), 1, 1, 1, 1, 1, 1]}
+                    for i in range(200)
+                ]
+                attempted.append(batch)
+                try:
+                    if http.put("/api/v1/collections/c/vectors", json={"vectors": items}).status_code == 200:
+                        acknowledged.append(batch)
+                except httpx.TransportError:
+                    return  # the server is gone
+                batch += 4
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.process.kill()  # no shutdown, no flush: a crash
+    server.process.wait(timeout=30)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(acknowledged) >= 20
+
+    server = Server(workdir, free_port())  # attaches to the PostgreSQL the dead server left running
+    try:
+        with httpx.Client(base_url=server.base, headers=headers, timeout=30) as http:
+            present: dict[int, int] = {}
+            cursor = None
+            while True:
+                params = {"limit": 1000} | ({"cursor": cursor} if cursor else {})
+                page = http.get("/api/v1/collections/c/vectors", params=params).json()
+                for item in page["items"]:
+                    batch = int(item["id"][1:].split("-")[0])
+                    present[batch] = present.get(batch, 0) + 1
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+            for batch in acknowledged:
+                assert present.get(batch) == 200, f"acknowledged batch {batch} lost rows"
+            for batch in set(attempted) - set(acknowledged):
+                assert present.get(batch, 0) in (0, 200), f"batch {batch} half-written"
+            stats = http.get("/api/v1/collections/c").json()
+            assert stats["vector_count"] == sum(present.values())
+    finally:
+        server.stop(signal.SIGTERM)
