@@ -1,0 +1,94 @@
+"""Client of an S5 portal: files by path (GET {portal}/s5/fs/{path}) and blobs by CID
+(GET {portal}/s5/blob/{cid}). The portal's address comes from configuration, never from a request.
+
+Every download has a per-request timeout and bounded retries with exponential backoff and
+jitter, on timeouts, broken connections, truncated bodies and 5xx answers; never on 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from urllib.parse import quote
+
+import httpx
+
+from service.imports.formats import ChunkInfo, ImportFailure
+
+
+def _safe_path(path: str) -> str:
+    parts = path.strip("/").split("/")
+    if not path.strip("/") or any(part in ("", ".", "..") for part in parts):
+        raise ImportFailure("invalid_manifest", f"'{path}' is not a plain relative path")
+    return "/".join(quote(part, safe="") for part in parts)
+
+
+class S5Portal:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self._owns_client = client is None
+        self.attempts = 0  # requests sent, retries included (for metrics and tests)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def fetch_path(self, path: str, *, missing: str = "download_failed") -> bytes:
+        """A file by path; `missing` is the error code when the portal has no such file."""
+        return await self._get(f"{self.base_url}/s5/fs/{_safe_path(path)}", what=path, missing=missing)
+
+    async def fetch_blob(self, cid: str) -> bytes:
+        if not cid or "/" in cid or not cid.isascii():
+            raise ImportFailure("invalid_manifest", f"'{cid}' is not a CID")
+        return await self._get(f"{self.base_url}/s5/blob/{quote(cid, safe='')}", what=f"blob {cid}")
+
+    async def fetch_chunk(self, folder: str, info: ChunkInfo) -> bytes:
+        """chunk-{id}.json beside the manifest; failing that, its cid (a path, or a CID for /s5/blob)."""
+        try:
+            return await self.fetch_path(f"{folder}/chunk-{info.chunk_id}.json")
+        except ImportFailure as failure:
+            if failure.code != "download_failed" or "404" not in failure.message or not info.cid:
+                raise
+        if "/" in info.cid:
+            return await self.fetch_path(info.cid)
+        return await self.fetch_blob(info.cid)
+
+    async def _get(self, url: str, *, what: str, missing: str = "download_failed") -> bytes:
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                # Exponential backoff with full jitter: retries from many imports do not line up.
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1) * (0.5 + random.random()))  # noqa: S311
+            self.attempts += 1
+            try:
+                response = await self._client.get(url, timeout=self.timeout)
+            except httpx.TimeoutException:
+                last = "timeout"
+                continue
+            except httpx.TransportError as exc:  # refused, reset, or a body shorter than announced
+                last = f"transport: {type(exc).__name__}"
+                continue
+            if response.status_code == 200:
+                return response.content
+            if response.status_code == 404:
+                raise ImportFailure(missing, f"{what}: the portal has no such file (404)")
+            if 400 <= response.status_code < 500:
+                raise ImportFailure("download_failed", f"{what}: the portal answered {response.status_code}")
+            last = f"HTTP {response.status_code}"
+        if last == "timeout":
+            raise ImportFailure(
+                "timeout", f"{what}: no answer within {self.timeout:g} s, {self.retries + 1} tries"
+            )
+        raise ImportFailure("download_failed", f"{what}: {last} after {self.retries + 1} tries")
