@@ -112,3 +112,15 @@ async def test_unknown_query_parameters_are_named(
     assert (
         await client.get("/api/v1/keys", headers=bearer(tenant.admin), params={"limit": "5"})
     ).status_code == 200
+
+
+async def test_nested_body_errors_are_400_not_500(
+    client: AsyncTestClient[Litestar], make_tenant: Any
+) -> None:
+    """Litestar raises a bare 500 for some nested validation failures; we answer 400 naming the field."""
+    tenant = await make_tenant()
+    response = await client.post("/api/v1/keys", headers=bearer(tenant.admin), json={"collections": {}})
+    body = assert_problem(response, 400, "invalid_request")
+    assert body["errors"] == [
+        {"message": "Expected `array | null`, got `object`", "source": "body", "field": "collections"}
+    ]
