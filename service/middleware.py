@@ -9,21 +9,14 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_HEADER = b"x-request-id"
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 access_log = logging.getLogger("vectorhive.access")
-
-
-def request_id_of(scope: Scope) -> str | None:
-    state: dict[str, Any] = scope.get("state", {})
-    value = state.get("request_id")
-    return value if isinstance(value, str) else None
 
 
 class RequestContextMiddleware:
@@ -38,7 +31,7 @@ class RequestContextMiddleware:
 
         request_id = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
+            if name == REQUEST_ID_HEADER:
                 candidate = value.decode("latin-1")
                 if _REQUEST_ID_OK.fullmatch(candidate):
                     request_id = candidate
@@ -46,7 +39,7 @@ class RequestContextMiddleware:
         if request_id is None:
             request_id = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode("latin-1"))
+        header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
         started = time.perf_counter()
         status = 500
 

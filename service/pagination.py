@@ -5,15 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Annotated, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import msgspec
 
 from service.errors import InvalidRequest
 
 T = TypeVar("T")
-
-Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
 
 class Page(msgspec.Struct, Generic[T], kw_only=True):
@@ -40,8 +38,16 @@ def decode_cursor(cursor: str | None) -> str | None:
         ) from None
 
 
-def page_of(rows: list[T], limit: int, key: Callable[[T], str]) -> Page[T]:
-    """Build a page from up to limit+1 rows fetched after the cursor (the extra row means 'more')."""
-    more = len(rows) > limit
+def split_page(rows: list[T], limit: int, key: Callable[[T], str]) -> tuple[list[T], str | None]:
+    """Up to limit+1 rows fetched after the cursor -> (this page's rows, next_cursor or None).
+
+    The extra row only says that there is more."""
+    if len(rows) <= limit:
+        return rows, None
     rows = rows[:limit]
-    return Page(items=rows, next_cursor=encode_cursor(key(rows[-1])) if more else None)
+    return rows, encode_cursor(key(rows[-1]))
+
+
+def page_of(rows: list[T], limit: int, key: Callable[[T], str]) -> Page[T]:
+    items, next_cursor = split_page(rows, limit, key)
+    return Page(items=items, next_cursor=next_cursor)

@@ -33,9 +33,6 @@ class KeyCache:
         # then (and so may have seen the key unrevoked, the tenant active) must not be cached.
         self._evicted: dict[str, float] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, fingerprint: bytes) -> Principal | None:
         entry = self._entries.get(fingerprint)
         if entry is None:

@@ -161,8 +161,7 @@ class KeyService:
 
     async def _get_locked(self, conn: Any, tenant_id: str | None, key_id: str) -> ApiKey:
         kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
-        row = await conn.fetchrow("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
-        key = await store.get(conn, key_id, tenant_id=tenant_id, kind=kind) if row else None
+        key = await store.get(conn, key_id, tenant_id=tenant_id, kind=kind, for_update=True)
         if key is None:
             raise NotFound(f"API key '{key_id}' does not exist.")
         return key

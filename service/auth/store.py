@@ -86,11 +86,14 @@ async def insert(
     return _api_key(row)
 
 
-async def get(conn: Any, key_id: str, *, tenant_id: str | None, kind: KeyKind) -> ApiKey | None:
+async def get(
+    conn: Any, key_id: str, *, tenant_id: str | None, kind: KeyKind, for_update: bool = False
+) -> ApiKey | None:
     """A key of one tenant (or, with tenant_id None and kind OPERATOR, an operator key)."""
     row = await conn.fetchrow(
         f"""SELECT {_COLUMNS} FROM api_keys
-            WHERE id = $1 AND kind = $2 AND tenant_id IS NOT DISTINCT FROM $3""",
+            WHERE id = $1 AND kind = $2 AND tenant_id IS NOT DISTINCT FROM $3
+            {"FOR UPDATE" if for_update else ""}""",
         key_id,
         kind.value,
         tenant_id,

@@ -33,8 +33,6 @@ MAX_DEPTH = 16
 MAX_LIST = 1000
 MAX_CONDITIONS = 1000
 
-Scalar = str | int | float | bool | None
-
 
 class FilterError(InvalidRequest):
     code = "invalid_filter"

@@ -84,10 +84,6 @@ class IndexBuilder:
             collection_id,
         )
 
-    async def wait_idle(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
-
     async def close(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()

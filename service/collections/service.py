@@ -41,8 +41,9 @@ from service.collections.models import (
 from service.collections.store import CollectionRow
 from service.config import CollectionsSettings
 from service.db import Database
+from service.db.database import set_local
 from service.errors import Conflict, InvalidRequest, NotFound
-from service.pagination import decode_cursor, encode_cursor
+from service.pagination import decode_cursor, split_page
 
 log = logging.getLogger("vectorhive.collections")
 
@@ -104,6 +105,10 @@ class CollectionService:
         except asyncpg.UndefinedTableError:
             raise NotFound(f"Collection '{name}' does not exist.") from None
 
+    async def _lookup(self, principal: Principal, name: str) -> CollectionRow:
+        async with self._in_collection(principal, name) as (_, row):
+            return row
+
     @asynccontextmanager
     async def _in_collection(
         self, principal: Principal, name: str, settings: dict[str, str] | None = None
@@ -160,18 +165,13 @@ class CollectionService:
         only = sorted(principal.collections) if principal.collections is not None else None
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
             rows = await store.list_page(conn, after=decode_cursor(cursor), limit=limit + 1, only=only)
-            more = len(rows) > limit
-            rows = rows[:limit]
+            rows, next_cursor = split_page(rows, limit, lambda r: r.name)
             sizes = await store.sizes(conn, rows)
-        return CollectionPage(
-            items=[self._to_model(r, sizes[r.id]) for r in rows],
-            next_cursor=encode_cursor(rows[-1].name) if more else None,
-        )
+        return CollectionPage(items=[self._to_model(r, sizes[r.id]) for r in rows], next_cursor=next_cursor)
 
     async def delete(self, principal: Principal, name: str) -> None:
         assert principal.tenant_id is not None
-        async with self._in_collection(principal, name) as (_, row):
-            pass
+        row = await self._lookup(principal, name)
         # An index build holds a lock DROP TABLE would wait for: stop it first.
         await self.indexer.cancel(row.id)
         async with self._mapping_missing_table(name), self.db.transaction() as conn:
@@ -268,8 +268,7 @@ class CollectionService:
             records = await store.scroll(
                 conn, row, after=decode_cursor(cursor), limit=limit + 1, include_vector=include_vector
             )
-        more = len(records) > limit
-        records = records[:limit]
+        records, next_cursor = split_page(records, limit, lambda r: str(r["id"]))
         items = [
             VectorRecord(
                 id=r["id"],
@@ -278,7 +277,7 @@ class CollectionService:
             )
             for r in records
         ]
-        return VectorPage(items=items, next_cursor=encode_cursor(records[-1]["id"]) if more else None)
+        return VectorPage(items=items, next_cursor=next_cursor)
 
     async def delete_vector(self, principal: Principal, name: str, vector_id: str) -> None:
         result = await self.delete_vectors(principal, name, DeleteRequest(ids=[vector_id]))
@@ -345,11 +344,7 @@ class CollectionService:
         """Set the transaction-local parameters in `wanted` that differ from `applied` (one round trip)."""
         changed = {k: v for k, v in wanted.items() if applied.get(k) != v}
         if changed:
-            await conn.execute(
-                "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
-                list(changed),
-                list(changed.values()),
-            )
+            await set_local(conn, changed)
             applied.update(changed)
 
     async def _search_one(

@@ -30,6 +30,15 @@ TENANT_GROUP = "vectorhive_tenant"
 _STAGING_TABLES = {"vector": "vh_staging_vector", "halfvec": "vh_staging_halfvec"}
 
 
+async def set_local(conn: Any, settings: Mapping[str, str]) -> None:
+    """Transaction-local parameters (SET LOCAL), all in one round trip."""
+    await conn.execute(
+        "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
+        list(settings),
+        list(settings.values()),
+    )
+
+
 def tenant_role_name(database: str, tenant_id: str) -> str:
     """The NOLOGIN role a tenant's transactions run as; unique per database of the cluster."""
     digest = hashlib.sha256(f"{database}:{tenant_id}".encode()).hexdigest()
@@ -138,12 +147,7 @@ class Database:
         WHERE still cannot reach another tenant. `settings` are further transaction-local
         parameters (e.g. hnsw.ef_search), set in the same round trip.
         """
-        names = ["app.tenant_id", "role", *(settings or {})]
-        values = [tenant_id, self.tenant_role(tenant_id), *(settings or {}).values()]
+        context = {"app.tenant_id": tenant_id, "role": self.tenant_role(tenant_id), **(settings or {})}
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
-                names,
-                values,
-            )
+            await set_local(conn, context)
             yield conn
