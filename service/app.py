@@ -29,6 +29,9 @@ from service.db import Database
 from service.dependencies import DEPENDENCIES
 from service.errors import problem_details_plugin
 from service.health import HealthController
+from service.imports.controller import ImportsController
+from service.imports.runner import ImportRunner
+from service.imports.service import ImportService
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
 from service.tenants import store as tenant_store
@@ -73,6 +76,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     recorder = LastUsedRecorder(db)
     indexer = IndexBuilder(db, settings.collections)
+    import_runner = ImportRunner(db, settings, indexer)
     state = State(
         {
             "settings": settings,
@@ -83,6 +87,8 @@ def create_app(settings: Settings) -> Litestar:
             "tenant_service": TenantService(db, cache),
             "indexer": indexer,
             "collection_service": CollectionService(db, settings.collections, indexer),
+            "import_runner": import_runner,
+            "import_service": ImportService(db, settings.s5, import_runner),
         }
     )
 
@@ -101,9 +107,11 @@ def create_app(settings: Settings) -> Litestar:
                 )
         flusher = asyncio.create_task(recorder.run(), name="last-used-recorder")
         await indexer.recover()
+        await import_runner.start()
         try:
             yield
         finally:
+            await import_runner.close()
             await indexer.close()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -117,6 +125,7 @@ def create_app(settings: Settings) -> Litestar:
             MeController,
             KeysController,
             CollectionsController,
+            ImportsController,
             AdminController,
         ],
         dependencies=DEPENDENCIES,

@@ -1,4 +1,4 @@
-"""vectorhive serve | migrate | openapi | tenants ... | keys ...
+"""vectorhive serve | migrate | openapi | bench | import s5 ... | tenants ... | keys ...
 
 Every command reads ./config.yml (or --config PATH) plus VECTORHIVE_* overrides. Commands that
 touch data work whether or not the server runs: on the embedded database they attach to the
@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep", action="store_true", help="keep the benchmark collection afterwards")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
+
+    from service.imports.cli import add_parser as add_import_parser
+
+    add_import_parser(commands, common)
 
     tenants = commands.add_parser("tenants", parents=[common], help="manage tenants")
     tenants.set_defaults(handler=cmd_tenants)

@@ -83,6 +83,15 @@ class CollectionsSettings(_Section):
     filtered_exact_scan_limit: Annotated[int, msgspec.Meta(ge=0)] = 20_000
 
 
+class S5Settings(_Section):
+    portal_url: str | None = None
+    max_parallel_chunks: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    download_timeout_seconds: Seconds = 30.0
+    download_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+    loading_timeout_minutes: Seconds = 5.0
+    max_concurrent_imports: PositiveInt = 2
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -90,6 +99,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
     rate_limiting: RateLimitingSettings = msgspec.field(default_factory=RateLimitingSettings)
     collections: CollectionsSettings = msgspec.field(default_factory=CollectionsSettings)
+    s5: S5Settings = msgspec.field(default_factory=S5Settings)
 
     @property
     def single_tenant(self) -> bool:
@@ -99,6 +109,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 _SECTIONS: dict[str, type[_Section]] = {
     name: type(getattr(Settings(), name)) for name in Settings.__struct_fields__
+}
+
+# Environment names from the planning documents, honoured beside VECTORHIVE_<SECTION>__<KEY>
+# (which wins when both are set).
+ENV_ALIASES = {
+    "S5_PORTAL_URL": "s5.portal_url",
+    "S5_MAX_PARALLEL_CHUNKS": "s5.max_parallel_chunks",
+    "S5_DOWNLOAD_TIMEOUT_SECONDS": "s5.download_timeout_seconds",
+    "S5_LOADING_TIMEOUT_MINUTES": "s5.loading_timeout_minutes",
 }
 
 _TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -145,6 +164,12 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
     """Overlay VECTORHIVE_<SECTION>__<KEY> variables; return option -> variable name for messages."""
     origins: dict[str, str] = {}
+    for var, option in ENV_ALIASES.items():
+        if var in environ:
+            section, _, key = option.partition(".")
+            value = _parse_env_value(environ[var], textual=key in _text_options(_SECTIONS[section]))
+            data.setdefault(section, {})[key] = value
+            origins[option] = var
     for var, raw in environ.items():
         if not var.startswith(ENV_PREFIX):
             continue
@@ -220,6 +245,9 @@ def _check_semantics(settings: Settings) -> None:
         )
     if not re.fullmatch(r"\d+\s*(kB|MB|GB)", settings.collections.index_build_memory):
         raise ConfigError("collections.index_build_memory: a PostgreSQL memory size such as 512MB or 2GB")
+    portal = settings.s5.portal_url
+    if portal is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", portal):
+        raise ConfigError("s5.portal_url: must be an http:// or https:// base URL, such as https://s5.cx")
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
 

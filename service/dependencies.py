@@ -10,6 +10,7 @@ from litestar.di import Provide
 from service.auth.principal import Principal
 from service.auth.service import KeyService
 from service.collections.service import CollectionService
+from service.imports.service import ImportService
 from service.tenants.service import TenantService
 
 
@@ -28,6 +29,11 @@ def _collections(request: Request[Any, Any, Any]) -> CollectionService:
     return service
 
 
+def _imports(request: Request[Any, Any, Any]) -> ImportService:
+    service: ImportService = request.app.state.import_service
+    return service
+
+
 def _tenants(request: Request[Any, Any, Any]) -> TenantService:
     service: TenantService = request.app.state.tenant_service
     return service
@@ -38,4 +44,5 @@ DEPENDENCIES = {
     "keys": Provide(_keys, sync_to_thread=False),
     "tenants": Provide(_tenants, sync_to_thread=False),
     "collections": Provide(_collections, sync_to_thread=False),
+    "imports": Provide(_imports, sync_to_thread=False),
 }

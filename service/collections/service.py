@@ -246,7 +246,7 @@ class CollectionService:
             inserted = await store.upsert(
                 conn, row, [(item.id, encode(matrix[i]), metadata_json[i]) for i, item in enumerate(items)]
             )
-            updated = await store.add_to_count(conn, row.id, inserted) if inserted else row
+            updated = await store.record_write(conn, row.id, inserted)
         self.indexer.consider(updated)
         return UpsertResult(upserted=len(items))
 
@@ -304,7 +304,7 @@ class CollectionService:
         async with self._in_collection(principal, name) as (conn, row):
             deleted = await store.delete_where(conn, row, where, params)
             if deleted:
-                await store.add_to_count(conn, row.id, -deleted)
+                await store.record_write(conn, row.id, -deleted)
         return DeleteResult(deleted=deleted)
 
     # -- search -----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class CollectionRow:
     index_started_at: datetime | None
     index_finished_at: datetime | None
     created_at: datetime
+    data_version: int = 0  # grows with every committed write to the vectors (the import cache)
 
     @property
     def table(self) -> str:
@@ -63,7 +64,7 @@ class CollectionRow:
 
 _COLUMNS = (
     "id, tenant_id, name, dimension, metric, storage, hnsw_m, hnsw_ef_construction, description, "
-    "vector_count, index_status, index_error, index_started_at, index_finished_at, created_at"
+    "vector_count, index_status, index_error, index_started_at, index_finished_at, created_at, data_version"
 )
 
 
@@ -116,10 +117,13 @@ async def sizes(conn: Any, rows: list[CollectionRow]) -> dict[int, int]:
     return {r["id"]: r["bytes"] for r in records}
 
 
-async def add_to_count(conn: Any, collection_id: int, delta: int) -> CollectionRow:
-    """Last statement of a write: the collection row stays locked only until the commit that follows."""
+async def record_write(conn: Any, collection_id: int, delta: int) -> CollectionRow:
+    """Last statement of every write: counts the vectors and the write itself (data_version).
+
+    The collection row stays locked only until the commit that follows."""
     record = await conn.fetchrow(
-        f"UPDATE collections SET vector_count = vector_count + $2 WHERE id = $1 RETURNING {_COLUMNS}",
+        f"""UPDATE collections SET vector_count = vector_count + $2, data_version = data_version + 1
+            WHERE id = $1 RETURNING {_COLUMNS}""",
         collection_id,
         delta,
     )

@@ -36,6 +36,10 @@ class ImportFailure(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[type[ImportFailure], tuple[str, str]]:
+        # Raised in worker processes too (see staging.py): it must survive pickling.
+        return ImportFailure, (self.code, self.message)
+
 
 class ChunkInfo(msgspec.Struct, rename="camel", kw_only=True):
     chunk_id: int

@@ -14,9 +14,10 @@ from urllib.parse import quote
 import httpx
 
 from service.imports.formats import ChunkInfo, ImportFailure
+from service.metrics import S5_DOWNLOAD_ERRORS
 
 
-def _safe_path(path: str) -> str:
+def checked_path(path: str) -> str:
     parts = path.strip("/").split("/")
     if not path.strip("/") or any(part in ("", ".", "..") for part in parts):
         raise ImportFailure("invalid_manifest", f"'{path}' is not a plain relative path")
@@ -47,7 +48,7 @@ class S5Portal:
 
     async def fetch_path(self, path: str, *, missing: str = "download_failed") -> bytes:
         """A file by path; `missing` is the error code when the portal has no such file."""
-        return await self._get(f"{self.base_url}/s5/fs/{_safe_path(path)}", what=path, missing=missing)
+        return await self._get(f"{self.base_url}/s5/fs/{checked_path(path)}", what=path, missing=missing)
 
     async def fetch_blob(self, cid: str) -> bytes:
         if not cid or "/" in cid or not cid.isascii():
@@ -76,16 +77,21 @@ class S5Portal:
                 response = await self._client.get(url, timeout=self.timeout)
             except httpx.TimeoutException:
                 last = "timeout"
+                S5_DOWNLOAD_ERRORS.labels("timeout").inc()
                 continue
             except httpx.TransportError as exc:  # refused, reset, or a body shorter than announced
                 last = f"transport: {type(exc).__name__}"
+                S5_DOWNLOAD_ERRORS.labels("transport").inc()
                 continue
             if response.status_code == 200:
                 return response.content
             if response.status_code == 404:
+                S5_DOWNLOAD_ERRORS.labels("not_found").inc()
                 raise ImportFailure(missing, f"{what}: the portal has no such file (404)")
             if 400 <= response.status_code < 500:
+                S5_DOWNLOAD_ERRORS.labels("http_4xx").inc()
                 raise ImportFailure("download_failed", f"{what}: the portal answered {response.status_code}")
+            S5_DOWNLOAD_ERRORS.labels("http_5xx").inc()
             last = f"HTTP {response.status_code}"
         if last == "timeout":
             raise ImportFailure(

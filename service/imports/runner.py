@@ -1,0 +1,467 @@
+"""Runs imports in the background: download, decode, stage, and one merge transaction.
+
+All or nothing. Chunks are staged with binary COPY into a temporary table of the import's own
+connection, and go into the collection in one transaction at the end, together with the import's
+`loaded` status. A failure, a cancellation or a crash before that commit leaves the collection as
+it was: the temporary table vanishes with its session. A cancellation that arrives after the
+commit is refused (409), so what DELETE answers is what happened.
+
+Durable. The import is a row from the moment it is accepted. Each server process holds an
+advisory lock (LEASE_CLASS, runner id) on a connection of its own while it lives, and stamps that
+runner id on the imports it accepts. A sweep, at startup and then every SWEEP_SECONDS on every
+replica, ends as error/interrupted the active imports whose runner's lock is gone: their process
+died. The encryption key is never stored, so an interrupted import cannot resume; the client
+submits it again.
+
+Bounded memory. At most s5.max_parallel_chunks chunks are in flight (downloaded, decoded or waiting
+for COPY) at any moment; decoding runs in worker processes, so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import multiprocessing
+import os
+import random
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import asyncpg
+
+from service.collections import store as collection_store
+from service.collections.indexer import IndexBuilder
+from service.collections.models import MAX_DIMENSION, IndexParams, Metric, Storage
+from service.config import Settings
+from service.db import Database
+from service.db.database import set_local
+from service.imports import store
+from service.imports.formats import (
+    ChunkInfo,
+    ImportFailure,
+    Manifest,
+    check_manifest,
+    decrypt,
+    parse_manifest,
+)
+from service.imports.portal import S5Portal
+from service.imports.staging import StagedChunk, TargetSpec, stage_chunk
+from service.metrics import (
+    IMPORT_CACHE_HITS,
+    IMPORT_CACHE_MISSES,
+    IMPORTS_FINISHED,
+    S5_DOWNLOAD_SECONDS,
+    S5_VECTORS_LOADED,
+)
+
+log = logging.getLogger("vectorhive.imports")
+
+LEASE_CLASS = 0x7669  # first key of the runner's advisory lock; the second is its runner id
+SWEEP_SECONDS = 30.0
+
+
+class _Cancelled(Exception):
+    """The import's row left `loading` (DELETE, or a sweep) while this process was working on it."""
+
+
+class _NameTaken(Exception):
+    """A request created the collection while the import was about to."""
+
+
+def _fingerprint(manifest: Manifest, plain: bytes) -> str:
+    """What makes an import of the same manifest the same data: the SDK's `updated` stamp when it
+    writes one (it does not change when the database is only read), else the manifest's content."""
+    if manifest.updated is not None:
+        return f"updated:{manifest.updated}:{manifest.vector_count}"
+    return "sha256:" + hashlib.sha256(plain).hexdigest()
+
+
+class ImportRunner:
+    def __init__(self, db: Database, settings: Settings, indexer: IndexBuilder) -> None:
+        self.db = db
+        self.s5 = settings.s5
+        self.max_metadata_bytes = settings.collections.max_metadata_bytes
+        self.indexer = indexer
+        self.runner_id = 0
+        self._lease: asyncpg.Connection | None = None
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(self.s5.max_concurrent_imports)
+        self._executor: ProcessPoolExecutor | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._take_lease()
+        await self.sweep()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="import-sweeper")
+
+    async def _take_lease(self) -> None:
+        assert self.db.url is not None
+        conn = await asyncpg.connect(self.db.url)
+        while True:
+            candidate = random.randint(1, 2**31 - 1)  # noqa: S311 (uniqueness comes from the lock)
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LEASE_CLASS, candidate):
+                break
+        self._lease, self.runner_id = conn, candidate
+
+    async def sweep(self) -> None:
+        if self._lease is None or self._lease.is_closed():
+            # Our lease connection is gone (a database restart): what we run is being swept by
+            # others, and ends consistently (its commit checks its status). Take a new lease.
+            await self._take_lease()
+        async with self.db.transaction() as conn:
+            ended = await store.sweep_orphans(conn, LEASE_CLASS)
+        for import_id in ended:
+            IMPORTS_FINISHED.labels("error").inc()
+            log.warning("import interrupted: its server stopped", extra={"import_id": str(import_id)})
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("import sweep failed; retrying later")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._lease is not None:
+            await self._lease.close()
+
+    # -- submitting and cancelling ----------------------------------------------------------------
+
+    def submit(self, row: store.ImportRow, key: bytes | None) -> None:
+        task = asyncio.create_task(self._run(row, key), name=f"import-{row.id}")
+        self._tasks[row.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(row.id, None))
+
+    def cancel_local(self, import_id: uuid.UUID) -> None:
+        """Stop the work at once if this process runs it (the row is already `cancelled`)."""
+        task = self._tasks.get(import_id)
+        if task is not None:
+            task.cancel()
+
+    def active(self) -> int:
+        return len(self._tasks)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def _run(self, row: store.ImportRow, key: bytes | None) -> None:
+        extra = {"import_id": str(row.id), "tenant_id": row.tenant_id}
+        async with self._slots:
+            assert self.db.url is not None
+            try:
+                conn = await asyncpg.connect(self.db.url)
+            except (OSError, asyncpg.PostgresError) as exc:
+                await self._fail(row.id, "internal_error", f"no database connection: {exc}")
+                return
+            try:
+                claimed = await store.claim(conn, row.id, self.runner_id)
+                if claimed is None:
+                    return  # cancelled before it started
+                log.info("import started", extra=extra)
+                async with asyncio.timeout(self.s5.loading_timeout_minutes * 60):
+                    await self._load(conn, claimed, key)
+                IMPORTS_FINISHED.labels("loaded").inc()
+            except ImportFailure as failure:
+                log.info("import failed", extra={**extra, "code": failure.code, "reason": failure.message})
+                await self._fail(row.id, failure.code, failure.message)
+            except TimeoutError:
+                minutes = f"{self.s5.loading_timeout_minutes:g}"
+                await self._fail(row.id, "timeout", f"the import did not finish within {minutes} minutes")
+            except _Cancelled:
+                IMPORTS_FINISHED.labels("cancelled").inc()
+                log.info("import cancelled", extra=extra)
+            except asyncio.CancelledError:
+                if self._closing:
+                    await self._fail(
+                        row.id,
+                        "interrupted",
+                        "the server shut down before the import finished; "
+                        "nothing was written; submit the import again",
+                    )
+                else:
+                    IMPORTS_FINISHED.labels("cancelled").inc()
+                raise
+            except Exception as exc:
+                log.exception("import failed unexpectedly", extra=extra)
+                await self._fail(row.id, "internal_error", f"the import failed: {type(exc).__name__}")
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=5)
+
+    async def _fail(self, import_id: uuid.UUID, code: str, message: str) -> None:
+        IMPORTS_FINISHED.labels("error").inc()
+        try:
+            async with self.db.transaction() as conn:
+                await store.finish_failed(conn, import_id, code, message)
+        except Exception:
+            log.exception("could not record an import's failure", extra={"import_id": str(import_id)})
+
+    @staticmethod
+    async def _download(kind: str, fetch: Any) -> bytes:
+        started = time.perf_counter()
+        data: bytes = await fetch
+        S5_DOWNLOAD_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        return data
+
+    async def _load(self, conn: Any, row: store.ImportRow, key: bytes | None) -> None:
+        assert self.s5.portal_url is not None
+        portal = S5Portal(
+            self.s5.portal_url, timeout=self.s5.download_timeout_seconds, retries=self.s5.download_retries
+        )
+        try:
+            raw = await self._download(
+                "manifest", portal.fetch_path(row.manifest_path, missing="manifest_not_found")
+            )
+            plain = decrypt(raw, key) if key is not None else raw
+            manifest = parse_manifest(plain, None)
+            collection = await self._collection(row)
+            check_manifest(
+                manifest,
+                user_address=row.user_address,
+                dimension=collection.dimension if collection else None,
+            )
+            if collection is None and manifest.dimensions > MAX_DIMENSION[Storage.FLOAT32]:
+                raise ImportFailure(
+                    "invalid_manifest",
+                    f"{manifest.dimensions} dimensions: a new collection holds at most "
+                    f"{MAX_DIMENSION[Storage.FLOAT32]}",
+                )
+            fingerprint = _fingerprint(manifest, plain)
+            if not await store.progress(
+                conn,
+                row.id,
+                chunks_done=0,
+                chunks_total=manifest.chunk_count,
+                vectors_loaded=0,
+                fingerprint=fingerprint,
+            ):
+                raise _Cancelled
+            if collection is not None and await self._finish_from_cache(
+                conn, row, collection, fingerprint, manifest.chunk_count
+            ):
+                return
+            IMPORT_CACHE_MISSES.inc()
+            spec = TargetSpec(
+                dimension=manifest.dimensions,
+                storage=(collection.storage if collection else Storage.FLOAT32).value,
+                metric=(collection.metric if collection else Metric.COSINE).value,
+                max_metadata_bytes=self.max_metadata_bytes,
+            )
+            async with self.db.transaction() as setup:
+                await self.db.ensure_tenant_role(setup, row.tenant_id)
+            await store.create_staging(
+                conn,
+                vector_type=collection_store.VECTOR_TYPE[Storage(spec.storage)],
+                dimension=spec.dimension,
+                tenant_role=self.db.tenant_role(row.tenant_id),
+            )
+            staged = await self._stage_all(conn, portal, row, manifest, key, spec)
+        finally:
+            await portal.close()
+        await self._merge(conn, row, manifest, staged, fingerprint)
+
+    async def _collection(self, row: store.ImportRow) -> collection_store.CollectionRow | None:
+        async with self.db.tenant_transaction(row.tenant_id) as conn:
+            collection = await collection_store.get(conn, row.collection)
+        if collection is None and not row.create_collection:
+            raise ImportFailure("collection_not_found", f"collection '{row.collection}' no longer exists")
+        return collection
+
+    async def _finish_from_cache(
+        self,
+        conn: Any,
+        row: store.ImportRow,
+        collection: collection_store.CollectionRow,
+        fingerprint: str,
+        chunks_total: int,
+    ) -> bool:
+        async with conn.transaction():
+            loaded = await store.cached_result(
+                conn,
+                collection_id=collection.id,
+                manifest_path=row.manifest_path,
+                user_address=row.user_address,
+                fingerprint=fingerprint,
+                version=collection.data_version,
+            )
+            if loaded is None:
+                return False
+            # Still at that version (checked under the row's lock), or the cache does not apply.
+            version = await conn.fetchval(
+                "SELECT data_version FROM collections WHERE id = $1 FOR SHARE", collection.id
+            )
+            if version != collection.data_version:
+                return False
+            if not await store.finish_loaded(
+                conn,
+                row.id,
+                collection_id=collection.id,
+                collection_version=collection.data_version,
+                vectors_loaded=loaded,
+                chunks_total=chunks_total,
+                cached=True,
+            ):
+                raise _Cancelled
+        IMPORT_CACHE_HITS.inc()
+        log.info("import answered from cache", extra={"import_id": str(row.id)})
+        return True
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            # spawn: the server's threads and event loop must not be copied into the workers.
+            self._executor = ProcessPoolExecutor(
+                max_workers=max(1, min(2, os.cpu_count() or 1)),
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+        return self._executor
+
+    async def _stage_one(
+        self, portal: S5Portal, folder: str, info: ChunkInfo, key: bytes | None, spec: TargetSpec
+    ) -> StagedChunk:
+        raw = await self._download("chunk", portal.fetch_chunk(folder, info))
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool(), stage_chunk, raw, key, info, spec)
+        except BrokenProcessPool:
+            self._executor = None  # a worker died (e.g. killed for memory); the next import gets a new pool
+            raise
+
+    async def _stage_all(
+        self,
+        conn: Any,
+        portal: S5Portal,
+        row: store.ImportRow,
+        manifest: Manifest,
+        key: bytes | None,
+        spec: TargetSpec,
+    ) -> int:
+        folder = row.manifest_path.rsplit("/", 1)[0] if "/" in row.manifest_path else ""
+        in_flight: set[asyncio.Task[StagedChunk]] = set()
+        done_chunks = staged = 0
+
+        async def copy_finished() -> None:
+            nonlocal done_chunks, staged
+            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                in_flight.discard(task)
+                chunk = task.result()  # raises the chunk's ImportFailure
+                try:
+                    await store.copy_chunk(conn, chunk.copy_data)
+                except (asyncpg.DataError, asyncpg.InvalidTextRepresentationError) as exc:
+                    raise ImportFailure(
+                        "invalid_manifest", f"chunk {chunk.chunk_id} holds a value PostgreSQL refuses: {exc}"
+                    ) from None
+                done_chunks += 1
+                staged += chunk.count
+            if not await store.progress(
+                conn,
+                row.id,
+                chunks_done=done_chunks,
+                chunks_total=manifest.chunk_count,
+                vectors_loaded=staged,
+            ):
+                raise _Cancelled
+
+        try:
+            for info in sorted(manifest.chunks, key=lambda c: c.chunk_id):
+                while len(in_flight) >= self.s5.max_parallel_chunks:
+                    await copy_finished()
+                in_flight.add(asyncio.create_task(self._stage_one(portal, folder, info, key, spec)))
+            while in_flight:
+                await copy_finished()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        return staged
+
+    async def _merge(
+        self, conn: Any, row: store.ImportRow, manifest: Manifest, staged: int, fingerprint: str
+    ) -> None:
+        role = self.db.tenant_role(row.tenant_id)
+        try:
+            async with conn.transaction():
+                collection = await self._collection_for_merge(conn, row, manifest)
+                await set_local(conn, {"app.tenant_id": row.tenant_id, "role": role})
+                total, inserted = await store.merge_staged(conn, collection.table)
+                updated = await collection_store.record_write(conn, collection.id, inserted)
+                if not await store.finish_loaded(
+                    conn,
+                    row.id,
+                    collection_id=collection.id,
+                    collection_version=updated.data_version,
+                    vectors_loaded=total,
+                    chunks_total=manifest.chunk_count,
+                    cached=False,
+                ):
+                    raise _Cancelled
+        except asyncpg.UndefinedTableError:
+            raise ImportFailure(
+                "collection_not_found", f"collection '{row.collection}' was deleted during the import"
+            ) from None
+        S5_VECTORS_LOADED.inc(total)
+        log.info(
+            "import loaded",
+            extra={"import_id": str(row.id), "vectors": total, "new_vectors": inserted, "staged": staged},
+        )
+        self.indexer.consider(updated)
+
+    async def _collection_for_merge(
+        self, conn: Any, row: store.ImportRow, manifest: Manifest
+    ) -> collection_store.CollectionRow:
+        """The target collection, created here (in the merge transaction) when the import may."""
+        await set_local(conn, {"app.tenant_id": row.tenant_id})
+        collection = await conn.fetchrow(
+            "SELECT id FROM collections WHERE tenant_id = $1 AND name = $2", row.tenant_id, row.collection
+        )
+        if collection is not None:
+            found = await collection_store.get_by_id(conn, collection["id"])
+            assert found is not None
+        elif not row.create_collection:
+            raise ImportFailure("collection_not_found", f"collection '{row.collection}' no longer exists")
+        else:
+            defaults = IndexParams()
+            try:
+                async with conn.transaction():  # a savepoint: losing the race must not abort the merge
+                    created = await collection_store.create(
+                        conn,
+                        tenant_id=row.tenant_id,
+                        name=row.collection,
+                        dimension=manifest.dimensions,
+                        metric=Metric.COSINE,
+                        storage=Storage.FLOAT32,
+                        m=defaults.m,
+                        ef_construction=defaults.ef_construction,
+                        description=f"Imported from S5: {manifest.name}"[:1000],
+                        tenant_role=self.db.tenant_role(row.tenant_id),
+                    )
+                    if created is None:
+                        raise _NameTaken
+            except _NameTaken:  # created by a request meanwhile: use it if it fits
+                return await self._collection_for_merge(conn, row, manifest)
+            found = created
+        if found.dimension != manifest.dimensions:
+            raise ImportFailure(
+                "dimension_mismatch",
+                f"the database has {manifest.dimensions} dimensions; the collection has {found.dimension}",
+            )
+        return found

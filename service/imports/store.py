@@ -1,0 +1,261 @@
+"""SQL on the imports table (migration 0003) and the import's staging table.
+
+Tenant-facing reads run in a tenant transaction (row-level security limits them to the tenant's
+rows); the runner's bookkeeping runs as the service login and always names the import's id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+ACTIVE = ("pending", "loading")
+
+_COLUMNS = (
+    "id, tenant_id, collection, collection_id, source, manifest_path, user_address, create_collection, "
+    "status, runner, chunks_done, chunks_total, vectors_loaded, manifest_fingerprint, collection_version, "
+    "cached, error_code, error_message, created_at, started_at, finished_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    id: uuid.UUID
+    tenant_id: str
+    collection: str
+    collection_id: int | None
+    source: str
+    manifest_path: str
+    user_address: str
+    create_collection: bool
+    status: str
+    runner: int | None
+    chunks_done: int
+    chunks_total: int | None
+    vectors_loaded: int
+    manifest_fingerprint: str | None
+    collection_version: int | None
+    cached: bool
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def _row(record: Any) -> ImportRow:
+    return ImportRow(**dict(record))
+
+
+async def insert(
+    conn: Any,
+    *,
+    tenant_id: str,
+    collection: str,
+    collection_id: int | None,
+    manifest_path: str,
+    user_address: str,
+    create_collection: bool,
+    runner: int,
+) -> ImportRow:
+    record = await conn.fetchrow(
+        f"""INSERT INTO imports (id, tenant_id, collection, collection_id, source, manifest_path,
+                                 user_address, create_collection, runner)
+            VALUES ($1, $2, $3, $4, 's5', $5, $6, $7, $8) RETURNING {_COLUMNS}""",
+        uuid.uuid4(),
+        tenant_id,
+        collection,
+        collection_id,
+        manifest_path,
+        user_address,
+        create_collection,
+        runner,
+    )
+    return _row(record)
+
+
+async def get(conn: Any, import_id: uuid.UUID) -> ImportRow | None:
+    record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM imports WHERE id = $1", import_id)
+    return _row(record) if record else None
+
+
+async def list_page(
+    conn: Any, *, after: tuple[datetime, uuid.UUID] | None, limit: int, only: list[str] | None
+) -> list[ImportRow]:
+    """Newest first; `only` limits to these collection names (a collection-scoped key)."""
+    records = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM imports
+            WHERE ($1::timestamptz IS NULL OR (created_at, id) < ($1, $2))
+              AND ($3::text[] IS NULL OR collection = ANY($3))
+            ORDER BY created_at DESC, id DESC LIMIT $4""",
+        after[0] if after else None,
+        after[1] if after else None,
+        only,
+        limit,
+    )
+    return [_row(r) for r in records]
+
+
+async def cancel(conn: Any, import_id: uuid.UUID) -> ImportRow | None:
+    """Cancel if still active; None when the import had already ended (or does not exist)."""
+    record = await conn.fetchrow(
+        f"""UPDATE imports SET status = 'cancelled', error_code = 'cancelled',
+                   error_message = 'cancelled by request', finished_at = now()
+            WHERE id = $1 AND status IN ('pending', 'loading') RETURNING {_COLUMNS}""",
+        import_id,
+    )
+    return _row(record) if record else None
+
+
+# -- the runner (service login) -------------------------------------------------------------------
+
+
+async def claim(conn: Any, import_id: uuid.UUID, runner: int) -> ImportRow | None:
+    """pending -> loading; None if it was cancelled (or swept) before it could start."""
+    record = await conn.fetchrow(
+        f"""UPDATE imports SET status = 'loading', started_at = now(), runner = $2
+            WHERE id = $1 AND status = 'pending' RETURNING {_COLUMNS}""",
+        import_id,
+        runner,
+    )
+    return _row(record) if record else None
+
+
+async def progress(
+    conn: Any,
+    import_id: uuid.UUID,
+    *,
+    chunks_done: int,
+    chunks_total: int | None,
+    vectors_loaded: int,
+    fingerprint: str | None = None,
+) -> bool:
+    """Record progress; False when the import is no longer loading (cancelled meanwhile)."""
+    status = await conn.fetchval(
+        """UPDATE imports SET chunks_done = $2, chunks_total = $3, vectors_loaded = $4,
+                  manifest_fingerprint = coalesce($5, manifest_fingerprint)
+           WHERE id = $1 AND status = 'loading' RETURNING status""",
+        import_id,
+        chunks_done,
+        chunks_total,
+        vectors_loaded,
+        fingerprint,
+    )
+    return status is not None
+
+
+async def finish_loaded(
+    conn: Any,
+    import_id: uuid.UUID,
+    *,
+    collection_id: int,
+    collection_version: int,
+    vectors_loaded: int,
+    chunks_total: int,
+    cached: bool,
+) -> bool:
+    """loading -> loaded, inside the transaction that committed the vectors; False if cancelled."""
+    status = await conn.fetchval(
+        """UPDATE imports SET status = 'loaded', finished_at = now(), collection_id = $2,
+                  collection_version = $3, vectors_loaded = $4, chunks_done = $5, chunks_total = $5,
+                  cached = $6
+           WHERE id = $1 AND status = 'loading' RETURNING status""",
+        import_id,
+        collection_id,
+        collection_version,
+        vectors_loaded,
+        chunks_total,
+        cached,
+    )
+    return status is not None
+
+
+async def finish_failed(conn: Any, import_id: uuid.UUID, code: str, message: str) -> None:
+    await conn.execute(
+        """UPDATE imports SET status = 'error', error_code = $2, error_message = $3, finished_at = now()
+           WHERE id = $1 AND status IN ('pending', 'loading')""",
+        import_id,
+        code,
+        message,
+    )
+
+
+async def cached_result(
+    conn: Any, *, collection_id: int, manifest_path: str, user_address: str, fingerprint: str, version: int
+) -> int | None:
+    """Vectors of an earlier import of this same manifest whose merge left the collection at `version`."""
+    loaded: int | None = await conn.fetchval(
+        """SELECT vectors_loaded FROM imports
+           WHERE status = 'loaded' AND collection_id = $1 AND manifest_path = $2
+             AND lower(user_address) = lower($3) AND manifest_fingerprint = $4 AND collection_version = $5
+           ORDER BY finished_at DESC LIMIT 1""",
+        collection_id,
+        manifest_path,
+        user_address,
+        fingerprint,
+        version,
+    )
+    return loaded
+
+
+async def sweep_orphans(conn: Any, lease_class: int) -> list[uuid.UUID]:
+    """End as error every active import whose runner no longer holds its lease (its process died).
+
+    A runner holds pg_advisory_lock(lease_class, runner) on a connection of its own for as long as
+    it lives; PostgreSQL releases it when that connection ends, however the process ended.
+    """
+    records = await conn.fetch(
+        """UPDATE imports SET status = 'error', error_code = 'interrupted', finished_at = now(),
+                  error_message = 'the server running this import stopped before it finished; '
+                                  || 'nothing was written; submit the import again'
+           WHERE status IN ('pending', 'loading')
+             AND NOT EXISTS (
+                 SELECT 1 FROM pg_locks l
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND l.classid = $1::int8::oid AND l.objid = imports.runner::int8::oid)
+           RETURNING id""",
+        lease_class,
+    )
+    return [r["id"] for r in records]
+
+
+# -- the staging table (the import's own connection) ----------------------------------------------
+
+
+async def create_staging(conn: Any, *, vector_type: str, dimension: int, tenant_role: str) -> None:
+    """A temporary table of the import's own session: it vanishes with the session, crash or not."""
+    await conn.execute(
+        f"""CREATE TEMP TABLE vh_import (ord bigint NOT NULL, id text NOT NULL,
+                                         embedding {vector_type}({int(dimension)}) NOT NULL,
+                                         metadata jsonb NOT NULL);
+            GRANT SELECT ON vh_import TO {tenant_role}"""
+    )
+
+
+async def copy_chunk(conn: Any, copy_data: bytes) -> None:
+    async def pieces() -> AsyncIterator[bytes]:  # asyncpg would read a bytes source as a file name
+        view = memoryview(copy_data)
+        for start in range(0, len(view), 1 << 20):
+            yield bytes(view[start : start + (1 << 20)])
+
+    await conn.copy_to_table(
+        "vh_import", source=pieces(), columns=["ord", "id", "embedding", "metadata"], format="binary"
+    )
+
+
+async def merge_staged(conn: Any, table: str) -> tuple[int, int]:
+    """Into the collection's table, the later of repeated ids winning, in id order (the lock order
+    of upserts, so that a concurrent upsert waits rather than deadlocks). -> (rows, new ids)."""
+    record = await conn.fetchrow(
+        f"""WITH merged AS (
+                INSERT INTO {table} (id, embedding, metadata)
+                SELECT DISTINCT ON (id) id, embedding, metadata FROM vh_import ORDER BY id, ord DESC
+                ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
+                RETURNING (xmax = 0) AS inserted)
+            SELECT count(*) AS total, count(*) FILTER (WHERE inserted) AS inserted FROM merged"""
+    )
+    return record["total"], record["inserted"]
