@@ -40,6 +40,7 @@ class Target:
     key: str
     database_url: str | None
     cleanup: Any = None
+    pid: int | None = None  # the server process, when this benchmark started it
 
 
 def make_data(kind: str, n: int, dim: int, seed: int) -> tuple[np.ndarray, str]:
@@ -118,7 +119,7 @@ def start_temporary_server(env_overrides: dict[str, str] | None = None, permissi
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
 
     # The embedded server listens on a unix socket in its data folder.
-    return Target(url, key, f"postgresql://postgres@/postgres?host={data_dir}", cleanup)
+    return Target(url, key, f"postgresql://postgres@/postgres?host={data_dir}", cleanup, server.pid)
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

@@ -90,6 +90,7 @@ class S5Settings(_Section):
     download_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
     loading_timeout_minutes: Seconds = 5.0
     max_concurrent_imports: PositiveInt = 2
+    max_active_imports_per_tenant: PositiveInt = 4
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

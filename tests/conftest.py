@@ -95,7 +95,8 @@ def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(make_settings())
+    # Imports are on, from a portal address where nothing listens: they fail fast (download_failed).
+    app = create_app(make_settings(s5={"portal_url": "http://127.0.0.1:9", "download_retries": 0}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()

@@ -98,6 +98,8 @@ def test_environment_interpolation_in_file(tmp_path: Path, monkeypatch: pytest.M
             {"VECTORHIVE_SERVER__NOPE": "1"},
             "VECTORHIVE_SERVER__NOPE: section 'server' has no option 'nope'",
         ),
+        ("", {"S5_MAX_PARALLEL_CHUNKS": "0"}, "s5.max_parallel_chunks (from S5_MAX_PARALLEL_CHUNKS)"),
+        ("s5:\n  portal_url: ftp://portal\n", {}, "s5.portal_url"),
         (
             "",
             {"VECTORHIVE_NOPE__PORT": "1"},
@@ -113,6 +115,30 @@ def test_invalid_configuration_names_the_option(
     with pytest.raises(ConfigError) as excinfo:
         load_settings(path, environ=environ, cwd=tmp_path)
     assert message in str(excinfo.value)
+
+
+def test_seed_environment_names_for_s5(tmp_path: Path) -> None:
+    seed = {
+        "S5_PORTAL_URL": "http://127.0.0.1:5524",
+        "S5_MAX_PARALLEL_CHUNKS": "4",
+        "S5_DOWNLOAD_TIMEOUT_SECONDS": "12.5",
+        "S5_LOADING_TIMEOUT_MINUTES": "2",
+    }
+    s5 = load_settings(environ=seed, cwd=tmp_path).s5
+    assert (
+        s5.portal_url,
+        s5.max_parallel_chunks,
+        s5.download_timeout_seconds,
+        s5.loading_timeout_minutes,
+    ) == (
+        "http://127.0.0.1:5524",
+        4,
+        12.5,
+        2,
+    )
+    # Our own name wins when both are set.
+    both = {**seed, "VECTORHIVE_S5__PORTAL_URL": "https://s5.example"}
+    assert load_settings(environ=both, cwd=tmp_path).s5.portal_url == "https://s5.example"
 
 
 def test_explicit_config_file_must_exist(tmp_path: Path) -> None:

@@ -518,3 +518,24 @@ async def test_collection_scoped_keys_see_only_their_collections(
         headers=scoped,
     )
     assert_problem(refused, 404)
+
+
+async def test_a_tenant_has_a_bounded_number_of_active_imports(
+    ic: AsyncTestClient[Litestar],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+) -> None:
+    tenant: TenantKeys = await make_tenant()
+    other: TenantKeys = await make_tenant()
+    source = publish(portal, unique_db(unique_id, n=5, chunk_size=5))
+    portal.faults[source.manifest_path] = ["slow:0.8"] * 4
+    accepted = [await submit(ic, tenant.admin, f"c{i}", source) for i in range(4)]
+    payload = {"source": "s5", "manifest_path": source.manifest_path, "user_address": OWNER}
+    refused = await ic.post("/api/v1/collections/c9/imports", json=payload, headers=bearer(tenant.admin))
+    assert_problem(refused, 409, "too_many_active_imports")
+    # Another tenant is not affected.
+    assert (await submit(ic, other.admin, "c", source))["status"] == "pending"
+    for item in accepted:
+        await wait_for(ic, tenant.admin, item["import_id"])
+    assert (await submit(ic, tenant.admin, "c9", source))["status"] == "pending"

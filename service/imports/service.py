@@ -26,6 +26,8 @@ from service.imports.portal import checked_path
 from service.imports.runner import ImportRunner
 from service.pagination import decode_cursor, split_page
 
+ACTIVE_LIMIT_LOCK = 0x766A  # advisory lock class for counting a tenant's active imports
+
 
 def _field(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"{field}: {message}", errors=[{"field": field, "message": message}])
@@ -104,6 +106,17 @@ class ImportService:
                 raise NotFound(
                     f"Collection '{collection}' does not exist; create it first, or send "
                     "create_collection: true to create it from the manifest."
+                )
+            # Serialised per tenant (a transaction-scoped advisory lock), so that the count holds.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", ACTIVE_LIMIT_LOCK, principal.tenant_id
+            )
+            active = await store.count_active(conn, principal.tenant_id)
+            if active >= self.settings.max_active_imports_per_tenant:
+                raise Conflict(
+                    f"This tenant already has {active} imports pending or loading (at most "
+                    f"{self.settings.max_active_imports_per_tenant}); wait for one to finish or cancel one.",
+                    code="too_many_active_imports",
                 )
             row = await store.insert(
                 conn,

@@ -77,6 +77,13 @@ async def insert(
     return _row(record)
 
 
+async def count_active(conn: Any, tenant_id: str) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM imports WHERE tenant_id = $1 AND status IN ('pending', 'loading')", tenant_id
+    )
+    return count
+
+
 async def get(conn: Any, import_id: uuid.UUID) -> ImportRow | None:
     record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM imports WHERE id = $1", import_id)
     return _row(record) if record else None
