@@ -539,3 +539,33 @@ async def test_a_tenant_has_a_bounded_number_of_active_imports(
     for item in accepted:
         await wait_for(ic, tenant.admin, item["import_id"])
     assert (await submit(ic, tenant.admin, "c9", source))["status"] == "pending"
+
+
+async def test_searches_during_an_import_see_the_last_commit(
+    ic: AsyncTestClient[Litestar],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+) -> None:
+    """Not a 409 and not a half import: the collection as it was, until the import commits."""
+    tenant: TenantKeys = await make_tenant()
+    await ic.post("/api/v1/collections", json={"name": "c", "dimension": 8}, headers=bearer(tenant.admin))
+    await ic.put(
+        "/api/v1/collections/c/vectors",
+        json={"vectors": [{"id": "old", "vector": [1.0] * 8}]},
+        headers=bearer(tenant.admin),
+    )
+    source = publish(portal, unique_db(unique_id, n=300, chunk_size=100))
+    portal.faults[f"{source.folder}/chunk-2.json"] = ["slow:0.8"]
+    accepted = await submit(ic, tenant.admin, "c", source)
+    deadline = time.monotonic() + 30
+    while (await wait_for(ic, tenant.admin, accepted["import_id"], until=("loading",)))["chunks_done"] < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    search = {"vector": source.vectors[0].tolist(), "top_k": 5}
+    during = await ic.post("/api/v1/collections/c/search", json=search, headers=bearer(tenant.admin))
+    assert during.status_code == 200
+    assert [hit["id"] for hit in during.json()["results"]] == ["old"]
+    assert (await wait_for(ic, tenant.admin, accepted["import_id"]))["status"] == "loaded"
+    after = await ic.post("/api/v1/collections/c/search", json=search, headers=bearer(tenant.admin))
+    assert after.json()["results"][0]["id"] == "doc-0"

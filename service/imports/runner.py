@@ -274,10 +274,12 @@ class ImportRunner:
                 dimension=spec.dimension,
                 tenant_role=self.db.tenant_role(row.tenant_id),
             )
+            staging_started = time.perf_counter()
             staged = await self._stage_all(conn, portal, row, manifest, key, spec)
+            staged_seconds = time.perf_counter() - staging_started
         finally:
             await portal.close()
-        await self._merge(conn, row, manifest, staged, fingerprint)
+        await self._merge(conn, row, manifest, staged, staged_seconds)
 
     async def _collection(self, row: store.ImportRow) -> collection_store.CollectionRow | None:
         async with self.db.tenant_transaction(row.tenant_id) as conn:
@@ -395,9 +397,10 @@ class ImportRunner:
         return staged
 
     async def _merge(
-        self, conn: Any, row: store.ImportRow, manifest: Manifest, staged: int, fingerprint: str
+        self, conn: Any, row: store.ImportRow, manifest: Manifest, staged: int, staged_seconds: float
     ) -> None:
         role = self.db.tenant_role(row.tenant_id)
+        merge_started = time.perf_counter()
         try:
             async with conn.transaction():
                 collection = await self._collection_for_merge(conn, row, manifest)
@@ -421,7 +424,14 @@ class ImportRunner:
         S5_VECTORS_LOADED.inc(total)
         log.info(
             "import loaded",
-            extra={"import_id": str(row.id), "vectors": total, "new_vectors": inserted, "staged": staged},
+            extra={
+                "import_id": str(row.id),
+                "vectors": total,
+                "new_vectors": inserted,
+                "staged": staged,
+                "staging_seconds": round(staged_seconds, 3),
+                "merge_seconds": round(time.perf_counter() - merge_started, 3),
+            },
         )
         self.indexer.consider(updated)
 

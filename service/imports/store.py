@@ -166,7 +166,7 @@ async def finish_loaded(
 ) -> bool:
     """loading -> loaded, inside the transaction that committed the vectors; False if cancelled."""
     status = await conn.fetchval(
-        """UPDATE imports SET status = 'loaded', finished_at = now(), collection_id = $2,
+        """UPDATE imports SET status = 'loaded', finished_at = clock_timestamp(), collection_id = $2,
                   collection_version = $3, vectors_loaded = $4, chunks_done = $5, chunks_total = $5,
                   cached = $6
            WHERE id = $1 AND status = 'loading' RETURNING status""",

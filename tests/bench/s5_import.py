@@ -68,6 +68,9 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--encoding", choices=["json", "cbor"], default="json")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--log-level", default="warning", help="the server's (info shows each import's phases)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -80,7 +83,9 @@ def main() -> int:
         portal.files.update(databases[n].files)
     results: dict[str, Any] = {"dim": args.dim, "encoding": args.encoding, "encrypted": True, "sizes": {}}
     with serve(portal):
-        target = start_temporary_server({"S5_PORTAL_URL": portal.url}, permission="admin")
+        target = start_temporary_server(
+            {"S5_PORTAL_URL": portal.url, "VECTORHIVE_SERVER__LOG_LEVEL": args.log_level}, permission="admin"
+        )
         try:
             with httpx.Client(
                 base_url=target.url, headers={"Authorization": f"Bearer {target.key}"}, timeout=60
