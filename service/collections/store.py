@@ -116,6 +116,16 @@ async def sizes(conn: Any, rows: list[CollectionRow]) -> dict[int, int]:
     return {r["id"]: r["bytes"] for r in records}
 
 
+async def count_new_ids(conn: Any, row: CollectionRow, ids: list[str]) -> int:
+    """How many of these ids the collection does not hold yet (what an upsert would add)."""
+    count: int = await conn.fetchval(
+        f"""SELECT count(*) FROM unnest($1::text[]) AS u(id)
+            WHERE NOT EXISTS (SELECT 1 FROM {row.table} v WHERE v.id = u.id)""",
+        ids,
+    )
+    return count
+
+
 async def add_to_count(conn: Any, collection_id: int, delta: int) -> CollectionRow:
     """Last statement of a write: the collection row stays locked only until the commit that follows."""
     record = await conn.fetchrow(
