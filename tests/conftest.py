@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,8 @@ class LiveServer:
     app: Litestar
 
 
-@pytest.fixture(scope="session")
-def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+@contextmanager
+def run_live_server(settings: Settings) -> Iterator[LiveServer]:
     """A real uvicorn server in a background thread: for tests that need truly concurrent requests
     (the test client's requests go through a blocking portal one at a time)."""
     import socket
@@ -95,7 +96,7 @@ def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(make_settings())
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
@@ -108,6 +109,12 @@ def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+    with run_live_server(make_settings()) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -159,11 +159,17 @@ class HiveHubClient:
         await self._call("usage", "POST", "/api/v1/usage", body=body, retries=self.settings.hivehub_retries)
 
     async def probe(self) -> bool:
-        """Reachability for health: any HTTP answer from the hub's base URL counts as reachable."""
+        """Reachability for health: GET /api/v1/health answering below 500 (a hub without that
+        endpoint answers 404, which still shows it is up)."""
         try:
-            await self._client.get("/api/v1/health", timeout=min(2.0, self.settings.hivehub_timeout))
+            response = await self._client.get(
+                "/api/v1/health", timeout=min(2.0, self.settings.hivehub_timeout)
+            )
         except httpx.HTTPError as exc:
             self._failed("health", "connect", f"{type(exc).__name__}: {exc}")
+            return False
+        if response.status_code >= 500:
+            self._failed("health", "status", f"HTTP {response.status_code} from health")
             return False
         self._ok()
         return True

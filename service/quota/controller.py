@@ -79,6 +79,7 @@ async def audit_page(
             errors=[{"field": "cursor", "source": "query", "message": "invalid cursor"}],
         )
     start, end = parse_time("since", since), parse_time("until", until)
+    await request.app.state.audit_buffer.flush(request.app.state.db.pool)  # this replica's latest too
     async with request.app.state.db.pool.acquire() as conn:
         events = await list_events(
             conn,
