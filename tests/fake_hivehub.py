@@ -74,6 +74,7 @@ class FakeHub:
 def serve(hub: FakeHub) -> Iterator[FakeHub]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out at once, without a delayed-ACK stall
 
         def log_message(self, *args: object) -> None:
             pass
