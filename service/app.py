@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -14,13 +12,19 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from prometheus_client import start_http_server
 
 from service import __version__
 from service.admin.controller import AdminController
 from service.auth.cache import KeyCache
 from service.auth.controller import KeysController, MeController
 from service.auth.guards import PUBLIC_PATHS, BearerAuthMiddleware
+from service.auth.hivehub import HiveHubClient
 from service.auth.service import Authenticator, KeyService, LastUsedRecorder
+from service.cluster.audit import AuditBuffer
+from service.cluster.controller import ClusterController
+from service.cluster.jobs import BackgroundJobs
+from service.cluster.metrics import MetricsController, refresh_storage_gauges
 from service.collections.controller import CollectionsController
 from service.collections.indexer import IndexBuilder
 from service.collections.service import CollectionService
@@ -34,6 +38,11 @@ from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
+from service.quota.controller import QuotasAdminController, UsageController
+from service.quota.limiter import Limiter
+from service.quota.middleware import TenantLimitsMiddleware
+from service.quota.service import QuotaService
+from service.quota.usage import UsageMeter, UsageReporter, UsageService
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
@@ -76,21 +85,55 @@ def create_app(settings: Settings) -> Litestar:
     )
     recorder = LastUsedRecorder(db)
     indexer = IndexBuilder(db, settings.collections)
-    import_runner = ImportRunner(db, settings, indexer)
+    hub = (
+        HiveHubClient(settings.cluster)
+        if settings.cluster.enabled and settings.cluster.hivehub_api_url is not None
+        else None
+    )
+    limiter = Limiter(settings.rate_limiting.storage_uri)
+    quotas = QuotaService(db, settings, limiter, hub)
+    meter = UsageMeter(db, settings.usage.flush_interval)
+    audit_buffer = AuditBuffer()
+    reporter = (
+        UsageReporter(
+            db, hub, settings.cluster.usage_report_interval, settings.cluster.usage_report_batch_size
+        )
+        if hub is not None
+        else None
+    )
+    jobs = BackgroundJobs()
+    metrics_port = settings.metrics.port if settings.metrics.enabled else None
+    import_runner = ImportRunner(db, settings, indexer, quotas=quotas, meter=meter)
     state = State(
         {
             "settings": settings,
             "db": db,
             "key_cache": cache,
-            "authenticator": Authenticator(db, settings.auth, cache, recorder),
+            "authenticator": Authenticator(
+                db, settings.auth, cache, recorder, hub=hub, quotas=quotas, audit_buffer=audit_buffer
+            ),
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),
             "indexer": indexer,
-            "collection_service": CollectionService(db, settings.collections, indexer),
+            "collection_service": CollectionService(
+                db, settings.collections, indexer, quotas=quotas, meter=meter
+            ),
             "import_runner": import_runner,
             "import_service": ImportService(db, settings.s5, import_runner),
+            "hivehub": hub,
+            "limiter": limiter,
+            "quota_service": quotas,
+            "usage_meter": meter,
+            "usage_reporter": reporter,
+            "usage_service": UsageService(db, meter),
+            "audit_buffer": audit_buffer,
+            "jobs": jobs,
         }
     )
+
+    async def flush_usage() -> None:
+        await meter.flush()
+        await audit_buffer.flush(db.pool)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -105,7 +148,14 @@ def create_app(settings: Settings) -> Litestar:
                     "a non-loopback address: anyone who can reach it has ADMIN on the default tenant",
                     extra={"host": settings.server.host},
                 )
-        flusher = asyncio.create_task(recorder.run(), name="last-used-recorder")
+        jobs.start("last-used-recorder", recorder.interval, recorder.flush)
+        jobs.start("usage-flush", settings.usage.flush_interval, flush_usage)
+        if reporter is not None:
+            jobs.start("usage-report", reporter.interval, reporter.report_all)
+        metrics_server = None
+        if metrics_port is not None:
+            jobs.start("storage-gauges", 30.0, lambda: refresh_storage_gauges(db))
+            metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
         await indexer.recover()
         await import_runner.start()
         try:
@@ -113,10 +163,17 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await import_runner.close()
             await indexer.close()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            await jobs.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            # Usage counted in memory and authentication failures reach the database before exit.
+            await flush_usage()
             await recorder.flush()
+            await quotas.close()
+            await limiter.close()
+            if hub is not None:
+                await hub.close()
             await db.stop()
 
     app = Litestar(
@@ -127,9 +184,16 @@ def create_app(settings: Settings) -> Litestar:
             CollectionsController,
             ImportsController,
             AdminController,
+            QuotasAdminController,
+            UsageController,
+            ClusterController,
+            *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
         ],
         dependencies=DEPENDENCIES,
-        middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
+        middleware=[
+            DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS),
+            TenantLimitsMiddleware,
+        ],
         before_request=reject_unknown_query_parameters,
         plugins=[problem_details_plugin()],
         lifespan=[lifespan],

@@ -59,8 +59,11 @@ class ClusterSettings(_Section):
     enabled: bool = False
     hivehub_api_url: str | None = None
     hivehub_api_key: str | None = None
+    hivehub_timeout: Seconds = 5.0
+    hivehub_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
     quota_check_interval: Seconds = 60.0
     usage_report_interval: Seconds = 300.0
+    usage_report_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
 
 
 class RateLimitingSettings(_Section):
@@ -68,6 +71,32 @@ class RateLimitingSettings(_Section):
     default_requests_per_minute: PositiveInt = 1000
     default_requests_per_hour: PositiveInt = 10_000
     storage_uri: str = "memory://"
+    token_bucket_capacity: Annotated[float, msgspec.Meta(gt=0)] = 1000.0
+    token_refill_per_second: Annotated[float, msgspec.Meta(gt=0)] = 50.0
+    cost_search: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    cost_upsert_vector: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+    cost_embedding: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    cost_import_vector: Annotated[float, msgspec.Meta(ge=0)] = 0.01
+
+
+OptionalLimit = Annotated[int, msgspec.Meta(ge=0)] | None
+
+
+class QuotasSettings(_Section):
+    max_collections: OptionalLimit = None
+    max_vectors: OptionalLimit = None
+    max_storage_bytes: OptionalLimit = None
+    max_dimension: OptionalLimit = None
+
+
+class UsageSettings(_Section):
+    flush_interval: Seconds = 5.0
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    host: str = "127.0.0.1"
 
 
 class CollectionsSettings(_Section):
@@ -99,6 +128,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
     rate_limiting: RateLimitingSettings = msgspec.field(default_factory=RateLimitingSettings)
+    quotas: QuotasSettings = msgspec.field(default_factory=QuotasSettings)
+    usage: UsageSettings = msgspec.field(default_factory=UsageSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     collections: CollectionsSettings = msgspec.field(default_factory=CollectionsSettings)
     s5: S5Settings = msgspec.field(default_factory=S5Settings)
 
@@ -239,11 +271,9 @@ def _check_semantics(settings: Settings) -> None:
             "auth.require_authentication: must be true when cluster.enabled is true "
             "(unauthenticated single-tenant mode is for local development only)"
         )
-    if settings.cluster.hivehub_api_url is not None:
-        raise ConfigError(
-            "cluster.hivehub_api_url: HiveHub key validation is not available in this version; "
-            "leave it unset and use keys created with `vectorhive keys create`"
-        )
+    hub = settings.cluster.hivehub_api_url
+    if hub is not None and not re.match(r"^https?://[^/\s]+", hub):
+        raise ConfigError("cluster.hivehub_api_url: must be an http:// or https:// URL")
     if not re.fullmatch(r"\d+\s*(kB|MB|GB)", settings.collections.index_build_memory):
         raise ConfigError("collections.index_build_memory: a PostgreSQL memory size such as 512MB or 2GB")
     portal = settings.s5.portal_url
@@ -295,5 +325,7 @@ def load_settings(
     data_dir = Path(settings.database.data_dir).expanduser()
     if not data_dir.is_absolute():
         settings.database.data_dir = str((cwd / data_dir).resolve())
+    if settings.cluster.hivehub_api_key is None and environ.get("HIVEHUB_API_KEY"):
+        settings.cluster.hivehub_api_key = environ["HIVEHUB_API_KEY"]
     _check_semantics(settings)
     return settings

@@ -11,6 +11,8 @@ from service.auth.principal import Principal
 from service.auth.service import KeyService
 from service.collections.service import CollectionService
 from service.imports.service import ImportService
+from service.quota.service import QuotaService
+from service.quota.usage import UsageService
 from service.tenants.service import TenantService
 
 
@@ -39,7 +41,19 @@ def _tenants(request: Request[Any, Any, Any]) -> TenantService:
     return service
 
 
+def _quotas(request: Request[Any, Any, Any]) -> QuotaService:
+    service: QuotaService = request.app.state.quota_service
+    return service
+
+
+def _usage(request: Request[Any, Any, Any]) -> UsageService:
+    service: UsageService = request.app.state.usage_service
+    return service
+
+
 DEPENDENCIES = {
+    "quotas": Provide(_quotas, sync_to_thread=False),
+    "usage": Provide(_usage, sync_to_thread=False),
     "principal": Provide(_principal, sync_to_thread=False),
     "keys": Provide(_keys, sync_to_thread=False),
     "tenants": Provide(_tenants, sync_to_thread=False),

@@ -87,6 +87,51 @@ class Conflict(ServiceError):
     title = "Conflict with the current state"
 
 
+class QuotaExceeded(Forbidden):
+    """A storage quota (collections, vectors, bytes, dimension) would be exceeded: nothing was written."""
+
+    code = "quota_exceeded"
+    title = "Quota exceeded"
+
+    def __init__(self, detail: str, *, quota: str, limit: int, current: int, requested: int) -> None:
+        super().__init__(
+            detail, extra={"quota": quota, "limit": limit, "current": current, "requested": requested}
+        )
+        self.quota = quota
+
+
+class TooManyRequests(ServiceError):
+    """A rate limit or the request-cost token bucket is exhausted; the headers say when to come back."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        limit_name: str,
+        scope: str,
+        value: float,
+        retry_after: float,
+        remaining: float = 0,
+    ) -> None:
+        wait = max(1, int(retry_after + 0.999))
+        headers = {
+            "Retry-After": str(wait),
+            "RateLimit-Limit": _number(value),
+            "RateLimit-Remaining": _number(max(0.0, remaining)),
+            "RateLimit-Reset": str(wait),
+        }
+        super().__init__(detail, headers=headers, extra={"limit": limit_name, "scope": scope, "value": value})
+        self.limit_name = limit_name
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 class ServiceUnavailable(ServiceError):
     status = 503
     code = "unavailable"
@@ -285,9 +330,10 @@ class ProblemDocument(msgspec.Struct, kw_only=True):
 _STATUS_TEXT = {
     400: "Invalid request (problem+json; `errors` names the fields)",
     401: "Missing, malformed, unknown, expired or revoked API key",
-    403: "The key may not do this (permission, key kind, suspended tenant)",
+    403: "The key may not do this (permission, key kind, suspended tenant), or a quota would be exceeded",
     404: "Not found (also what another tenant's resources look like)",
     409: "Conflict with the current state",
+    429: "A rate limit or the request-cost budget is exhausted (Retry-After, RateLimit-* headers)",
     503: "A dependency is unavailable",
 }
 

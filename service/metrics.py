@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 AUTH_CACHE_HITS = Counter("vectorhive_auth_cache_hits_total", "API keys answered from the verified-key cache")
 AUTH_CACHE_MISSES = Counter(
@@ -39,3 +39,49 @@ IMPORT_CACHE_MISSES = Counter(
     "vector_index_cache_misses_total", "Imports that had to download and load their chunks"
 )
 IMPORTS_FINISHED = Counter("vectorhive_imports_total", "Finished imports, by final status", ["status"])
+
+# -- per tenant (labels: tenant ids and operation ids, both bounded by what exists; never raw paths)
+TENANT_REQUESTS = Counter(
+    "vectorhive_tenant_requests_total",
+    "Requests of a tenant that passed its rate limits",
+    ["tenant_id", "operation"],
+)
+TENANT_STORAGE_BYTES = Gauge(
+    "vectorhive_tenant_storage_bytes",
+    "Bytes on disk of a tenant's vector tables (at scrape time)",
+    ["tenant_id"],
+)
+TENANT_RATE_LIMITED = Counter(
+    "vectorhive_tenant_rate_limit_exceeded_total", "Requests refused with 429", ["tenant_id"]
+)
+TENANT_QUOTA_EXCEEDED = Counter(
+    "vectorhive_tenant_quota_exceeded_total",
+    "Writes refused with 403 quota_exceeded",
+    ["tenant_id", "quota_type"],
+)
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "vectorhive_rate_limit_storage_errors_total",
+    "Rate-limit checks that could not reach their storage (the request was let through)",
+)
+
+# -- requests (label: the route template, never the raw path)
+REQUEST_SECONDS = Histogram(
+    "vectorhive_http_request_duration_seconds",
+    "Time from the request's arrival to its last response byte",
+    ["method", "route", "status_class"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# -- HiveHub
+HUB_SECONDS = Histogram(
+    "vectorhive_hivehub_request_duration_seconds",
+    "HiveHub calls, by endpoint",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+HUB_ERRORS = Counter("vectorhive_hivehub_errors_total", "Failed HiveHub calls", ["endpoint", "kind"])
+HUB_UP = Gauge("vectorhive_hivehub_up", "1 if the last HiveHub call succeeded, 0 if it failed")
+
+# -- usage
+USAGE_REPORTED = Counter("vectorhive_usage_rows_reported_total", "Usage outbox rows acknowledged by HiveHub")
+USAGE_UNREPORTED = Gauge("vectorhive_usage_rows_unreported", "Usage outbox rows not yet acknowledged")

@@ -13,6 +13,8 @@ import uuid
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.metrics import REQUEST_SECONDS
+
 REQUEST_ID_HEADER = b"x-request-id"
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -53,6 +55,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("path_template") or "<unmatched>"
+            REQUEST_SECONDS.labels(scope.get("method", ""), route, f"{status // 100}xx").observe(elapsed)
             if self.access_log_enabled:
                 principal = scope.get("user")
                 access_log.info(
@@ -63,7 +68,7 @@ class RequestContextMiddleware:
                         # The route template, not the raw path: raw paths can carry ids of other tenants.
                         "route": scope.get("path_template") or scope["path"],
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "duration_ms": round(elapsed * 1000, 3),
                         "tenant_id": getattr(principal, "tenant_id", None),
                         "key_id": getattr(principal, "key_id", None),
                     },

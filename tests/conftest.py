@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,8 @@ class LiveServer:
     app: Litestar
 
 
-@pytest.fixture(scope="session")
-def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+@contextmanager
+def run_live_server(settings: Settings) -> Iterator[LiveServer]:
     """A real uvicorn server in a background thread: for tests that need truly concurrent requests
     (the test client's requests go through a blocking portal one at a time)."""
     import socket
@@ -95,8 +96,7 @@ def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # Imports are on, from a portal address where nothing listens: they fail fast (download_failed).
-    app = create_app(make_settings(s5={"portal_url": "http://127.0.0.1:9", "download_retries": 0}))
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
@@ -109,6 +109,14 @@ def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+    # Imports are on, from a portal address where nothing listens: they fail fast (download_failed).
+    settings = make_settings(s5={"portal_url": "http://127.0.0.1:9", "download_retries": 0})
+    with run_live_server(settings) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

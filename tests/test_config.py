@@ -90,6 +90,10 @@ def test_environment_interpolation_in_file(tmp_path: Path, monkeypatch: pytest.M
             "auth.require_authentication",
         ),
         ("database:\n  url: ${MISSING_VAR}\n", {}, "MISSING_VAR"),
+        ("cluster:\n  hivehub_api_url: ftp://hub\n", {}, "cluster.hivehub_api_url"),
+        ("quotas:\n  max_vectors: -1\n", {}, "quotas.max_vectors"),
+        ("rate_limiting:\n  token_refill_per_second: 0\n", {}, "rate_limiting.token_refill_per_second"),
+        ("rate_limiting:\n  storage_uri: memcached://x\n", {}, "rate_limiting.storage_uri"),
         ("[1, 2]\n", {}, "top level must be a mapping"),
         ("server: {port: [\n", {}, "not valid YAML"),
         ("", {"VECTORHIVE_SERVER__PORT": "abc"}, "server.port (from VECTORHIVE_SERVER__PORT)"),
@@ -158,3 +162,17 @@ def test_cli_stops_with_a_clear_message_on_bad_configuration(tmp_path: Path) -> 
     assert result.returncode == 2
     assert "configuration error: server.port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_hivehub_settings_and_the_hivehub_api_key_variable(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("cluster:\n  enabled: true\n  hivehub_api_url: https://hub.example\n")
+    settings = load_settings(path, environ={"HIVEHUB_API_KEY": "from-env"}, cwd=tmp_path)
+    assert settings.cluster.hivehub_api_url == "https://hub.example"
+    assert settings.cluster.hivehub_api_key == "from-env"
+    explicit = load_settings(
+        path,
+        environ={"HIVEHUB_API_KEY": "from-env", "VECTORHIVE_CLUSTER__HIVEHUB_API_KEY": "own"},
+        cwd=tmp_path,
+    )
+    assert explicit.cluster.hivehub_api_key == "own"

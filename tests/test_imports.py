@@ -569,3 +569,57 @@ async def test_searches_during_an_import_see_the_last_commit(
     assert (await wait_for(ic, tenant.admin, accepted["import_id"]))["status"] == "loaded"
     after = await ic.post("/api/v1/collections/c/search", json=search, headers=bearer(tenant.admin))
     assert after.json()["results"][0]["id"] == "doc-0"
+
+
+async def test_storage_quota_fails_the_import_and_changes_nothing(
+    ic: AsyncTestClient[Litestar],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+    operator_key: str,
+) -> None:
+    tenant: TenantKeys = await make_tenant()
+    quotas = await ic.put(
+        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
+        json={"max_vectors": 250},
+        headers=bearer(operator_key),
+    )
+    assert quotas.status_code == 200, quotas.text
+    too_big = publish(portal, unique_db(unique_id, n=300, chunk_size=100))
+    status = await import_and_wait(ic, tenant.admin, "c", too_big)
+    assert status["status"] == "error" and status["error"]["code"] == "quota_exceeded", status
+    assert "250" in status["error"]["message"]
+    assert_problem(await ic.get("/api/v1/collections/c", headers=bearer(tenant.admin)), 404)
+
+    fits = publish(portal, unique_db(unique_id, n=200, chunk_size=100))
+    assert (await import_and_wait(ic, tenant.admin, "c", fits))["status"] == "loaded"
+    usage = (await ic.get("/api/v1/usage", headers=bearer(tenant.admin))).json()
+    assert usage["usage"]["vectors_imported"] == 200, usage
+    # Re-importing the same ids adds nothing new, so it is within the quota.
+    fits.files[fits.manifest_path] = build(
+        name=fits.name, n=200, chunk_size=100, manifest_overrides={"updated": 2}
+    ).files[fits.manifest_path]
+    publish(portal, fits)
+    assert (await import_and_wait(ic, tenant.admin, "c", fits))["status"] == "loaded"
+
+
+async def test_an_import_is_paced_by_the_tenants_token_bucket(
+    ic: AsyncTestClient[Litestar],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+    operator_key: str,
+) -> None:
+    """300 vectors at 0.01 tokens each need 3 tokens; a bucket of 1 refilled at 2/s makes the import
+    wait about a second for them instead of failing."""
+    tenant: TenantKeys = await make_tenant()
+    response = await ic.put(
+        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
+        json={"token_bucket_capacity": 1, "token_refill_per_second": 2},
+        headers=bearer(operator_key),
+    )
+    assert response.status_code == 200, response.text
+    source = publish(portal, unique_db(unique_id, n=300, chunk_size=100))
+    status = await import_and_wait(ic, tenant.admin, "c", source)
+    assert status["status"] == "loaded", status
+    assert status["duration_ms"] >= 900, status

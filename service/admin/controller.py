@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import operator_only
 from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
+from service.auth.principal import Principal
 from service.auth.service import KeyService
 from service.errors import AUTHENTICATED, problem_responses
 from service.pagination import Page
@@ -36,9 +37,12 @@ class AdminController(Controller):
         summary="Create a tenant",
     )
     async def create_tenant(
-        self, tenants: NamedDependency[TenantService], data: JSONBody[CreateTenantRequest]
+        self,
+        principal: NamedDependency[Principal],
+        tenants: NamedDependency[TenantService],
+        data: JSONBody[CreateTenantRequest],
     ) -> Tenant:
-        return await tenants.create(data.id, data.display_name)
+        return await tenants.create(data.id, data.display_name, actor=principal)
 
     @get(
         "/tenants",
@@ -74,9 +78,12 @@ class AdminController(Controller):
         summary="Suspend a tenant: its keys get 403 until it is resumed",
     )
     async def suspend_tenant(
-        self, tenants: NamedDependency[TenantService], tenant_id: FromPath[str]
+        self,
+        principal: NamedDependency[Principal],
+        tenants: NamedDependency[TenantService],
+        tenant_id: FromPath[str],
     ) -> Tenant:
-        return await tenants.set_status(tenant_id, TenantStatus.SUSPENDED)
+        return await tenants.set_status(tenant_id, TenantStatus.SUSPENDED, actor=principal)
 
     @post(
         "/tenants/{tenant_id:str}/resume",
@@ -86,9 +93,12 @@ class AdminController(Controller):
         summary="Resume a suspended tenant",
     )
     async def resume_tenant(
-        self, tenants: NamedDependency[TenantService], tenant_id: FromPath[str]
+        self,
+        principal: NamedDependency[Principal],
+        tenants: NamedDependency[TenantService],
+        tenant_id: FromPath[str],
     ) -> Tenant:
-        return await tenants.set_status(tenant_id, TenantStatus.ACTIVE)
+        return await tenants.set_status(tenant_id, TenantStatus.ACTIVE, actor=principal)
 
     @post(
         "/tenants/{tenant_id:str}/keys",
@@ -97,9 +107,13 @@ class AdminController(Controller):
         summary="Create an API key for a tenant (the key is shown only in this response)",
     )
     async def create_tenant_key(
-        self, keys: NamedDependency[KeyService], tenant_id: FromPath[str], data: JSONBody[CreateKeyRequest]
+        self,
+        principal: NamedDependency[Principal],
+        keys: NamedDependency[KeyService],
+        tenant_id: FromPath[str],
+        data: JSONBody[CreateKeyRequest],
     ) -> CreatedApiKey:
-        return await keys.create(tenant_id, data)
+        return await keys.create(tenant_id, data, actor=principal)
 
     @get(
         "/tenants/{tenant_id:str}/keys",
@@ -126,6 +140,10 @@ class AdminController(Controller):
         summary="Revoke one of a tenant's API keys",
     )
     async def revoke_tenant_key(
-        self, keys: NamedDependency[KeyService], tenant_id: FromPath[str], key_id: FromPath[str]
+        self,
+        principal: NamedDependency[Principal],
+        keys: NamedDependency[KeyService],
+        tenant_id: FromPath[str],
+        key_id: FromPath[str],
     ) -> ApiKey:
-        return await keys.revoke(tenant_id, key_id)
+        return await keys.revoke(tenant_id, key_id, actor=principal)

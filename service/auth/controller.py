@@ -87,7 +87,7 @@ class KeysController(Controller):
         keys: NamedDependency[KeyService],
         data: JSONBody[CreateKeyRequest],
     ) -> CreatedApiKey:
-        return await keys.create(principal.tenant_id, data, scope=principal.collections)
+        return await keys.create(principal.tenant_id, data, scope=principal.collections, actor=principal)
 
     @get(
         "/{key_id:str}",
@@ -110,7 +110,7 @@ class KeysController(Controller):
     async def revoke_key(
         self, principal: NamedDependency[Principal], keys: NamedDependency[KeyService], key_id: FromPath[str]
     ) -> ApiKey:
-        return await keys.revoke(principal.tenant_id, key_id, scope=principal.collections)
+        return await keys.revoke(principal.tenant_id, key_id, scope=principal.collections, actor=principal)
 
     @post(
         "/{key_id:str}/rotate",
@@ -122,4 +122,4 @@ class KeysController(Controller):
         self, principal: NamedDependency[Principal], keys: NamedDependency[KeyService], key_id: FromPath[str]
     ) -> CreatedApiKey:
         assert principal.tenant_id is not None
-        return await keys.rotate(principal.tenant_id, key_id, scope=principal.collections)
+        return await keys.rotate(principal.tenant_id, key_id, scope=principal.collections, actor=principal)

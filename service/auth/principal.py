@@ -29,6 +29,7 @@ class Principal:
     collections: frozenset[str] | None = None  # None: every collection of the tenant
     tenant_active: bool = True
     expires_at: datetime | None = None
+    source: str = "local"  # "hivehub" for keys HiveHub validated
 
     @property
     def is_operator(self) -> bool:

@@ -8,17 +8,23 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from service.auth import store
 from service.auth.cache import KeyCache
+from service.auth.hivehub import HiveHubClient, HubUnavailable, KeyAnswer
 from service.auth.keys import KeyKind, fingerprint, hash_secret, new_key, parse_key, verify_secret
 from service.auth.models import COLLECTION_NAME_PATTERN, ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.principal import Permission, Principal
+from service.cluster import audit
 from service.config import AuthSettings
 from service.db import Database
-from service.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from service.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable, Unauthorized
 from service.metrics import AUTH_CACHE_HITS, AUTH_CACHE_MISSES, AUTH_FAILURES, AUTH_HASH_CHECKS
 from service.pagination import Page, decode_cursor, page_of
+from service.quota.service import QuotaService
 from service.tenants import store as tenant_store
+from service.tenants.models import TENANT_ID_PATTERN
 
 log = logging.getLogger("vectorhive.auth")
 
@@ -62,7 +68,12 @@ class KeyService:
         self.cache = cache
 
     async def create(
-        self, tenant_id: str | None, request: CreateKeyRequest, *, scope: frozenset[str] | None = None
+        self,
+        tenant_id: str | None,
+        request: CreateKeyRequest,
+        *,
+        scope: frozenset[str] | None = None,
+        actor: Principal | None = None,
     ) -> CreatedApiKey:
         """A tenant key (tenant_id set) or an operator key (tenant_id None; permission ignored).
 
@@ -93,6 +104,14 @@ class KeyService:
                 secret_hash=secret_hash,
                 expires_at=request.expires_at,
             )
+            await audit.write(
+                conn,
+                action="key.create",
+                tenant_id=tenant_id,
+                actor=actor,
+                target=key.key_id,
+                details={"kind": kind.value, "permission": key.permission, "collections": key.collections},
+            )
         log.info("api key created", extra={"key_id": key.key_id, "tenant_id": tenant_id, "kind": kind.value})
         return _created(key, token)
 
@@ -117,12 +136,17 @@ class KeyService:
         *,
         any_tenant: bool = False,
         scope: frozenset[str] | None = None,
+        actor: Principal | None = None,
     ) -> ApiKey:
         """Revoke a key of `tenant_id` (or any key at all, for the operator CLI with any_tenant)."""
         async with self.db.transaction() as conn:
             if not any_tenant:
                 _check_scope(scope, (await self._get_locked(conn, tenant_id, key_id)).collections)
             key = await store.revoke(conn, key_id)
+            if key is not None:
+                await audit.write(
+                    conn, action="key.revoke", tenant_id=key.tenant_id, actor=actor, target=key_id
+                )
         if key is None:
             raise NotFound(f"API key '{key_id}' does not exist.")
         self._forget(key_id)
@@ -130,7 +154,12 @@ class KeyService:
         return key
 
     async def rotate(
-        self, tenant_id: str, key_id: str, *, scope: frozenset[str] | None = None
+        self,
+        tenant_id: str,
+        key_id: str,
+        *,
+        scope: frozenset[str] | None = None,
+        actor: Principal | None = None,
     ) -> CreatedApiKey:
         """A new key with the same name, permission, scope and expiry; the old one is revoked at once."""
         token, parsed = new_key(KeyKind.TENANT)
@@ -153,6 +182,14 @@ class KeyService:
                 rotated_from=old.key_id,
             )
             await store.revoke(conn, key_id)
+            await audit.write(
+                conn,
+                action="key.rotate",
+                tenant_id=tenant_id,
+                actor=actor,
+                target=key_id,
+                details={"new_key_id": new.key_id},
+            )
         self._forget(key_id)
         log.info(
             "api key rotated", extra={"key_id": key_id, "new_key_id": new.key_id, "tenant_id": tenant_id}
@@ -199,14 +236,39 @@ class LastUsedRecorder:
             await self.flush()
 
 
+class KeyStatus(msgspec.Struct, kw_only=True):
+    """What POST /api/v1/cluster/keys/validate tells an operator about a key: never its hash."""
+
+    valid: bool
+    status: str  # active | revoked | expired | unknown | malformed | tenant_suspended
+    source: str | None = None  # local | hivehub
+    kind: KeyKind | None = None
+    key_id: str | None = None
+    tenant_id: str | None = None
+    permission: Permission | None = None
+    collections: list[str] | None = None
+    expires_at: datetime | None = None
+
+
 class Authenticator:
     def __init__(
-        self, db: Database, settings: AuthSettings, cache: KeyCache, recorder: LastUsedRecorder
+        self,
+        db: Database,
+        settings: AuthSettings,
+        cache: KeyCache,
+        recorder: LastUsedRecorder,
+        *,
+        hub: HiveHubClient | None = None,
+        quotas: QuotaService | None = None,
+        audit_buffer: audit.AuditBuffer | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.cache = cache
         self.recorder = recorder
+        self.hub = hub
+        self.quotas = quotas
+        self.audit = audit_buffer or audit.AuditBuffer()
         self._hash_slots = asyncio.Semaphore(settings.max_concurrent_hash_checks)
         # Concurrent first uses of one key share one verification instead of queueing N argon2 runs.
         self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
@@ -229,7 +291,7 @@ class Authenticator:
                 self.cache.evict_key(principal.key_id or "")
                 AUTH_FAILURES.labels("expired").inc()
                 raise Unauthorized("The API key has expired.")
-            if principal.key_id is not None:
+            if principal.key_id is not None and principal.source == "local":
                 self.recorder.note(principal.key_id)
             return principal
         AUTH_CACHE_MISSES.inc()
@@ -257,34 +319,45 @@ class Authenticator:
         finally:
             del self._inflight[fp]
 
+    def _fail(
+        self, reason: str, message: str, *, key_id: str | None = None, tenant_id: str | None = None
+    ) -> Unauthorized:
+        AUTH_FAILURES.labels(reason).inc()
+        self.audit.auth_failure(reason, key_id=key_id, tenant_id=tenant_id)
+        return Unauthorized(message)
+
     async def _verify(self, token: str, fp: bytes) -> Principal:
         parsed = parse_key(token)
         if parsed is None:
-            AUTH_FAILURES.labels("malformed").inc()
-            raise Unauthorized(
-                "The API key is malformed: expected 'Authorization: Bearer vh_<key id>_<secret>'."
+            if self.hub is not None:
+                return await self._verify_with_hub(token, fp)
+            raise self._fail(
+                "malformed",
+                "The API key is malformed: expected 'Authorization: Bearer vh_<key id>_<secret>'.",
             )
         read_at = self.cache.now()
         found = await store.for_auth(self.db.pool, parsed.key_id)
+        if found is None and self.hub is not None and parsed.kind is KeyKind.TENANT:
+            return await self._verify_with_hub(token, fp)
         if found is None or found.key.kind is not parsed.kind:
             self.cache.put_known_bad(fp)
-            AUTH_FAILURES.labels("invalid").inc()
-            raise Unauthorized(INVALID_KEY)
+            raise self._fail("invalid", INVALID_KEY, key_id=parsed.key_id)
         async with self._hash_slots:
             AUTH_HASH_CHECKS.inc()
             ok = await asyncio.to_thread(verify_secret, found.secret_hash, parsed.secret)
+        key = found.key
         if not ok:
             self.cache.put_known_bad(fp)
-            AUTH_FAILURES.labels("invalid").inc()
-            raise Unauthorized(INVALID_KEY)
-        key = found.key
+            raise self._fail("invalid", INVALID_KEY, key_id=key.key_id, tenant_id=key.tenant_id)
         if key.revoked_at is not None:
             self.cache.put_known_bad(fp)
-            AUTH_FAILURES.labels("revoked").inc()
-            raise Unauthorized("The API key has been revoked.")
+            raise self._fail(
+                "revoked", "The API key has been revoked.", key_id=key.key_id, tenant_id=key.tenant_id
+            )
         if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
-            AUTH_FAILURES.labels("expired").inc()
-            raise Unauthorized("The API key has expired.")
+            raise self._fail(
+                "expired", "The API key has expired.", key_id=key.key_id, tenant_id=key.tenant_id
+            )
         principal = Principal(
             kind=key.kind,
             key_id=key.key_id,
@@ -298,3 +371,119 @@ class Authenticator:
         self.cache.put(fp, principal, read_at=read_at)
         await store.touch(self.db.pool, [key.key_id], [datetime.now(UTC)])
         return principal
+
+    async def _ask_hub(self, token: str) -> KeyAnswer:
+        assert self.hub is not None
+        try:
+            answer = await self.hub.validate_key(token)
+        except HubUnavailable as exc:
+            raise ServiceUnavailable(
+                "The API key is not known here and HiveHub, which validates it, is unreachable; "
+                "retry shortly.",
+                code="hivehub_unavailable",
+                headers={"Retry-After": "5"},
+            ) from exc
+        if answer.valid and (
+            answer.tenant_id is None
+            or not re.fullmatch(TENANT_ID_PATTERN, answer.tenant_id)
+            or answer.permission not in {p.value for p in Permission}
+        ):
+            log.error("HiveHub validated a key with an unusable tenant id or permission")
+            raise ServiceUnavailable(
+                "HiveHub's answer about this key could not be used; retry later or contact the operator.",
+                code="hivehub_unavailable",
+            )
+        return answer
+
+    async def _verify_with_hub(self, token: str, fp: bytes) -> Principal:
+        read_at = self.cache.now()
+        answer = await self._ask_hub(token)
+        hub_key_id = "hub_" + fp.hex()[:12]  # names the key in logs and audit; not secret
+        if not answer.valid:
+            self.cache.put_known_bad(fp)
+            raise self._fail("invalid", INVALID_KEY, key_id=hub_key_id)
+        assert answer.tenant_id is not None and answer.permission is not None
+        if answer.expires_at is not None and answer.expires_at <= datetime.now(UTC):
+            self.cache.put_known_bad(fp)
+            raise self._fail(
+                "expired", "The API key has expired.", key_id=hub_key_id, tenant_id=answer.tenant_id
+            )
+        active = await self._ensure_hub_tenant(answer.tenant_id, answer.tenant_name)
+        if self.quotas is not None:
+            self.quotas.set_hub_quotas(answer.tenant_id, answer.quotas)
+        principal = Principal(
+            kind=KeyKind.TENANT,
+            key_id=hub_key_id,
+            tenant_id=answer.tenant_id,
+            permission=Permission(answer.permission),
+            collections=frozenset(answer.collections) if answer.collections is not None else None,
+            tenant_active=active,
+            expires_at=answer.expires_at,
+            source="hivehub",
+        )
+        self.cache.put(fp, principal, read_at=read_at)
+        return principal
+
+    async def _ensure_hub_tenant(self, tenant_id: str, name: str | None) -> bool:
+        """A tenant first seen through HiveHub is created here (with its role); returns whether active."""
+        async with self.db.transaction() as conn:
+            created = await tenant_store.insert(conn, tenant_id, name or tenant_id, source="hivehub")
+            if created is not None:
+                await self.db.ensure_tenant_role(conn, tenant_id)
+                log.info("tenant created from HiveHub", extra={"tenant_id": tenant_id})
+                await audit.write(
+                    conn,
+                    action="tenant.create",
+                    tenant_id=tenant_id,
+                    actor=None,
+                    details={"source": "hivehub"},
+                )
+                return True
+            tenant = await tenant_store.get(conn, tenant_id)
+        return tenant is not None and tenant.status == "active"
+
+    async def inspect(self, token: str) -> KeyStatus:
+        """A key's status for an operator, without caching or counting it as a use."""
+        parsed = parse_key(token)
+        found = await store.for_auth(self.db.pool, parsed.key_id) if parsed is not None else None
+        if found is not None and parsed is not None and found.key.kind is parsed.kind:
+            async with self._hash_slots:
+                ok = await asyncio.to_thread(verify_secret, found.secret_hash, parsed.secret)
+            if not ok:
+                return KeyStatus(valid=False, status="unknown")
+            key = found.key
+            status = "active"
+            if key.revoked_at is not None:
+                status = "revoked"
+            elif key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+                status = "expired"
+            elif not found.tenant_active:
+                status = "tenant_suspended"
+            return KeyStatus(
+                valid=status == "active",
+                status=status,
+                source="local",
+                kind=key.kind,
+                key_id=key.key_id,
+                tenant_id=key.tenant_id,
+                permission=key.permission,
+                collections=key.collections,
+                expires_at=key.expires_at,
+            )
+        if self.hub is not None and (parsed is None or parsed.kind is KeyKind.TENANT):
+            answer = await self._ask_hub(token)
+            if not answer.valid:
+                return KeyStatus(valid=False, status="unknown", source="hivehub")
+            expired = answer.expires_at is not None and answer.expires_at <= datetime.now(UTC)
+            return KeyStatus(
+                valid=not expired,
+                status="expired" if expired else "active",
+                source="hivehub",
+                kind=KeyKind.TENANT,
+                key_id="hub_" + fingerprint(token).hex()[:12],
+                tenant_id=answer.tenant_id,
+                permission=Permission(answer.permission) if answer.permission else None,
+                collections=answer.collections,
+                expires_at=answer.expires_at,
+            )
+        return KeyStatus(valid=False, status="malformed" if parsed is None else "unknown")

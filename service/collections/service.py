@@ -44,10 +44,17 @@ from service.db import Database
 from service.db.database import set_local
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.pagination import decode_cursor, split_page
+from service.quota.service import Operation, QuotaService
+from service.quota.usage import Metric as Metric_
+from service.quota.usage import UsageMeter
 
 log = logging.getLogger("vectorhive.collections")
 
 _encode_json = msgspec.json.Encoder().encode
+
+# Bytes PostgreSQL spends per stored row besides its values (tuple header, item pointer, primary key
+# and metadata index entries): part of the estimate a storage-quota check adds to what is on disk.
+_ROW_OVERHEAD = 64
 
 
 def _problem_at(field: str, message: str) -> InvalidRequest:
@@ -60,10 +67,28 @@ def _as_list(value: Any) -> list[float]:
 
 
 class CollectionService:
-    def __init__(self, db: Database, settings: CollectionsSettings, indexer: IndexBuilder) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: CollectionsSettings,
+        indexer: IndexBuilder,
+        *,
+        quotas: QuotaService | None = None,
+        meter: UsageMeter | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.indexer = indexer
+        self.quotas = quotas
+        self.meter = meter
+
+    def _record(self, tenant_id: str, metric: Metric_, quantity: int) -> None:
+        if self.meter is not None:
+            self.meter.record(tenant_id, metric, quantity)
+
+    async def _charge(self, tenant_id: str, operation: Operation, units: int) -> None:
+        if self.quotas is not None:
+            await self.quotas.charge(tenant_id, operation, units)
 
     # -- collections ------------------------------------------------------------------------------
 
@@ -137,6 +162,8 @@ class CollectionService:
                 errors=[{"field": "name", "message": "outside the key's collections"}],
             )
         async with self.db.transaction() as conn:
+            if self.quotas is not None:
+                await self.quotas.check_collections(conn, principal.tenant_id, request.dimension)
             await self.db.ensure_tenant_role(conn, principal.tenant_id)
             row = await store.create(
                 conn,
@@ -238,17 +265,32 @@ class CollectionService:
                 )
             metadata_json.append(encoded.decode())
 
+        assert principal.tenant_id is not None
+        await self._charge(principal.tenant_id, "upsert", len(items))
         async with self._in_collection(principal, name) as (conn, row):
             matrix = self._vectors_matrix(
                 row, [item.vector for item in items], lambda i: f"vectors[{i}].vector"
             )
+            await self._check_storage(conn, principal.tenant_id, row, list(seen), metadata_json)
             encode = self._encoder(row)
             inserted = await store.upsert(
                 conn, row, [(item.id, encode(matrix[i]), metadata_json[i]) for i, item in enumerate(items)]
             )
             updated = await store.record_write(conn, row.id, inserted)
         self.indexer.consider(updated)
+        self._record(principal.tenant_id, "vectors_written", len(items))
         return UpsertResult(upserted=len(items))
+
+    async def _check_storage(
+        self, conn: Any, tenant_id: str, row: CollectionRow, ids: list[str], metadata_json: list[str]
+    ) -> None:
+        """Before writing: 403 quota_exceeded if the new ids or their estimated bytes do not fit."""
+        if self.quotas is None or not (await self.quotas.limits_for(tenant_id)).has_storage_limits:
+            return
+        new = await store.count_new_ids(conn, row, ids)
+        per_vector = row.dimension * (2 if row.storage == "float16" else 4) + 8 + _ROW_OVERHEAD
+        estimate = len(ids) * per_vector + sum(len(m) for m in metadata_json) + sum(len(i) for i in ids)
+        await self.quotas.check_vectors(conn, tenant_id, new, estimate)
 
     async def get_vector(self, principal: Principal, name: str, vector_id: str) -> VectorRecord:
         async with self._in_collection(principal, name) as (conn, row):
@@ -305,6 +347,8 @@ class CollectionService:
             deleted = await store.delete_where(conn, row, where, params)
             if deleted:
                 await store.record_write(conn, row.id, -deleted)
+        assert principal.tenant_id is not None
+        self._record(principal.tenant_id, "vectors_deleted", deleted)
         return DeleteResult(deleted=deleted)
 
     # -- search -----------------------------------------------------------------------------------
@@ -320,9 +364,12 @@ class CollectionService:
 
     async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResult:
         started = time.perf_counter()
+        assert principal.tenant_id is not None
+        await self._charge(principal.tenant_id, "search", 1)
         settings = self._search_settings(request)
         async with self._in_collection(principal, name, settings) as (conn, row):
             hits, strategy = await self._search_one(conn, row, request, "", dict(settings))
+        self._record(principal.tenant_id, "searches", 1)
         return SearchResult(
             results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3), strategy=strategy
         )
@@ -331,12 +378,15 @@ class CollectionService:
         self, principal: Principal, name: str, queries: list[SearchRequest]
     ) -> BatchSearchResult:
         started = time.perf_counter()
+        assert principal.tenant_id is not None
+        await self._charge(principal.tenant_id, "search", len(queries))
         results = []
         settings = self._search_settings(queries[0])
         async with self._in_collection(principal, name, settings) as (conn, row):
             for i, query in enumerate(queries):
                 hits, _ = await self._search_one(conn, row, query, f"queries[{i}].", settings)
                 results.append(hits)
+        self._record(principal.tenant_id, "searches", len(queries))
         return BatchSearchResult(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     @staticmethod

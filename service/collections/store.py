@@ -117,6 +117,16 @@ async def sizes(conn: Any, rows: list[CollectionRow]) -> dict[int, int]:
     return {r["id"]: r["bytes"] for r in records}
 
 
+async def count_new_ids(conn: Any, row: CollectionRow, ids: list[str]) -> int:
+    """How many of these ids the collection does not hold yet (what an upsert would add)."""
+    count: int = await conn.fetchval(
+        f"""SELECT count(*) FROM unnest($1::text[]) AS u(id)
+            WHERE NOT EXISTS (SELECT 1 FROM {row.table} v WHERE v.id = u.id)""",
+        ids,
+    )
+    return count
+
+
 async def record_write(conn: Any, collection_id: int, delta: int) -> CollectionRow:
     """Last statement of every write: counts the vectors and the write itself (data_version).
 

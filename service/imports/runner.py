@@ -40,6 +40,7 @@ from service.collections.models import MAX_DIMENSION, IndexParams, Metric, Stora
 from service.config import Settings
 from service.db import Database
 from service.db.database import set_local
+from service.errors import QuotaExceeded, TooManyRequests
 from service.imports import store
 from service.imports.formats import (
     ChunkInfo,
@@ -58,6 +59,9 @@ from service.metrics import (
     S5_DOWNLOAD_SECONDS,
     S5_VECTORS_LOADED,
 )
+from service.quota import store as quota_store
+from service.quota.service import QuotaService
+from service.quota.usage import UsageMeter
 
 log = logging.getLogger("vectorhive.imports")
 
@@ -82,8 +86,18 @@ def _fingerprint(manifest: Manifest, plain: bytes) -> str:
 
 
 class ImportRunner:
-    def __init__(self, db: Database, settings: Settings, indexer: IndexBuilder) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        indexer: IndexBuilder,
+        *,
+        quotas: QuotaService | None = None,
+        meter: UsageMeter | None = None,
+    ) -> None:
         self.db = db
+        self.quotas = quotas
+        self.meter = meter
         self.s5 = settings.s5
         self.max_metadata_bytes = settings.collections.max_metadata_bytes
         self.indexer = indexer
@@ -336,9 +350,38 @@ class ImportRunner:
             )
         return self._executor
 
+    async def _pace(self, tenant_id: str, vectors: int) -> None:
+        """Take the import's cost from the tenant's token bucket, waiting for tokens when it is empty.
+
+        An import is background work: it slows down to the tenant's budget instead of failing.
+        The cost is taken in parts no larger than the bucket, so that any chunk can pass."""
+        if self.quotas is None or vectors <= 0:
+            return
+        per_vector = self.quotas.costs["import"]
+        if per_vector <= 0:
+            return
+        capacity = (await self.quotas.limits_for(tenant_id)).token_bucket_capacity
+        step = max(1, int(capacity // per_vector))
+        remaining = vectors
+        while remaining > 0:
+            part = min(step, remaining)
+            try:
+                await self.quotas.charge(tenant_id, "import", part)
+            except TooManyRequests as exc:
+                await asyncio.sleep(float(exc.headers.get("Retry-After", "1")))
+                continue
+            remaining -= part
+
     async def _stage_one(
-        self, portal: S5Portal, folder: str, info: ChunkInfo, key: bytes | None, spec: TargetSpec
+        self,
+        portal: S5Portal,
+        folder: str,
+        info: ChunkInfo,
+        key: bytes | None,
+        spec: TargetSpec,
+        tenant_id: str,
     ) -> StagedChunk:
+        await self._pace(tenant_id, info.vector_count)
         raw = await self._download("chunk", portal.fetch_chunk(folder, info))
         loop = asyncio.get_running_loop()
         try:
@@ -387,7 +430,9 @@ class ImportRunner:
             for info in sorted(manifest.chunks, key=lambda c: c.chunk_id):
                 while len(in_flight) >= self.s5.max_parallel_chunks:
                     await copy_finished()
-                in_flight.add(asyncio.create_task(self._stage_one(portal, folder, info, key, spec)))
+                in_flight.add(
+                    asyncio.create_task(self._stage_one(portal, folder, info, key, spec, row.tenant_id))
+                )
             while in_flight:
                 await copy_finished()
         finally:
@@ -403,9 +448,17 @@ class ImportRunner:
         merge_started = time.perf_counter()
         try:
             async with conn.transaction():
+                limits = await self.quotas.limits_for(row.tenant_id) if self.quotas else None
+                if limits is not None and limits.has_storage_limits:
+                    # Before any row lock, as upserts do: the quota lock comes first for every writer.
+                    await quota_store.lock_tenant_quota(conn, row.tenant_id)
                 collection = await self._collection_for_merge(conn, row, manifest)
                 await set_local(conn, {"app.tenant_id": row.tenant_id, "role": role})
                 total, inserted = await store.merge_staged(conn, collection.table)
+                if self.quotas is not None:
+                    # The merged rows are not counted in vector_count yet, but their pages are in
+                    # the table sizes already: adding_bytes=1 checks "size now > limit".
+                    await self.quotas.check_vectors(conn, row.tenant_id, adding=inserted, adding_bytes=1)
                 updated = await collection_store.record_write(conn, collection.id, inserted)
                 if not await store.finish_loaded(
                     conn,
@@ -421,7 +474,11 @@ class ImportRunner:
             raise ImportFailure(
                 "collection_not_found", f"collection '{row.collection}' was deleted during the import"
             ) from None
+        except QuotaExceeded as exc:
+            raise ImportFailure("quota_exceeded", exc.detail) from None
         S5_VECTORS_LOADED.inc(total)
+        if self.meter is not None:
+            self.meter.record(row.tenant_id, "vectors_imported", total, operation="createImport")
         log.info(
             "import loaded",
             extra={
@@ -449,6 +506,8 @@ class ImportRunner:
         elif not row.create_collection:
             raise ImportFailure("collection_not_found", f"collection '{row.collection}' no longer exists")
         else:
+            if self.quotas is not None:
+                await self.quotas.check_collections(conn, row.tenant_id, manifest.dimensions)
             defaults = IndexParams()
             try:
                 async with conn.transaction():  # a savepoint: losing the race must not abort the merge

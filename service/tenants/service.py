@@ -6,6 +6,8 @@ import logging
 import re
 
 from service.auth.cache import KeyCache
+from service.auth.principal import Principal
+from service.cluster import audit
 from service.db import Database
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.pagination import Page, decode_cursor, page_of
@@ -20,7 +22,9 @@ class TenantService:
         self.db = db
         self.cache = cache
 
-    async def create(self, tenant_id: str, display_name: str | None = None) -> Tenant:
+    async def create(
+        self, tenant_id: str, display_name: str | None = None, *, actor: Principal | None = None
+    ) -> Tenant:
         if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
             raise InvalidRequest(
                 f"Tenant id '{tenant_id}' is not valid: use 1-63 lower-case letters, digits and '-', "
@@ -32,6 +36,7 @@ class TenantService:
             if tenant is None:
                 raise Conflict(f"Tenant '{tenant_id}' already exists.")
             await self.db.ensure_tenant_role(conn, tenant_id)
+            await audit.write(conn, action="tenant.create", tenant_id=tenant_id, actor=actor)
         log.info("tenant created", extra={"tenant_id": tenant_id})
         return tenant
 
@@ -49,10 +54,15 @@ class TenantService:
         )
         return page_of(tenants, limit, lambda t: t.id)
 
-    async def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant:
-        tenant = await store.set_status(self.db.pool, tenant_id, status)
-        if tenant is None:
-            raise NotFound(f"Tenant '{tenant_id}' does not exist.")
+    async def set_status(
+        self, tenant_id: str, status: TenantStatus, *, actor: Principal | None = None
+    ) -> Tenant:
+        async with self.db.transaction() as conn:
+            tenant = await store.set_status(conn, tenant_id, status)
+            if tenant is None:
+                raise NotFound(f"Tenant '{tenant_id}' does not exist.")
+            action = "tenant.suspend" if status is TenantStatus.SUSPENDED else "tenant.resume"
+            await audit.write(conn, action=action, tenant_id=tenant_id, actor=actor)
         if self.cache is not None:
             # Cached principals carry the tenant's status; take effect at once in this process.
             self.cache.evict_tenant(tenant_id)

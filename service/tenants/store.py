@@ -19,13 +19,14 @@ def _tenant(row: Any) -> Tenant:
     )
 
 
-async def insert(conn: Any, tenant_id: str, display_name: str) -> Tenant | None:
+async def insert(conn: Any, tenant_id: str, display_name: str, *, source: str = "local") -> Tenant | None:
     """None when the id is taken."""
     row = await conn.fetchrow(
-        f"""INSERT INTO tenants (id, display_name) VALUES ($1, $2)
+        f"""INSERT INTO tenants (id, display_name, source) VALUES ($1, $2, $3)
             ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}""",
         tenant_id,
         display_name,
+        source,
     )
     return _tenant(row) if row else None
 

@@ -1,0 +1,1 @@
+"""Operator endpoints for cluster mode, and the audit log."""

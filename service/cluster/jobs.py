@@ -1,0 +1,58 @@
+"""Background jobs of this process, with what health reports about them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import msgspec
+
+log = logging.getLogger("vectorhive.jobs")
+
+
+class JobStatus(msgspec.Struct, kw_only=True):
+    name: str
+    running: bool
+    interval_seconds: float
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+
+
+class BackgroundJobs:
+    """Periodic jobs: `step` every `interval` seconds; a failing step is logged and tried again."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._status: dict[str, JobStatus] = {}
+
+    def start(self, name: str, interval: float, step: Callable[[], Awaitable[object]]) -> None:
+        status = self._status[name] = JobStatus(name=name, running=True, interval_seconds=interval)
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await step()
+                except Exception as exc:
+                    status.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("background job failed", extra={"job": name}, exc_info=True)
+                else:
+                    status.last_success_at, status.last_error = datetime.now(UTC), None
+
+        self._tasks[name] = asyncio.create_task(loop(), name=name)
+
+    def status(self) -> list[JobStatus]:
+        for name, task in self._tasks.items():
+            self._status[name].running = not task.done()
+        return list(self._status.values())
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()

@@ -1,0 +1,1 @@
+"""Quotas, rate limits, token buckets, usage metering and reporting."""

@@ -1,0 +1,171 @@
+"""Request limits: sliding windows (the `limits` library) and a token bucket for request cost.
+
+Both live in process memory (memory://, one replica) or in Redis (redis://, shared by replicas:
+the window counters through `limits`' Lua scripts, the bucket through a Lua script of ours, so
+every check is one atomic round trip). If Redis cannot be reached, requests are let through:
+an unavailable counter store must not take the service down (logged, counted, shown in health).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from service.metrics import RATE_LIMIT_STORAGE_ERRORS
+
+log = logging.getLogger("vectorhive.ratelimit")
+
+NAMESPACE = "vectorhive"
+
+# KEYS[1] the bucket; ARGV capacity, refill per second, cost. Returns {allowed, tokens left}.
+# The clock is Redis's own, so replicas with skewed clocks still share one bucket correctly.
+_BUCKET_SCRIPT = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
+return {allowed, tostring(tokens)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowVerdict:
+    allowed: bool
+    name: str = ""
+    limit: int = 0
+    remaining: int = 0
+    reset_in: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BucketVerdict:
+    allowed: bool
+    tokens: float
+
+
+class Limiter:
+    def __init__(self, storage_uri: str) -> None:
+        self.storage_uri = storage_uri
+        self.shared = storage_uri.startswith(("redis://", "rediss://"))
+        self._redis: Any = None
+        self._bucket_script: Any = None
+        storage: Storage
+        if self.shared:
+            import redis.asyncio as aioredis
+
+            storage = RedisStorage(
+                "async+" + storage_uri, implementation="redispy", wrap_exceptions=True, key_prefix=NAMESPACE
+            )
+            self._redis = aioredis.Redis.from_url(storage_uri, socket_timeout=2, socket_connect_timeout=2)
+            self._bucket_script = self._redis.register_script(_BUCKET_SCRIPT)
+        else:
+            storage = MemoryStorage()
+        self.storage = storage
+        self.windows = MovingWindowRateLimiter(storage)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._items: dict[tuple[str, int], RateLimitItem] = {}
+        self.last_error: str | None = None
+        self._last_logged = 0.0
+
+    def _item(self, period: str, amount: int) -> RateLimitItem:
+        item = self._items.get((period, amount))
+        if item is None:
+            cls = RateLimitItemPerMinute if period == "minute" else RateLimitItemPerHour
+            item = self._items[(period, amount)] = cls(amount, namespace=NAMESPACE)
+        return item
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        RATE_LIMIT_STORAGE_ERRORS.inc()
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._last_logged > 10:
+            self._last_logged = now
+            log.warning("rate-limit storage unavailable; letting requests through", exc_info=exc)
+
+    async def hit_windows(self, tenant_id: str, per_minute: int, per_hour: int) -> WindowVerdict:
+        """Count one request against both windows; the first exhausted one is the verdict."""
+        try:
+            for name, period, amount in (
+                ("requests_per_minute", "minute", per_minute),
+                ("requests_per_hour", "hour", per_hour),
+            ):
+                item = self._item(period, amount)
+                if not await self.windows.hit(item, tenant_id):
+                    stats = await self.windows.get_window_stats(item, tenant_id)
+                    return WindowVerdict(
+                        allowed=False,
+                        name=name,
+                        limit=amount,
+                        remaining=stats.remaining,
+                        reset_in=max(0.0, stats.reset_time - time.time()),
+                    )
+        except Exception as exc:
+            self._storage_failed(exc)
+            return WindowVerdict(allowed=True)
+        self.last_error = None
+        return WindowVerdict(allowed=True)
+
+    async def take(self, tenant_id: str, *, capacity: float, rate: float, cost: float) -> BucketVerdict:
+        """Take `cost` tokens from the tenant's bucket, if it holds that many (all or nothing)."""
+        if self._bucket_script is not None:
+            try:
+                allowed, tokens = await self._bucket_script(
+                    keys=[f"{NAMESPACE}:bucket:{tenant_id}"], args=[capacity, rate, cost]
+                )
+            except Exception as exc:
+                self._storage_failed(exc)
+                return BucketVerdict(allowed=True, tokens=capacity)
+            return BucketVerdict(allowed=bool(int(allowed)), tokens=float(tokens))
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(tenant_id, (capacity, now))
+        tokens = min(capacity, tokens + max(0.0, now - stamp) * rate)
+        allowed = tokens >= cost
+        if allowed:
+            tokens -= cost
+        self._buckets[tenant_id] = (tokens, now)
+        return BucketVerdict(allowed=allowed, tokens=tokens)
+
+    async def ping(self) -> bool:
+        if self._redis is None:
+            return True
+        try:
+            return bool(await self._redis.ping())
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return False
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self.shared:
+            bridge = getattr(self.storage, "bridge", None)
+            client = getattr(bridge, "storage", None)
+            if client is not None and hasattr(client, "aclose"):
+                await client.aclose()
+
+
+def retry_after(cost: float, tokens: float, rate: float) -> float:
+    return math.ceil(max(0.0, cost - tokens) / rate * 1000) / 1000

@@ -1,0 +1,42 @@
+"""Per-route middleware after authentication: a tenant's window limits, then its request metering.
+
+Operators are neither limited nor metered. The operation is the route's operation_id (a fixed,
+bounded set), never the raw path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from service.auth.principal import Principal
+from service.metrics import TENANT_REQUESTS
+from service.quota.service import QuotaService
+from service.quota.usage import UsageMeter
+
+
+def operation_of(scope: Scope) -> str:
+    handler: Any = scope.get("route_handler")
+    operation = getattr(handler, "operation_id", None)
+    if isinstance(operation, str):
+        return operation
+    return str(getattr(handler, "handler_name", "unknown"))
+
+
+class TenantLimitsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = scope.get("user")
+        if isinstance(principal, Principal) and principal.tenant_id is not None and not principal.is_operator:
+            state = scope["litestar_app"].state
+            quotas: QuotaService = state.quota_service
+            meter: UsageMeter = state.usage_meter
+            tenant_id = principal.tenant_id
+            await quotas.check_request(tenant_id)
+            operation = operation_of(scope)
+            TENANT_REQUESTS.labels(tenant_id, operation).inc()
+            meter.record(tenant_id, "requests", 1, operation)
+        await self.app(scope, receive, send)

@@ -1,0 +1,136 @@
+"""SQL for quota overrides, storage figures and the usage outbox (service login; always by tenant)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from service.quota.models import QuotaOverrides
+
+# -- quota overrides (tenants.quotas) ---------------------------------------------------------------
+
+
+async def get_overrides(conn: Any, tenant_id: str) -> QuotaOverrides | None:
+    """None when the tenant does not exist."""
+    raw = await conn.fetchval("SELECT quotas::text FROM tenants WHERE id = $1", tenant_id)
+    if raw is None:
+        return None
+    return msgspec.json.decode(raw, type=QuotaOverrides)
+
+
+async def set_overrides(conn: Any, tenant_id: str, overrides: QuotaOverrides) -> bool:
+    status = await conn.execute(
+        "UPDATE tenants SET quotas = $2::jsonb, updated_at = now() WHERE id = $1",
+        tenant_id,
+        msgspec.json.encode(overrides).decode(),
+    )
+    return bool(status.endswith(" 1"))
+
+
+# -- storage in use (inside the writer's transaction) ----------------------------------------------
+
+
+async def lock_tenant_quota(conn: Any, tenant_id: str) -> None:
+    """Serialise a tenant's quota-checked writes until the transaction ends (any role may do this)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('vectorhive-quota:' || $1, 0))", tenant_id
+    )
+
+
+async def collection_count(conn: Any, tenant_id: str) -> int:
+    count: int = await conn.fetchval("SELECT count(*) FROM collections WHERE tenant_id = $1", tenant_id)
+    return count
+
+
+async def vectors_and_bytes(conn: Any, tenant_id: str) -> tuple[int, int]:
+    row = await conn.fetchrow(
+        """SELECT coalesce(sum(vector_count), 0)::bigint AS vectors,
+                  coalesce(sum(pg_total_relation_size(to_regclass('vectors_' || id))), 0)::bigint AS bytes
+           FROM collections WHERE tenant_id = $1""",
+        tenant_id,
+    )
+    return int(row["vectors"]), int(row["bytes"])
+
+
+async def storage_by_tenant(
+    conn: Any, tenant_ids: list[str] | None = None
+) -> dict[str, tuple[int, int, int]]:
+    """tenant -> (collections, vectors, bytes on disk), for tenants that have collections."""
+    rows = await conn.fetch(
+        """SELECT tenant_id, count(*) AS collections, coalesce(sum(vector_count), 0)::bigint AS vectors,
+                  coalesce(sum(pg_total_relation_size(to_regclass('vectors_' || id))), 0)::bigint AS bytes
+           FROM collections WHERE ($1::text[] IS NULL OR tenant_id = ANY($1))
+           GROUP BY tenant_id""",
+        tenant_ids,
+    )
+    return {r["tenant_id"]: (int(r["collections"]), int(r["vectors"]), int(r["bytes"])) for r in rows}
+
+
+# -- usage outbox -----------------------------------------------------------------------------------
+
+
+async def insert_usage(
+    conn: Any,
+    rows: list[tuple[str, str, str, int]],
+    period_start: datetime,
+    period_end: datetime,
+) -> None:
+    """rows: (tenant_id, metric, operation, quantity); each row gets its idempotency key here."""
+    await conn.execute(
+        """INSERT INTO usage_outbox (id, tenant_id, metric, operation, quantity, period_start, period_end)
+           SELECT u.id, u.tenant_id, u.metric, u.operation, u.quantity, $6, $7
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                AS u(id, tenant_id, metric, operation, quantity)""",
+        [uuid.uuid4() for _ in rows],
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        period_start,
+        period_end,
+    )
+
+
+async def claim_unsent(conn: Any, limit: int) -> list[Any]:
+    """The oldest unsent rows, locked for this transaction; other replicas skip them."""
+    rows: list[Any] = await conn.fetch(
+        """SELECT id, tenant_id, metric, operation, quantity, period_start, period_end
+           FROM usage_outbox WHERE sent_at IS NULL ORDER BY created_at, id
+           LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+    )
+    return rows
+
+
+async def mark_sent(conn: Any, ids: list[uuid.UUID]) -> None:
+    await conn.execute(
+        "UPDATE usage_outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1::uuid[])", ids
+    )
+
+
+async def note_attempt(conn: Any, ids: list[uuid.UUID]) -> None:
+    await conn.execute("UPDATE usage_outbox SET attempts = attempts + 1 WHERE id = ANY($1::uuid[])", ids)
+
+
+async def unsent_count(conn: Any) -> int:
+    count: int = await conn.fetchval("SELECT count(*) FROM usage_outbox WHERE sent_at IS NULL")
+    return count
+
+
+async def usage_totals(
+    conn: Any, *, tenant_ids: list[str] | None, since: datetime, until: datetime
+) -> list[Any]:
+    """Summed outbox rows whose period started in [since, until), by tenant, metric and operation."""
+    rows: list[Any] = await conn.fetch(
+        """SELECT tenant_id, metric, operation, sum(quantity)::bigint AS quantity
+           FROM usage_outbox
+           WHERE ($1::text[] IS NULL OR tenant_id = ANY($1)) AND period_start >= $2 AND period_start < $3
+           GROUP BY tenant_id, metric, operation""",
+        tenant_ids,
+        since,
+        until,
+    )
+    return rows

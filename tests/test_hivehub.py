@@ -1,0 +1,215 @@
+"""Cluster mode with HiveHub: keys that are not local are validated by a real HTTP hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.db import Database
+from tests.conftest import assert_problem, bearer
+from tests.fake_hivehub import API_KEY, FakeHub, serve
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[FakeHub]:
+    with serve(FakeHub()) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def healthy_hub(hub: FakeHub) -> None:
+    hub.down, hub.delay = False, 0.0
+    hub.faults.clear()
+
+
+@pytest.fixture(scope="module")
+async def hclient(
+    hub: FakeHub, make_settings: Callable[..., Settings]
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    settings = make_settings(
+        cluster={
+            "enabled": True,
+            "hivehub_api_url": hub.url,
+            "hivehub_api_key": API_KEY,
+            "hivehub_timeout": 0.5,
+        },
+        auth={"api_key_negative_cache_ttl": 30},
+    )
+    async with AsyncTestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def hub_key() -> str:
+    return "hh_" + secrets.token_urlsafe(24)
+
+
+def new_tenant(unique_id: Callable[[str], str]) -> str:
+    return unique_id("hub")
+
+
+async def test_a_hub_key_works_and_its_tenant_is_created_locally(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, db: Database, unique_id: Callable[[str], str]
+) -> None:
+    tenant, key = new_tenant(unique_id), hub_key()
+    hub.add_key(key, tenant, tenant_name="Acme")
+    me = await hclient.get("/api/v1/me", headers=bearer(key))
+    assert me.status_code == 200, me.text
+    assert me.json()["tenant_id"] == tenant and me.json()["permission"] == "admin"
+    row = await db.pool.fetchrow("SELECT display_name, source FROM tenants WHERE id = $1", tenant)
+    assert dict(row) == {"display_name": "Acme", "source": "hivehub"}
+    # The tenant's own role exists: its data path works end to end.
+    created = await hclient.post(
+        "/api/v1/collections", json={"name": "c", "dimension": 2}, headers=bearer(key)
+    )
+    assert created.status_code == 201, created.text
+    up = await hclient.put(
+        "/api/v1/collections/c/vectors",
+        json={"vectors": [{"id": "a", "vector": [1, 0]}]},
+        headers=bearer(key),
+    )
+    assert up.status_code == 200, up.text
+    # The service's own credential went with the call.
+    assert all(auth == f"Bearer {API_KEY}" for _, _, auth in hub.calls)
+
+
+async def test_answers_are_cached(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+) -> None:
+    key, bad = hub_key(), hub_key()
+    hub.add_key(key, new_tenant(unique_id), permission="read_only")
+    before = hub.calls_to("/api/v1/keys/validate")
+    for _ in range(3):
+        assert (await hclient.get("/api/v1/me", headers=bearer(key))).status_code == 200
+        assert_problem(await hclient.get("/api/v1/me", headers=bearer(bad)), 401, "unauthorized")
+    assert hub.calls_to("/api/v1/keys/validate") - before == 2  # one for each key
+
+
+async def test_invalid_and_expired_keys_are_refused(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+) -> None:
+    assert_problem(await hclient.get("/api/v1/me", headers=bearer(hub_key())), 401, "unauthorized")
+    expired = hub_key()
+    hub.add_key(
+        expired, new_tenant(unique_id), expires_at=(datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    )
+    body = assert_problem(await hclient.get("/api/v1/me", headers=bearer(expired)), 401, "unauthorized")
+    assert "expired" in body["detail"]
+    # A key in the local format but not in the database is asked of the hub too.
+    local_format = "vh_abcdefghijkl_" + "A" * 43
+    hub.add_key(local_format, new_tenant(unique_id))
+    assert (await hclient.get("/api/v1/me", headers=bearer(local_format))).status_code == 200
+
+
+async def test_local_keys_still_work_in_cluster_mode(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, make_tenant: Callable[..., Any]
+) -> None:
+    tenant = await make_tenant()
+    before = len(hub.calls)
+    me = await hclient.get("/api/v1/me", headers=bearer(tenant.admin))
+    assert me.status_code == 200 and me.json()["tenant_id"] == tenant.tenant_id
+    assert len(hub.calls) == before
+
+
+async def test_hub_down_cached_keys_work_unknown_keys_get_503(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str], operator_key: str
+) -> None:
+    known, unknown = hub_key(), hub_key()
+    hub.add_key(known, new_tenant(unique_id))
+    hub.add_key(unknown, new_tenant(unique_id))
+    assert (await hclient.get("/api/v1/me", headers=bearer(known))).status_code == 200
+    hub.down = True
+    assert (await hclient.get("/api/v1/me", headers=bearer(known))).status_code == 200
+    response = await hclient.get("/api/v1/me", headers=bearer(unknown))
+    assert_problem(response, 503, "hivehub_unavailable")
+    assert response.headers["retry-after"]
+    health = (await hclient.get("/api/v1/cluster/health", headers=bearer(operator_key))).json()
+    assert health["hivehub"]["reachable"] is False and health["status"] == "degraded"
+    metrics = (await hclient.get("/metrics", headers=bearer(operator_key))).text
+    assert "vectorhive_hivehub_up 0.0" in metrics
+    assert 'vectorhive_hivehub_errors_total{endpoint="validate",kind="status"}' in metrics
+    # The outage is not remembered as a bad key: once the hub is back, the key works.
+    hub.down = False
+    assert (await hclient.get("/api/v1/me", headers=bearer(unknown))).status_code == 200
+    health = (await hclient.get("/api/v1/cluster/health", headers=bearer(operator_key))).json()
+    assert health["hivehub"]["reachable"] is True
+
+
+async def test_slow_or_dropping_hub_is_a_503_within_the_timeout(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+) -> None:
+    key = hub_key()
+    hub.add_key(key, new_tenant(unique_id))
+    hub.faults["validate"] = ["slow:2"]
+    started = time.monotonic()
+    assert_problem(await hclient.get("/api/v1/me", headers=bearer(key)), 503, "hivehub_unavailable")
+    assert time.monotonic() - started < 1.9  # timeout 0.5 s, not retried
+    hub.faults["validate"] = ["drop", "drop"]
+    assert_problem(await hclient.get("/api/v1/me", headers=bearer(key)), 503, "hivehub_unavailable")
+    hub.faults["validate"] = ["drop"]  # one dropped connection is retried once
+    assert (await hclient.get("/api/v1/me", headers=bearer(key))).status_code == 200
+
+
+async def test_hub_quotas_are_enforced(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+) -> None:
+    key = hub_key()
+    hub.add_key(key, new_tenant(unique_id), quotas={"requests_per_minute": 3, "max_collections": 0})
+    statuses = [(await hclient.get("/api/v1/collections", headers=bearer(key))).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_hub_answers_that_break_the_contract_are_503(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub
+) -> None:
+    key = hub_key()
+    hub.keys[key] = {"valid": True, "tenant_id": "NOT A VALID ID", "permission": "admin"}
+    assert_problem(await hclient.get("/api/v1/me", headers=bearer(key)), 503, "hivehub_unavailable")
+    key2 = hub_key()
+    hub.keys[key2] = {"valid": "yes"}
+    assert_problem(await hclient.get("/api/v1/me", headers=bearer(key2)), 503, "hivehub_unavailable")
+
+
+async def test_operators_inspect_keys_without_seeing_hashes(
+    hclient: AsyncTestClient[Litestar],
+    hub: FakeHub,
+    make_tenant: Callable[..., Any],
+    operator_key: str,
+    unique_id: Callable[[str], str],
+) -> None:
+    tenant = await make_tenant("read_only")
+    ops = bearer(operator_key)
+
+    async def validate(key: str) -> dict[str, Any]:
+        response = await hclient.post("/api/v1/cluster/keys/validate", json={"key": key}, headers=ops)
+        assert response.status_code == 200, response.text
+        assert "hash" not in response.text and "argon2" not in response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    local = await validate(tenant.key("read_only"))
+    assert local["valid"] and local["status"] == "active" and local["source"] == "local"
+    assert local["tenant_id"] == tenant.tenant_id and local["permission"] == "read_only"
+    key_id = local["key_id"]
+    revoked = await hclient.delete(f"/api/v1/keys/{key_id}", headers=bearer(tenant.admin))
+    assert revoked.status_code == 200
+    assert (await validate(tenant.key("read_only")))["status"] == "revoked"
+    hkey = hub_key()
+    hub.add_key(hkey, new_tenant(unique_id), permission="read_write")
+    remote = await validate(hkey)
+    assert remote["source"] == "hivehub" and remote["permission"] == "read_write" and remote["valid"]
+    assert (await validate(hub_key()))["status"] == "unknown"
+    # Tenant keys may not use the endpoint.
+    assert_problem(
+        await hclient.post("/api/v1/cluster/keys/validate", json={"key": hkey}, headers=bearer(tenant.admin)),
+        403,
+        "operator_key_required",
+    )
