@@ -21,6 +21,10 @@ _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 access_log = logging.getLogger("vectorhive.access")
 
 
+# Metric labels stay bounded: a client may send any token as its method.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, access_log_enabled: bool = True) -> None:
         self.app = app
@@ -57,7 +61,10 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("path_template") or "<unmatched>"
-            REQUEST_SECONDS.labels(scope.get("method", ""), route, f"{status // 100}xx").observe(elapsed)
+            method = scope.get("method", "")
+            REQUEST_SECONDS.labels(
+                method if method in _KNOWN_METHODS else "OTHER", route, f"{status // 100}xx"
+            ).observe(elapsed)
             if self.access_log_enabled:
                 principal = scope.get("user")
                 access_log.info(

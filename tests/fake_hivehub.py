@@ -30,6 +30,7 @@ class FakeHub:
     seen: set[str] = field(default_factory=set)
     faults: dict[str, list[str]] = field(default_factory=dict)
     calls: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, auth header)
+    reject_tenants: set[str] = field(default_factory=set)  # usage batches naming one of them get 422
     down: bool = False
     delay: float = 0.0
     url: str = ""
@@ -127,6 +128,9 @@ def serve(hub: FakeHub) -> Iterator[FakeHub]:
                 self._answer(200, hub.quotas.get(tenant_id, {}))
             elif method == "POST" and endpoint == "usage":
                 reports = json.loads(raw)["reports"]
+                if any(r["tenant_id"] in hub.reject_tenants for r in reports):
+                    self._answer(422, {"error": "unknown tenant in this batch"})
+                    return
                 with hub.lock:
                     hub.reports.extend(reports)
                     duplicates = sum(1 for r in reports if r["idempotency_key"] in hub.seen)

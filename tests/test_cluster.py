@@ -6,10 +6,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import assert_problem, bearer
+from tests.conftest import LiveServer, assert_problem, bearer
 
 
 async def test_usage_counts_the_tenants_own_work_only(
@@ -185,3 +186,22 @@ async def test_metrics_endpoint(
     ):
         assert name in text, name
     assert tenant.admin not in text
+
+
+def test_request_metric_labels_stay_bounded_whatever_the_method(live_server: LiveServer) -> None:
+    """Any token is a valid HTTP method to the server; the metric must not grow a series per token."""
+    from prometheus_client import REGISTRY
+
+    def series() -> set[str]:
+        return {
+            sample.labels["method"]
+            for metric in REGISTRY.collect()
+            if metric.name == "vectorhive_http_request_duration_seconds"
+            for sample in metric.samples
+        }
+
+    for i in range(5):
+        httpx.request(f"ZZTOP{i}", f"{live_server.url}/nowhere")
+    methods = series()
+    assert "OTHER" in methods
+    assert not any(m.startswith("ZZTOP") for m in methods)

@@ -165,6 +165,12 @@ async def test_hub_quotas_are_enforced(
     hub.add_key(key, new_tenant(unique_id), quotas={"requests_per_minute": 3, "max_collections": 0})
     statuses = [(await hclient.get("/api/v1/collections", headers=bearer(key))).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
+    storage_key = hub_key()
+    hub.add_key(storage_key, new_tenant(unique_id), quotas={"max_collections": 0})
+    refused = await hclient.post(
+        "/api/v1/collections", json={"name": "c", "dimension": 2}, headers=bearer(storage_key)
+    )
+    assert assert_problem(refused, 403, "quota_exceeded")["quota"] == "collections"
 
 
 async def test_hub_answers_that_break_the_contract_are_503(
@@ -213,3 +219,69 @@ async def test_operators_inspect_keys_without_seeing_hashes(
         403,
         "operator_key_required",
     )
+
+
+async def test_a_hub_key_cannot_take_over_a_local_tenant_with_the_same_id(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, make_tenant: Callable[..., Any]
+) -> None:
+    local = await make_tenant()
+    created = await hclient.post(
+        "/api/v1/collections", json={"name": "private", "dimension": 2}, headers=bearer(local.admin)
+    )
+    assert created.status_code == 201
+    key = hub_key()
+    hub.add_key(key, local.tenant_id)  # HiveHub names a customer with the local tenant's id
+    for path in ("/api/v1/me", "/api/v1/collections/private"):
+        assert_problem(await hclient.get(path, headers=bearer(key)), 403, "hivehub_tenant_conflict")
+    assert (await hclient.get("/api/v1/collections/private", headers=bearer(local.admin))).status_code == 200
+
+
+async def test_a_hub_expiry_without_a_time_zone_is_a_broken_answer(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+) -> None:
+    key = hub_key()
+    hub.add_key(key, new_tenant(unique_id), expires_at="2099-01-01T00:00:00")
+    assert_problem(await hclient.get("/api/v1/me", headers=bearer(key)), 503, "hivehub_unavailable")
+
+
+async def test_usage_the_hub_refuses_is_set_aside_without_blocking_the_rest(
+    hub: FakeHub, db: Database, make_settings: Callable[..., Settings], unique_id: Callable[[str], str]
+) -> None:
+    from service.auth.hivehub import HiveHubClient
+    from service.quota import store as quota_store
+    from service.quota.usage import UsageReporter
+    from service.tenants import store as tenant_store
+
+    good, refused, local = unique_id("hubok"), unique_id("hubno"), unique_id("local")
+    async with db.transaction() as conn:
+        await tenant_store.insert(conn, good, good, source="hivehub")
+        await tenant_store.insert(conn, refused, refused, source="hivehub")
+        await tenant_store.insert(conn, local, local)
+        now = datetime.now(UTC)
+        rows = [(t, "requests", "getCollection", 5) for t in (good, refused, local)]
+        await quota_store.insert_usage(conn, rows, now - timedelta(minutes=1), now)
+    hub.reject_tenants = {refused}
+    settings = make_settings(
+        cluster={"enabled": True, "hivehub_api_url": hub.url, "hivehub_api_key": API_KEY}
+    )
+    client = HiveHubClient(settings.cluster)
+    reporter = UsageReporter(db, client, interval=60, batch_size=100)
+    try:
+        await reporter.report_all()
+        await reporter.report_all()  # the refused row is not sent again
+    finally:
+        await client.close()
+        hub.reject_tenants = set()
+    state = {
+        r["tenant_id"]: (r["sent_at"] is not None, r["rejected_at"] is not None, r["rejected_reason"])
+        for r in await db.pool.fetch(
+            """SELECT tenant_id, sent_at, rejected_at, rejected_reason FROM usage_outbox
+               WHERE tenant_id = ANY($1)""",
+            [good, refused, local],
+        )
+    }
+    assert state[good][:2] == (True, False)
+    assert state[refused][:2] == (False, True) and "422" in state[refused][2]
+    assert state[local] == (False, False, None)  # local tenants' usage is not the hub's business
+    sent = [r for r in hub.reports if r["tenant_id"] in (good, refused, local)]
+    assert {r["tenant_id"] for r in sent} == {good}

@@ -623,3 +623,68 @@ async def test_an_import_is_paced_by_the_tenants_token_bucket(
     status = await import_and_wait(ic, tenant.admin, "c", source)
     assert status["status"] == "loaded", status
     assert status["duration_ms"] >= 900, status
+
+
+async def test_an_import_refused_on_storage_bytes_leaves_room_for_what_fits(
+    ic: AsyncTestClient[Litestar],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+    operator_key: str,
+    db: Database,
+) -> None:
+    """The storage check comes before the merge writes anything: a refused import leaves no pages
+    behind that would count against the tenant afterwards."""
+    tenant: TenantKeys = await make_tenant()
+    await ic.post("/api/v1/collections", json={"name": "c", "dimension": 8}, headers=bearer(tenant.admin))
+    await ic.put(
+        "/api/v1/collections/c/vectors",
+        json={"vectors": [{"id": "a", "vector": [1.0] * 8}]},
+        headers=bearer(tenant.admin),
+    )
+    size = await db.pool.fetchval(
+        """SELECT sum(pg_total_relation_size(to_regclass('vectors_' || id)))
+           FROM collections WHERE tenant_id = $1""",
+        tenant.tenant_id,
+    )
+    response = await ic.put(
+        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
+        json={"max_storage_bytes": int(size) + 20_000},
+        headers=bearer(operator_key),
+    )
+    assert response.status_code == 200, response.text
+    big = publish(portal, unique_db(unique_id, n=2000, chunk_size=1000))
+    status = await import_and_wait(ic, tenant.admin, "c", big)
+    assert status["error"]["code"] == "quota_exceeded", status
+    after = await db.pool.fetchval(
+        """SELECT sum(pg_total_relation_size(to_regclass('vectors_' || id)))
+           FROM collections WHERE tenant_id = $1""",
+        tenant.tenant_id,
+    )
+    assert after == size
+    small = await ic.put(
+        "/api/v1/collections/c/vectors",
+        json={"vectors": [{"id": "b", "vector": [0.5] * 8}]},
+        headers=bearer(tenant.admin),
+    )
+    assert small.status_code == 200, small.text
+
+
+async def test_an_import_that_can_never_afford_a_vector_fails_at_once(
+    ic: AsyncTestClient[Litestar],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+    operator_key: str,
+) -> None:
+    tenant: TenantKeys = await make_tenant()
+    response = await ic.put(
+        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
+        json={"token_bucket_capacity": 0.001},  # one imported vector costs 0.01
+        headers=bearer(operator_key),
+    )
+    assert response.status_code == 200, response.text
+    source = publish(portal, unique_db(unique_id, n=10, chunk_size=10))
+    status = await import_and_wait(ic, tenant.admin, "c", source)
+    assert status["error"]["code"] == "quota_exceeded", status
+    assert "token bucket" in status["error"]["message"]

@@ -228,3 +228,22 @@ async def test_hammered_window_allows_exactly_the_limit(
     counts = await hammer([limited_server.url], tenant.admin, 600)
     assert set(counts) <= {200, 429}, counts
     assert abs(counts[200] - 400) <= 4, counts  # within 1% of the limit
+
+
+async def test_hourly_window_counts_only_requests_the_minute_window_let_in(
+    qclient: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+) -> None:
+    tenant = await make_tenant()
+    await set_quotas(qclient, operator_key, tenant.tenant_id, requests_per_minute=3, requests_per_hour=5)
+    codes = [
+        (await qclient.get("/api/v1/collections", headers=bearer(tenant.admin))).status_code for _ in range(4)
+    ]
+    assert codes == [200, 200, 200, 429]
+    # A larger minute window: the hour has counted 3 (not the refused 4th), so 2 more pass.
+    await set_quotas(qclient, operator_key, tenant.tenant_id, requests_per_minute=100, requests_per_hour=5)
+    codes = [
+        (await qclient.get("/api/v1/collections", headers=bearer(tenant.admin))).status_code for _ in range(3)
+    ]
+    assert codes == [200, 200, 429]
+    body = assert_problem(await qclient.get("/api/v1/collections", headers=bearer(tenant.admin)), 429)
+    assert body["limit"] == "requests_per_hour" and body["value"] == 5

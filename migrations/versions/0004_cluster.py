@@ -43,7 +43,10 @@ def upgrade() -> None:
             period_end   timestamptz NOT NULL,
             created_at   timestamptz NOT NULL DEFAULT now(),
             attempts     integer NOT NULL DEFAULT 0,
-            sent_at      timestamptz
+            sent_at      timestamptz,
+            -- HiveHub refused this row itself (4xx when sent alone): kept for the operator, not resent.
+            rejected_at  timestamptz,
+            rejected_reason text
         )
         """
     )

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 
 import httpx
 import msgspec
@@ -30,13 +31,18 @@ class HubUnavailable(Exception):
     """HiveHub could not be reached, timed out, or answered with something other than the contract."""
 
 
+class HubRejected(HubUnavailable):
+    """HiveHub answered 4xx (other than 429): it refuses what we sent; sending it again will not help."""
+
+
 class KeyAnswer(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     valid: bool
     tenant_id: str | None = None
     tenant_name: str | None = None
     permission: str | None = None
     collections: list[str] | None = None
-    expires_at: datetime | None = None
+    # With its zone: a naive time would not compare with ours (and breaks the contract anyway).
+    expires_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     quotas: HubQuotas | None = None
 
 
@@ -122,7 +128,7 @@ class HiveHubClient:
                 kind, message, retryable = "connect", f"{endpoint}: {type(exc).__name__}: {exc}", True
             self._failed(endpoint, kind, message)
             if not retryable or attempt >= retries:
-                raise HubUnavailable(message)
+                raise HubRejected(message) if kind == "status" and not retryable else HubUnavailable(message)
             attempt += 1
             await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))  # noqa: S311
 

@@ -439,8 +439,20 @@ class Authenticator:
                     details={"source": "hivehub"},
                 )
                 return True
-            tenant = await tenant_store.get(conn, tenant_id)
-        return tenant is not None and tenant.status == "active"
+            existing = await conn.fetchrow("SELECT status, source FROM tenants WHERE id = $1", tenant_id)
+        if existing is not None and existing["source"] != "hivehub":
+            # A local tenant (keys made with `vectorhive keys create`) with the id HiveHub gave its
+            # customer: never hand one tenant's data to the other.
+            log.error(
+                "HiveHub validated a key for a tenant id that belongs to a local tenant; refused",
+                extra={"tenant_id": tenant_id},
+            )
+            raise Forbidden(
+                "This key's tenant, as HiveHub names it, is a different tenant on this server; the "
+                "operator must resolve the conflict.",
+                code="hivehub_tenant_conflict",
+            )
+        return existing is not None and existing["status"] == "active"
 
     async def inspect(self, token: str) -> KeyStatus:
         """A key's status for an operator, without caching or counting it as a use."""

@@ -25,15 +25,23 @@ class BackgroundJobs:
     """Periodic jobs: `step` every `interval` seconds; a failing step is logged and tried again."""
 
     def __init__(self) -> None:
+        self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._status: dict[str, JobStatus] = {}
 
     def start(self, name: str, interval: float, step: Callable[[], Awaitable[object]]) -> None:
+        if not self._tasks:
+            self._stopping.clear()  # started again after a stop (an app's lifespan run twice)
         status = self._status[name] = JobStatus(name=name, running=True, interval_seconds=interval)
 
         async def loop() -> None:
             while True:
-                await asyncio.sleep(interval)
+                # Sleep until the next run or until stop(); a run in progress is never cancelled
+                # by stop() (a flush cut in half could lose what it had taken out of memory).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+                if self._stopping.is_set():
+                    return
                 try:
                     await step()
                 except Exception as exc:
@@ -49,10 +57,14 @@ class BackgroundJobs:
             self._status[name].running = not task.done()
         return list(self._status.values())
 
-    async def stop(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        for task in self._tasks.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let running steps finish (up to `grace` seconds), then cancel what is left."""
+        self._stopping.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks.values(), timeout=grace)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._tasks.clear()

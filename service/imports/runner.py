@@ -361,6 +361,12 @@ class ImportRunner:
         if per_vector <= 0:
             return
         capacity = (await self.quotas.limits_for(tenant_id)).token_bucket_capacity
+        if per_vector > capacity:
+            raise ImportFailure(
+                "quota_exceeded",
+                f"one imported vector costs {per_vector:g} tokens, more than this tenant's token bucket "
+                f"holds ({capacity:g}); the operator must raise the capacity or lower cost_import_vector",
+            )
         step = max(1, int(capacity // per_vector))
         remaining = vectors
         while remaining > 0:
@@ -454,11 +460,12 @@ class ImportRunner:
                     await quota_store.lock_tenant_quota(conn, row.tenant_id)
                 collection = await self._collection_for_merge(conn, row, manifest)
                 await set_local(conn, {"app.tenant_id": row.tenant_id, "role": role})
+                if limits is not None and limits.has_storage_limits:
+                    assert self.quotas is not None
+                    # Before writing: a rolled-back merge would still leave its pages behind.
+                    adding, adding_bytes = await store.staged_additions(conn, collection.table)
+                    await self.quotas.check_vectors(conn, row.tenant_id, adding, adding_bytes)
                 total, inserted = await store.merge_staged(conn, collection.table)
-                if self.quotas is not None:
-                    # The merged rows are not counted in vector_count yet, but their pages are in
-                    # the table sizes already: adding_bytes=1 checks "size now > limit".
-                    await self.quotas.check_vectors(conn, row.tenant_id, adding=inserted, adding_bytes=1)
                 updated = await collection_store.record_write(conn, collection.id, inserted)
                 if not await store.finish_loaded(
                     conn,
@@ -478,7 +485,7 @@ class ImportRunner:
             raise ImportFailure("quota_exceeded", exc.detail) from None
         S5_VECTORS_LOADED.inc(total)
         if self.meter is not None:
-            self.meter.record(row.tenant_id, "vectors_imported", total, operation="createImport")
+            self.meter.record(row.tenant_id, "vectors_imported", total)
         log.info(
             "import loaded",
             extra={

@@ -254,6 +254,17 @@ async def copy_chunk(conn: Any, copy_data: bytes) -> None:
     )
 
 
+async def staged_additions(conn: Any, table: str) -> tuple[int, int]:
+    """(distinct staged ids the collection does not hold yet, bytes of the staged rows): what the
+    merge would add, for the storage quota, known before anything is written."""
+    record = await conn.fetchrow(
+        f"""SELECT (SELECT count(DISTINCT s.id) FROM vh_import s
+                    WHERE NOT EXISTS (SELECT 1 FROM {table} v WHERE v.id = s.id)) AS new_ids,
+                   pg_relation_size('pg_temp.vh_import') AS bytes"""
+    )
+    return record["new_ids"], record["bytes"]
+
+
 async def merge_staged(conn: Any, table: str) -> tuple[int, int]:
     """Into the collection's table, the later of repeated ids winning, in id order (the lock order
     of upserts, so that a concurrent upsert waits rather than deadlocks). -> (rows, new ids)."""

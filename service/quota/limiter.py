@@ -16,7 +16,7 @@ from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from service.metrics import RATE_LIMIT_STORAGE_ERRORS
 
@@ -84,7 +84,12 @@ class Limiter:
         else:
             storage = MemoryStorage()
         self.storage = storage
-        self.windows = MovingWindowRateLimiter(storage)
+        # The minute window is exact (a moving window keeps one entry per request, so its memory
+        # grows with the limit: fine for per-minute limits). The hour window uses two counters per
+        # tenant (a sliding-window counter, which weighs the previous hour's count), so that large
+        # hourly limits cost no memory per request; its count is an approximation by design.
+        self.minute_window = MovingWindowRateLimiter(storage)
+        self.hour_window = SlidingWindowCounterRateLimiter(storage)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._items: dict[tuple[str, int], RateLimitItem] = {}
         self.last_error: str | None = None
@@ -106,27 +111,34 @@ class Limiter:
             log.warning("rate-limit storage unavailable; letting requests through", exc_info=exc)
 
     async def hit_windows(self, tenant_id: str, per_minute: int, per_hour: int) -> WindowVerdict:
-        """Count one request against both windows; the first exhausted one is the verdict."""
+        """Count one request against both windows; the first exhausted one is the verdict.
+
+        A request the minute window refuses is not counted against the hour, and one the hour
+        refuses is not counted against the minute."""
+        minute, hour = self._item("minute", per_minute), self._item("hour", per_hour)
         try:
-            for name, period, amount in (
-                ("requests_per_minute", "minute", per_minute),
-                ("requests_per_hour", "hour", per_hour),
-            ):
-                item = self._item(period, amount)
-                if not await self.windows.hit(item, tenant_id):
-                    stats = await self.windows.get_window_stats(item, tenant_id)
-                    return WindowVerdict(
-                        allowed=False,
-                        name=name,
-                        limit=amount,
-                        remaining=stats.remaining,
-                        reset_in=max(0.0, stats.reset_time - time.time()),
-                    )
+            if not await self.minute_window.test(minute, tenant_id):
+                return await self._refused(self.minute_window, minute, tenant_id, "requests_per_minute")
+            if not await self.hour_window.hit(hour, tenant_id):
+                return await self._refused(self.hour_window, hour, tenant_id, "requests_per_hour")
+            if not await self.minute_window.hit(minute, tenant_id):  # lost a race for the last slot
+                return await self._refused(self.minute_window, minute, tenant_id, "requests_per_minute")
         except Exception as exc:
             self._storage_failed(exc)
             return WindowVerdict(allowed=True)
         self.last_error = None
         return WindowVerdict(allowed=True)
+
+    @staticmethod
+    async def _refused(strategy: Any, item: RateLimitItem, tenant_id: str, name: str) -> WindowVerdict:
+        stats = await strategy.get_window_stats(item, tenant_id)
+        return WindowVerdict(
+            allowed=False,
+            name=name,
+            limit=item.amount,
+            remaining=stats.remaining,
+            reset_in=max(0.0, stats.reset_time - time.time()),
+        )
 
     async def take(self, tenant_id: str, *, capacity: float, rate: float, cost: float) -> BucketVerdict:
         """Take `cost` tokens from the tenant's bucket, if it holds that many (all or nothing)."""

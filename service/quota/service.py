@@ -125,7 +125,9 @@ class QuotaService:
 
     def set_hub_quotas(self, tenant_id: str, quotas: HubQuotas | None) -> None:
         """Quotas that came with a HiveHub key validation: in force from the next request."""
-        self._hub[tenant_id] = (quotas or HubQuotas(), time.monotonic())
+        if quotas is None:
+            return  # the answer carried none: the tenant's last known hub quotas stay in force
+        self._hub[tenant_id] = (quotas, time.monotonic())
         entry = self._limits.get(tenant_id)
         if entry is not None:
             self._limits[tenant_id] = (

@@ -95,11 +95,15 @@ async def insert_usage(
 
 
 async def claim_unsent(conn: Any, limit: int) -> list[Any]:
-    """The oldest unsent rows, locked for this transaction; other replicas skip them."""
+    """The oldest unsent rows of HiveHub's tenants, locked for this transaction; other replicas skip
+    them. Local tenants' usage stays here (GET /api/v1/usage): the hub does not know those tenants."""
     rows: list[Any] = await conn.fetch(
         """SELECT id, tenant_id, metric, operation, quantity, period_start, period_end
-           FROM usage_outbox WHERE sent_at IS NULL ORDER BY created_at, id
-           LIMIT $1 FOR UPDATE SKIP LOCKED""",
+           FROM usage_outbox
+           WHERE sent_at IS NULL AND rejected_at IS NULL
+             AND tenant_id IN (SELECT id FROM tenants WHERE source = 'hivehub')
+           ORDER BY created_at, id
+           LIMIT $1 FOR UPDATE OF usage_outbox SKIP LOCKED""",
         limit,
     )
     return rows
@@ -111,12 +115,22 @@ async def mark_sent(conn: Any, ids: list[uuid.UUID]) -> None:
     )
 
 
-async def note_attempt(conn: Any, ids: list[uuid.UUID]) -> None:
-    await conn.execute("UPDATE usage_outbox SET attempts = attempts + 1 WHERE id = ANY($1::uuid[])", ids)
+async def mark_rejected(conn: Any, row_id: uuid.UUID, reason: str) -> None:
+    await conn.execute(
+        """UPDATE usage_outbox SET rejected_at = now(), rejected_reason = $2, attempts = attempts + 1
+           WHERE id = $1""",
+        row_id,
+        reason,
+    )
 
 
 async def unsent_count(conn: Any) -> int:
-    count: int = await conn.fetchval("SELECT count(*) FROM usage_outbox WHERE sent_at IS NULL")
+    """Rows still to report to HiveHub (its tenants' rows, neither sent nor rejected)."""
+    count: int = await conn.fetchval(
+        """SELECT count(*) FROM usage_outbox
+           WHERE sent_at IS NULL AND rejected_at IS NULL
+             AND tenant_id IN (SELECT id FROM tenants WHERE source = 'hivehub')"""
+    )
     return count
 
 

@@ -63,12 +63,14 @@ class UsageMeter:
             try:
                 async with self.db.transaction() as conn:
                     await store.insert_usage(conn, rows, since, now)
-            except Exception as exc:
+            except BaseException as exc:  # cancelled too: what was taken out goes back
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("could not write usage to the outbox; will retry", exc_info=True)
                 for key, quantity in counts.items():
                     self._counts[key] += quantity
                 self._since = since
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("could not write usage to the outbox; will retry", exc_info=True)
                 return 0
             self.last_flush_at, self.last_error = now, None
             return len(rows)
@@ -92,7 +94,7 @@ class UsageReporter:
 
     async def report_once(self) -> int:
         """One batch: claim, send, mark sent after the hub's 2xx. Returns rows sent (0: nothing to do)."""
-        from service.auth.hivehub import HubUnavailable, UsageReport
+        from service.auth.hivehub import HubRejected, HubUnavailable, UsageReport
 
         async with self.db.transaction() as conn:
             rows = await store.claim_unsent(conn, self.batch_size)
@@ -112,6 +114,25 @@ class UsageReporter:
             ]
             try:
                 await self.hub.report_usage(reports)
+            except HubRejected as exc:
+                # Some row of the batch is refused. Send them one by one, so that one bad row is
+                # set aside (kept, with the hub's reason) instead of blocking every later report.
+                self.last_error = str(exc)
+                accepted = []
+                for row, report in zip(rows, reports, strict=True):
+                    try:
+                        await self.hub.report_usage([report])
+                    except HubRejected as single:
+                        await store.mark_rejected(conn, row["id"], str(single))
+                        log.error(
+                            "HiveHub refused a usage report; set aside",
+                            extra={"usage_id": str(row["id"]), "reason": str(single)},
+                        )
+                    else:
+                        accepted.append(row["id"])
+                await store.mark_sent(conn, accepted)
+                USAGE_REPORTED.inc(len(accepted))
+                return len(rows)
             except HubUnavailable as exc:
                 self.last_error = str(exc)
                 raise
