@@ -76,7 +76,7 @@ class RateLimitingSettings(_Section):
     cost_search: Annotated[float, msgspec.Meta(ge=0)] = 1.0
     cost_upsert_vector: Annotated[float, msgspec.Meta(ge=0)] = 0.1
     cost_embedding: Annotated[float, msgspec.Meta(ge=0)] = 1.0
-    cost_import_vector: Annotated[float, msgspec.Meta(ge=0)] = 0.01
+    cost_import_vector: Annotated[float, msgspec.Meta(ge=0)] = 0.001
 
 
 OptionalLimit = Annotated[int, msgspec.Meta(ge=0)] | None

@@ -610,12 +610,12 @@ async def test_an_import_is_paced_by_the_tenants_token_bucket(
     unique_id: Callable[[str], str],
     operator_key: str,
 ) -> None:
-    """300 vectors at 0.01 tokens each need 3 tokens; a bucket of 1 refilled at 2/s makes the import
-    wait about a second for them instead of failing."""
+    """300 vectors at 0.001 tokens each need 0.3 tokens; a bucket of 0.1 refilled at 0.2/s makes the
+    import wait about a second for them instead of failing."""
     tenant: TenantKeys = await make_tenant()
     response = await ic.put(
         f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
-        json={"token_bucket_capacity": 1, "token_refill_per_second": 2},
+        json={"token_bucket_capacity": 0.1, "token_refill_per_second": 0.2},
         headers=bearer(operator_key),
     )
     assert response.status_code == 200, response.text
@@ -680,7 +680,7 @@ async def test_an_import_that_can_never_afford_a_vector_fails_at_once(
     tenant: TenantKeys = await make_tenant()
     response = await ic.put(
         f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
-        json={"token_bucket_capacity": 0.001},  # one imported vector costs 0.01
+        json={"token_bucket_capacity": 0.0005},  # one imported vector costs 0.001
         headers=bearer(operator_key),
     )
     assert response.status_code == 200, response.text
