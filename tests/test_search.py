@@ -410,3 +410,38 @@ async def test_index_waits_for_a_bulk_load_to_pause(
         assert (await sclient.get(f"{API}/c", headers=key)).json()["index"]["status"] == "none"
         await asyncio.sleep(QUIET / 5)
     assert (await wait_for_index(sclient, key, "c"))["status"] == "ready"
+
+
+async def test_an_index_build_outlasting_the_command_timeout_still_finishes(
+    client: AsyncTestClient[Litestar],
+    make_tenant: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    db: Database,
+) -> None:
+    """asyncpg applies the pool's command_timeout to a statement given timeout=None: a build of a
+    large collection (minutes) must not be cut off by it (60 s by default; 250 ms here)."""
+    from service.collections.indexer import IndexBuilder
+
+    tenant = await make_tenant()
+    data = np.random.default_rng(7).normal(size=(4000, 64)).astype(np.float32)
+    await load(client, bearer(tenant.admin), "big", data)  # below the session app's index threshold
+    settings = make_settings(database={"command_timeout": 0.25})
+    impatient = Database(settings.database)
+    await impatient.start(migrate=False)
+    try:
+        collection_id = await db.pool.fetchval(
+            "SELECT id FROM collections WHERE tenant_id = $1 AND name = 'big'", tenant.tenant_id
+        )
+        builder = IndexBuilder(impatient, settings.collections)
+        builder.schedule(collection_id)
+        for _ in range(600):
+            row = await db.pool.fetchrow(
+                "SELECT index_status, index_error FROM collections WHERE id = $1", collection_id
+            )
+            if row["index_status"] in ("ready", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        assert row["index_status"] == "ready", row["index_error"]
+        await builder.close()
+    finally:
+        await impatient.stop()

@@ -30,6 +30,9 @@ from service.metrics import INDEX_BUILD_SECONDS, INDEX_BUILDS
 
 log = logging.getLogger("vectorhive.indexer")
 
+# asyncpg reads timeout=None as "the pool's command_timeout" (60 s by default), which a build of a
+# few hundred thousand vectors exceeds; a build gets hours instead.
+BUILD_TIMEOUT_SECONDS = 6 * 3600.0
 INDEX_LOCK_CLASS = 0x7668  # first key of the two-key advisory lock; the second is the collection id
 
 
@@ -136,10 +139,10 @@ class IndexBuilder:
             )
             # An index left invalid by an interrupted build would otherwise block the name.
             await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row.hnsw_index}")
-            await conn.execute(store.hnsw_index_sql(row), timeout=None)
+            await conn.execute(store.hnsw_index_sql(row), timeout=BUILD_TIMEOUT_SECONDS)
             # Fresh statistics before the index counts as ready: without them the planner
             # misjudges the row-level security predicate and prefers a full scan to the index.
-            await conn.execute(f"ANALYZE {row.table}", timeout=None)
+            await conn.execute(f"ANALYZE {row.table}", timeout=BUILD_TIMEOUT_SECONDS)
         except asyncio.CancelledError:
             INDEX_BUILDS.labels("cancelled").inc()
             # Shutdown or delete: back to 'none', so that the next write (on any replica) or a
