@@ -16,6 +16,10 @@ import httpx
 from service.imports.formats import ChunkInfo, ImportFailure
 from service.metrics import S5_DOWNLOAD_ERRORS
 
+# The largest file an import reads: a chunk of 10,000 vectors of 4,000 dimensions written as
+# JSON text is about 800 MB; anything larger is not a chunk of this format.
+MAX_FILE_BYTES = 1 << 30
+
 
 def checked_path(path: str) -> str:
     parts = path.strip("/").split("/")
@@ -32,8 +36,10 @@ class S5Portal:
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 0.25,
+        max_file_bytes: int = MAX_FILE_BYTES,
         client: httpx.AsyncClient | None = None,
     ) -> None:
+        self.max_file_bytes = max_file_bytes
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
@@ -66,6 +72,20 @@ class S5Portal:
             return await self.fetch_path(info.cid)
         return await self.fetch_blob(info.cid)
 
+    async def _body(self, response: httpx.Response, what: str) -> bytes:
+        """The body in one growing buffer: large files then live in memory the allocator maps and
+        unmaps whole, rather than as many small pieces that fragment the heap and keep the
+        process's memory high after every import. Bounded by max_file_bytes."""
+        body = bytearray()
+        async for piece in response.aiter_bytes():
+            body += piece
+            if len(body) > self.max_file_bytes:
+                S5_DOWNLOAD_ERRORS.labels("too_large").inc()
+                raise ImportFailure(
+                    "invalid_manifest", f"{what} is larger than {self.max_file_bytes:,} bytes; refused"
+                )
+        return bytes(body)  # one copy, made and freed whole
+
     async def _get(self, url: str, *, what: str, missing: str = "download_failed") -> bytes:
         last = ""
         for attempt in range(self.retries + 1):
@@ -74,7 +94,9 @@ class S5Portal:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1) * (0.5 + random.random()))  # noqa: S311
             self.attempts += 1
             try:
-                response = await self._client.get(url, timeout=self.timeout)
+                async with self._client.stream("GET", url, timeout=self.timeout) as response:
+                    if response.status_code == 200:
+                        return await self._body(response, what)
             except httpx.TimeoutException:
                 last = "timeout"
                 S5_DOWNLOAD_ERRORS.labels("timeout").inc()
@@ -83,8 +105,6 @@ class S5Portal:
                 last = f"transport: {type(exc).__name__}"
                 S5_DOWNLOAD_ERRORS.labels("transport").inc()
                 continue
-            if response.status_code == 200:
-                return response.content
             if response.status_code == 404:
                 S5_DOWNLOAD_ERRORS.labels("not_found").inc()
                 raise ImportFailure(missing, f"{what}: the portal has no such file (404)")
