@@ -38,6 +38,7 @@ from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
+from service.quota import store as quota_store
 from service.quota.controller import QuotasAdminController, UsageController
 from service.quota.limiter import Limiter
 from service.quota.middleware import TenantLimitsMiddleware
@@ -135,6 +136,17 @@ def create_app(settings: Settings) -> Litestar:
         await meter.flush()
         await audit_buffer.flush(db.pool)
 
+    async def prune_old_rows() -> None:
+        while True:
+            async with db.transaction() as conn:
+                usage_rows, audit_rows = await quota_store.prune(
+                    conn,
+                    usage_days=settings.usage.retention_days,
+                    audit_days=settings.usage.audit_retention_days,
+                )
+            if max(usage_rows, audit_rows) < 10_000:
+                return
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await db.start()
@@ -150,6 +162,7 @@ def create_app(settings: Settings) -> Litestar:
                 )
         jobs.start("last-used-recorder", recorder.interval, recorder.flush)
         jobs.start("usage-flush", settings.usage.flush_interval, flush_usage)
+        jobs.start("retention", 3600.0, prune_old_rows)
         if reporter is not None:
             jobs.start("usage-report", reporter.interval, reporter.report_all)
         metrics_server = None

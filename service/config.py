@@ -91,6 +91,8 @@ class QuotasSettings(_Section):
 
 class UsageSettings(_Section):
     flush_interval: Seconds = 5.0
+    retention_days: PositiveInt = 400
+    audit_retention_days: PositiveInt = 400
 
 
 class MetricsSettings(_Section):

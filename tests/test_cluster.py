@@ -205,3 +205,54 @@ def test_request_metric_labels_stay_bounded_whatever_the_method(live_server: Liv
     methods = series()
     assert "OTHER" in methods
     assert not any(m.startswith("ZZTOP") for m in methods)
+
+
+async def test_retention_deletes_old_rows_but_never_unreported_usage(
+    db: Any, unique_id: Callable[[str], str]
+) -> None:
+    import uuid
+
+    from service.quota import store as quota_store
+    from service.tenants import store as tenant_store
+
+    hub_tenant, local_tenant = unique_id("hubr"), unique_id("locr")
+    async with db.transaction() as conn:
+        await tenant_store.insert(conn, hub_tenant, hub_tenant, source="hivehub")
+        await tenant_store.insert(conn, local_tenant, local_tenant)
+    old, recent = datetime.now(UTC) - timedelta(days=500), datetime.now(UTC)
+    rows = {
+        "old_sent": (hub_tenant, old, True),
+        "old_unsent": (hub_tenant, old, False),  # HiveHub still waits for it: kept
+        "old_local": (local_tenant, old, False),  # never reported (local tenant): may go
+        "recent_sent": (hub_tenant, recent, True),
+    }
+    ids = {name: uuid.uuid4() for name in rows}
+    for name, (tenant, created, sent) in rows.items():
+        await db.pool.execute(
+            """INSERT INTO usage_outbox (id, tenant_id, metric, quantity, period_start, period_end,
+                                         created_at, sent_at)
+               VALUES ($1, $2, 'requests', 1, $3::timestamptz, $3, $3,
+                       CASE WHEN $4 THEN $3::timestamptz END)""",
+            ids[name],
+            tenant,
+            created,
+            sent,
+        )
+    await db.pool.execute(
+        """INSERT INTO audit_log (at, tenant_id, actor_kind, action, outcome)
+           VALUES ($1, $2, 'cli', 'test.old', 'ok'), (now(), $2, 'cli', 'test.recent', 'ok')""",
+        old,
+        hub_tenant,
+    )
+    async with db.transaction() as conn:
+        await quota_store.prune(conn, usage_days=400, audit_days=400)
+    left = {
+        r["id"]
+        for r in await db.pool.fetch("SELECT id FROM usage_outbox WHERE id = ANY($1)", list(ids.values()))
+    }
+    assert left == {ids["old_unsent"], ids["recent_sent"]}
+    actions = [
+        r["action"]
+        for r in await db.pool.fetch("SELECT action FROM audit_log WHERE tenant_id = $1", hub_tenant)
+    ]
+    assert actions == ["test.recent"]

@@ -265,7 +265,7 @@ async def test_usage_the_hub_refuses_is_set_aside_without_blocking_the_rest(
         cluster={"enabled": True, "hivehub_api_url": hub.url, "hivehub_api_key": API_KEY}
     )
     client = HiveHubClient(settings.cluster)
-    reporter = UsageReporter(db, client, interval=60, batch_size=100)
+    reporter = UsageReporter(db, client, interval=0.01, batch_size=100)
     try:
         await reporter.report_all()
         await reporter.report_all()  # the refused row is not sent again
@@ -276,7 +276,7 @@ async def test_usage_the_hub_refuses_is_set_aside_without_blocking_the_rest(
         r["tenant_id"]: (r["sent_at"] is not None, r["rejected_at"] is not None, r["rejected_reason"])
         for r in await db.pool.fetch(
             """SELECT tenant_id, sent_at, rejected_at, rejected_reason FROM usage_outbox
-               WHERE tenant_id = ANY($1)""",
+               WHERE tenant_id = ANY($1) AND metric = 'requests'""",
             [good, refused, local],
         )
     }
@@ -285,3 +285,8 @@ async def test_usage_the_hub_refuses_is_set_aside_without_blocking_the_rest(
     assert state[local] == (False, False, None)  # local tenants' usage is not the hub's business
     sent = [r for r in hub.reports if r["tenant_id"] in (good, refused, local)]
     assert {r["tenant_id"] for r in sent} == {good}
+    # Bytes stored travels as a snapshot (a level, not a count), for hub tenants only.
+    snapshots = [r for r in sent if r["metric"] == "bytes_stored"]
+    assert snapshots and all(r["quantity"] == 0 and r["period_start"] == r["period_end"] for r in snapshots)
+    async with db.transaction() as conn:
+        assert await quota_store.snapshot_storage(conn, min_age_seconds=3600) == 0  # one per interval

@@ -50,7 +50,11 @@ def upgrade() -> None:
         )
         """
     )
-    op.execute("CREATE INDEX usage_outbox_unsent ON usage_outbox (created_at) WHERE sent_at IS NULL")
+    op.execute(
+        """CREATE INDEX usage_outbox_unsent ON usage_outbox (created_at)
+           WHERE sent_at IS NULL AND rejected_at IS NULL"""
+    )
+    op.execute("CREATE INDEX usage_outbox_created ON usage_outbox (created_at)")  # retention
     op.execute("CREATE INDEX usage_outbox_tenant ON usage_outbox (tenant_id, period_start)")
     op.execute(
         """

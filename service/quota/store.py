@@ -94,6 +94,28 @@ async def insert_usage(
     )
 
 
+async def snapshot_storage(conn: Any, min_age_seconds: float) -> int:
+    """A `bytes_stored` row per HiveHub tenant (its bytes on disk now), unless one was written in
+    the last min_age_seconds (by any replica: serialised by an advisory lock). Returns rows written."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('vectorhive-storage-snapshot', 0))")
+    recent = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM usage_outbox WHERE metric = 'bytes_stored'
+                          AND created_at > now() - make_interval(secs => $1))""",
+        min_age_seconds,
+    )
+    if recent:
+        return 0
+    status: str = await conn.execute(
+        """INSERT INTO usage_outbox (id, tenant_id, metric, operation, quantity, period_start, period_end)
+           SELECT gen_random_uuid(), t.id, 'bytes_stored', '', coalesce(sum(
+                      pg_total_relation_size(to_regclass('vectors_' || c.id))), 0)::bigint, now(), now()
+           FROM tenants t LEFT JOIN collections c ON c.tenant_id = t.id
+           WHERE t.source = 'hivehub'
+           GROUP BY t.id"""
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
 async def claim_unsent(conn: Any, limit: int) -> list[Any]:
     """The oldest unsent rows of HiveHub's tenants, locked for this transaction; other replicas skip
     them. Local tenants' usage stays here (GET /api/v1/usage): the hub does not know those tenants."""
@@ -148,3 +170,25 @@ async def usage_totals(
         until,
     )
     return rows
+
+
+async def prune(conn: Any, *, usage_days: int, audit_days: int, batch: int = 10_000) -> tuple[int, int]:
+    """Delete old usage rows (never rows HiveHub still waits for) and old audit entries, a batch of
+    each; returns how many of each went (call again while it returns full batches)."""
+    usage: str = await conn.execute(
+        """DELETE FROM usage_outbox WHERE id IN (
+               SELECT u.id FROM usage_outbox u LEFT JOIN tenants t ON t.id = u.tenant_id
+               WHERE u.created_at < now() - make_interval(days => $1)
+                 AND (u.sent_at IS NOT NULL OR u.rejected_at IS NOT NULL
+                      OR t.source IS DISTINCT FROM 'hivehub')
+               LIMIT $2)""",
+        usage_days,
+        batch,
+    )
+    audit: str = await conn.execute(
+        """DELETE FROM audit_log WHERE id IN (
+               SELECT id FROM audit_log WHERE at < now() - make_interval(days => $1) LIMIT $2)""",
+        audit_days,
+        batch,
+    )
+    return int(usage.rsplit(" ", 1)[1]), int(audit.rsplit(" ", 1)[1])
