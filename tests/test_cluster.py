@@ -94,6 +94,9 @@ async def test_cluster_tenants_and_health(
     assert {"usage-flush", "last-used-recorder"} <= names and all(
         j["running"] for j in health["background_jobs"]
     )
+    imports = health["imports"]
+    assert imports["portal_url"] is None and imports["runner_id"] > 0  # the session app has no portal
+    assert imports["running_here"] == 0 and imports["active_in_cluster"] >= 0
     assert_problem(await client.get("/api/v1/cluster/health", headers=bearer(tenant.admin)), 403)
     assert_problem(await client.get("/api/v1/cluster/health"), 401)
 

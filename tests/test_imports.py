@@ -688,3 +688,25 @@ async def test_an_import_that_can_never_afford_a_vector_fails_at_once(
     status = await import_and_wait(ic, tenant.admin, "c", source)
     assert status["error"]["code"] == "quota_exceeded", status
     assert "token bucket" in status["error"]["message"]
+
+
+async def test_import_metrics_are_served_on_the_metrics_endpoint(
+    ic: AsyncTestClient[Litestar],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+    operator_key: str,
+) -> None:
+    tenant: TenantKeys = await make_tenant()
+    source = publish(portal, unique_db(unique_id, n=10, chunk_size=10))
+    assert (await import_and_wait(ic, tenant.admin, "c", source))["status"] == "loaded"
+    text = (await ic.get("/metrics", headers=bearer(operator_key))).text
+    for name in (
+        "s5_download_duration_seconds_bucket",
+        "s5_vectors_loaded_total",
+        "vector_index_cache_misses_total",
+        "vector_index_cache_hits_total",
+        "vectorhive_imports_total",
+    ):
+        assert name in text, name
+    assert 's5_download_duration_seconds_count{kind="chunk"}' in text

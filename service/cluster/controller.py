@@ -18,6 +18,7 @@ from service.auth.service import Authenticator, KeyStatus
 from service.cluster.jobs import BackgroundJobs, JobStatus
 from service.db import Database
 from service.errors import AUTHENTICATED, problem_responses
+from service.imports.runner import ImportRunner
 from service.pagination import Page
 from service.quota.controller import Action, AuditPage, Since, Until, audit_page, parse_time
 from service.quota.limiter import Limiter
@@ -33,6 +34,15 @@ class Component(msgspec.Struct, kw_only=True):
     detail: str | None = None
 
 
+class ImportsStatus(msgspec.Struct, kw_only=True):
+    """S5 imports: whether a portal is configured, and the imports pending or loading."""
+
+    portal_url: str | None
+    runner_id: int  # this process's lease (imports it runs carry it)
+    running_here: int
+    active_in_cluster: int
+
+
 class ClusterHealth(msgspec.Struct, kw_only=True):
     status: str  # ok | degraded
     version: str
@@ -41,6 +51,7 @@ class ClusterHealth(msgspec.Struct, kw_only=True):
     hivehub: HubStatus
     rate_limit_storage: Component
     background_jobs: list[JobStatus]
+    imports: ImportsStatus
 
 
 class ClusterTenant(msgspec.Struct, kw_only=True):
@@ -112,6 +123,19 @@ class ClusterController(Controller):
             detail=limiter.storage_uri.split("://")[0] + ("" if storage_ok else f": {limiter.last_error}"),
         )
         job_status = jobs.status()
+        runner: ImportRunner = state.import_runner
+        try:
+            active = await db.pool.fetchval(
+                "SELECT count(*) FROM imports WHERE status IN ('pending', 'loading')"
+            )
+        except Exception:
+            active = -1  # the database is down: said above
+        imports = ImportsStatus(
+            portal_url=state.settings.s5.portal_url,
+            runner_id=runner.runner_id,
+            running_here=runner.active(),
+            active_in_cluster=active,
+        )
         healthy = (
             database.ok
             and storage.ok
@@ -126,6 +150,7 @@ class ClusterController(Controller):
             hivehub=hub_status,
             rate_limit_storage=storage,
             background_jobs=job_status,
+            imports=imports,
         )
 
     @get(
