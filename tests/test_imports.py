@@ -710,3 +710,31 @@ async def test_import_metrics_are_served_on_the_metrics_endpoint(
     ):
         assert name in text, name
     assert 's5_download_duration_seconds_count{kind="chunk"}' in text
+
+
+async def test_unscoped_queries_on_imports_see_only_the_tenants_own_rows(
+    ic: AsyncTestClient[Litestar],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+    db: Database,
+) -> None:
+    """Row-level security on the imports table: a query that forgets its WHERE cannot reach another
+    tenant's imports (their manifest paths and owner addresses)."""
+    a: TenantKeys = await make_tenant()
+    b: TenantKeys = await make_tenant()
+    source = publish(portal, unique_db(unique_id, n=5, chunk_size=5))
+    await import_and_wait(ic, a.admin, "c", source)
+    b_import = await import_and_wait(ic, b.admin, "c", source)
+
+    class Undo(Exception):
+        pass
+
+    with pytest.raises(Undo):  # rolls the transaction back
+        async with db.tenant_transaction(a.tenant_id) as conn:
+            tenants = {r["tenant_id"] for r in await conn.fetch("SELECT tenant_id FROM imports")}
+            assert tenants == {a.tenant_id}
+            assert await conn.execute("UPDATE imports SET status = 'error'") == "UPDATE 1"
+            raise Undo
+    row = await db.pool.fetchrow("SELECT status FROM imports WHERE id = $1::uuid", b_import["import_id"])
+    assert row["status"] == "loaded"
