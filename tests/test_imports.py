@@ -738,3 +738,26 @@ async def test_unscoped_queries_on_imports_see_only_the_tenants_own_rows(
             raise Undo
     row = await db.pool.fetchrow("SELECT status FROM imports WHERE id = $1::uuid", b_import["import_id"])
     assert row["status"] == "loaded"
+
+
+async def test_a_graceful_shutdown_ends_running_and_waiting_imports_as_interrupted(
+    make_settings: Callable[..., Settings],
+    portal: FakePortal,
+    make_tenant: Callable[..., Any],
+    unique_id: Callable[[str], str],
+    db: Database,
+) -> None:
+    tenant: TenantKeys = await make_tenant()
+    source = publish(portal, unique_db(unique_id, n=20, chunk_size=10))
+    portal.faults[f"{source.folder}/chunk-1.json"] = ["slow:3"]
+    settings = make_settings(s5={"portal_url": portal.url, "max_concurrent_imports": 1})
+    async with AsyncTestClient(create_app(settings), raise_server_exceptions=False) as short_lived:
+        running = await submit(short_lived, tenant.admin, "a", source)
+        waiting = await submit(short_lived, tenant.admin, "b", source)
+        await wait_for(short_lived, tenant.admin, running["import_id"], until=("loading",))
+        assert await wait_for(short_lived, tenant.admin, waiting["import_id"], until=("pending",))
+    rows = await db.pool.fetch(
+        "SELECT status, error_code FROM imports WHERE id = ANY($1::uuid[])",
+        [running["import_id"], waiting["import_id"]],
+    )
+    assert [(r["status"], r["error_code"]) for r in rows] == [("error", "interrupted")] * 2

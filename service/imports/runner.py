@@ -154,6 +154,11 @@ class ImportRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Imports still waiting for a slot were cancelled before they could say so: end them now
+        # rather than leave them to another replica's sweep.
+        with contextlib.suppress(Exception):
+            async with self.db.transaction() as conn:
+                await store.interrupt_runner(conn, self.runner_id)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._lease is not None:

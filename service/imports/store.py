@@ -208,6 +208,17 @@ async def cached_result(
     return loaded
 
 
+async def interrupt_runner(conn: Any, runner: int) -> None:
+    """End the active imports of this runner (its process is shutting down)."""
+    await conn.execute(
+        """UPDATE imports SET status = 'error', error_code = 'interrupted', finished_at = now(),
+                  error_message = 'the server shut down before the import finished; nothing was '
+                                  || 'written; submit the import again'
+           WHERE runner = $1 AND status IN ('pending', 'loading')""",
+        runner,
+    )
+
+
 async def sweep_orphans(conn: Any, lease_class: int) -> list[uuid.UUID]:
     """End as error every active import whose runner no longer holds its lease (its process died).
 
