@@ -28,6 +28,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Awaitable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -235,9 +236,9 @@ class ImportRunner:
             log.exception("could not record an import's failure", extra={"import_id": str(import_id)})
 
     @staticmethod
-    async def _download(kind: str, fetch: Any) -> bytes:
+    async def _download(kind: str, fetch: Awaitable[bytes]) -> bytes:
         started = time.perf_counter()
-        data: bytes = await fetch
+        data = await fetch
         S5_DOWNLOAD_SECONDS.labels(kind).observe(time.perf_counter() - started)
         return data
 
