@@ -23,6 +23,14 @@ def encode_cursor(last_key: str) -> str:
     return base64.urlsafe_b64encode(last_key.encode()).decode().rstrip("=")
 
 
+def invalid_cursor() -> InvalidRequest:
+    """The one answer to a cursor that does not decode to a key of the listing it was given to."""
+    return InvalidRequest(
+        "cursor is not one this service issued; pass next_cursor from the previous page",
+        errors=[{"field": "cursor", "source": "query", "message": "invalid cursor"}],
+    )
+
+
 def decode_cursor(cursor: str | None) -> str | None:
     if cursor is None or cursor == "":
         return None
@@ -32,10 +40,7 @@ def decode_cursor(cursor: str | None) -> str | None:
             raise ValueError("empty cursor")
         return decoded
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest(
-            "cursor is not one this service issued; pass next_cursor from the previous page",
-            errors=[{"field": "cursor", "source": "query", "message": "invalid cursor"}],
-        ) from None
+        raise invalid_cursor() from None
 
 
 def split_page(rows: list[T], limit: int, key: Callable[[T], str]) -> tuple[list[T], str | None]:

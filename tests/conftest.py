@@ -166,6 +166,16 @@ async def make_tenant(db: Database, unique_id: Callable[[str], str]) -> Callable
     return make
 
 
+async def set_quotas(client: Any, operator_key: str, tenant_id: str, **values: Any) -> dict[str, Any]:
+    """An operator sets a tenant's quota overrides (PUT /api/v1/admin/tenants/{id}/quotas)."""
+    response = await client.put(
+        f"/api/v1/admin/tenants/{tenant_id}/quotas", json=values, headers=bearer(operator_key)
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
 def assert_problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
     """The one error shape (RFC 9457), with our extension members."""
     assert response.status_code == status, response.text

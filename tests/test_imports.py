@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from service.app import create_app
 from service.config import Settings
 from service.db import Database
-from tests.conftest import TenantKeys, assert_problem, bearer
+from tests.conftest import TenantKeys, assert_problem, bearer, set_quotas
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import OWNER, S5Database, build
 
@@ -579,12 +579,7 @@ async def test_storage_quota_fails_the_import_and_changes_nothing(
     operator_key: str,
 ) -> None:
     tenant: TenantKeys = await make_tenant()
-    quotas = await ic.put(
-        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
-        json={"max_vectors": 250},
-        headers=bearer(operator_key),
-    )
-    assert quotas.status_code == 200, quotas.text
+    await set_quotas(ic, operator_key, tenant.tenant_id, max_vectors=250)
     too_big = publish(portal, unique_db(unique_id, n=300, chunk_size=100))
     status = await import_and_wait(ic, tenant.admin, "c", too_big)
     assert status["status"] == "error" and status["error"]["code"] == "quota_exceeded", status
@@ -613,12 +608,9 @@ async def test_an_import_is_paced_by_the_tenants_token_bucket(
     """300 vectors at 0.001 tokens each need 0.3 tokens; a bucket of 0.1 refilled at 0.2/s makes the
     import wait about a second for them instead of failing."""
     tenant: TenantKeys = await make_tenant()
-    response = await ic.put(
-        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
-        json={"token_bucket_capacity": 0.1, "token_refill_per_second": 0.2},
-        headers=bearer(operator_key),
+    await set_quotas(
+        ic, operator_key, tenant.tenant_id, token_bucket_capacity=0.1, token_refill_per_second=0.2
     )
-    assert response.status_code == 200, response.text
     source = publish(portal, unique_db(unique_id, n=300, chunk_size=100))
     status = await import_and_wait(ic, tenant.admin, "c", source)
     assert status["status"] == "loaded", status
@@ -647,12 +639,7 @@ async def test_an_import_refused_on_storage_bytes_leaves_room_for_what_fits(
            FROM collections WHERE tenant_id = $1""",
         tenant.tenant_id,
     )
-    response = await ic.put(
-        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
-        json={"max_storage_bytes": int(size) + 20_000},
-        headers=bearer(operator_key),
-    )
-    assert response.status_code == 200, response.text
+    await set_quotas(ic, operator_key, tenant.tenant_id, max_storage_bytes=int(size) + 20_000)
     big = publish(portal, unique_db(unique_id, n=2000, chunk_size=1000))
     status = await import_and_wait(ic, tenant.admin, "c", big)
     assert status["error"]["code"] == "quota_exceeded", status
@@ -678,12 +665,9 @@ async def test_an_import_that_can_never_afford_a_vector_fails_at_once(
     operator_key: str,
 ) -> None:
     tenant: TenantKeys = await make_tenant()
-    response = await ic.put(
-        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
-        json={"token_bucket_capacity": 0.0005},  # one imported vector costs 0.001
-        headers=bearer(operator_key),
-    )
-    assert response.status_code == 200, response.text
+    await set_quotas(
+        ic, operator_key, tenant.tenant_id, token_bucket_capacity=0.0005
+    )  # one imported vector costs 0.001
     source = publish(portal, unique_db(unique_id, n=10, chunk_size=10))
     status = await import_and_wait(ic, tenant.admin, "c", source)
     assert status["error"]["code"] == "quota_exceeded", status

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import LiveServer, assert_problem, bearer, run_live_server
+from tests.conftest import LiveServer, assert_problem, bearer, run_live_server, set_quotas
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +23,6 @@ async def qclient(make_settings: Callable[..., Settings]) -> AsyncIterator[Async
     )
     async with AsyncTestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
-
-
-async def set_quotas(client: Any, operator_key: str, tenant_id: str, **values: Any) -> dict[str, Any]:
-    response = await client.put(
-        f"/api/v1/admin/tenants/{tenant_id}/quotas", json=values, headers=bearer(operator_key)
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def test_operators_set_quotas_and_bad_values_change_nothing(

@@ -24,7 +24,7 @@ from service.imports.models import (
 )
 from service.imports.portal import checked_path
 from service.imports.runner import ImportRunner
-from service.pagination import decode_cursor, split_page
+from service.pagination import decode_cursor, invalid_cursor, split_page
 
 ACTIVE_LIMIT_LOCK = 0x766A  # advisory lock class for counting a tenant's active imports
 
@@ -67,10 +67,7 @@ def _parse_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
         stamp, _, ident = decoded.partition("|")
         return datetime.fromisoformat(stamp), uuid.UUID(ident)
     except ValueError:
-        raise InvalidRequest(
-            "cursor is not one this service issued; pass next_cursor from the previous page",
-            errors=[{"field": "cursor", "source": "query", "message": "invalid cursor"}],
-        ) from None
+        raise invalid_cursor() from None
 
 
 class ImportService:

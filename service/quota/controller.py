@@ -15,7 +15,7 @@ from service.auth.guards import operator_only, requires
 from service.auth.principal import Permission, Principal
 from service.cluster.audit import AuditEvent, list_events
 from service.errors import AUTHENTICATED, InvalidRequest, problem_responses
-from service.pagination import decode_cursor, encode_cursor
+from service.pagination import decode_cursor, encode_cursor, invalid_cursor
 from service.quota.models import QuotaOverrides, TenantQuotas
 from service.quota.service import QuotaService
 from service.quota.usage import TenantUsage, UsageService
@@ -74,10 +74,7 @@ async def audit_page(
 ) -> AuditPage:
     raw = decode_cursor(cursor)
     if raw is not None and not raw.isdigit():
-        raise InvalidRequest(
-            "cursor is not one this service issued; pass next_cursor from the previous page",
-            errors=[{"field": "cursor", "source": "query", "message": "invalid cursor"}],
-        )
+        raise invalid_cursor()
     start, end = parse_time("since", since), parse_time("until", until)
     await request.app.state.audit_buffer.flush(request.app.state.db.pool)  # this replica's latest too
     async with request.app.state.db.pool.acquire() as conn:
