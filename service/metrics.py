@@ -85,3 +85,25 @@ HUB_UP = Gauge("vectorhive_hivehub_up", "1 if the last HiveHub call succeeded, 0
 # -- usage
 USAGE_REPORTED = Counter("vectorhive_usage_rows_reported_total", "Usage outbox rows acknowledged by HiveHub")
 USAGE_UNREPORTED = Gauge("vectorhive_usage_rows_unreported", "Usage outbox rows not yet acknowledged")
+
+# -- models (label: the configured model name, bounded by config)
+MODEL_QUEUE_TEXTS = Gauge(
+    "vectorhive_model_queue_texts", "Texts waiting for (or being embedded by) a model", ["model"]
+)
+MODEL_EMBEDDINGS = Counter("vectorhive_model_embeddings_total", "Texts embedded, by model", ["model"])
+MODEL_TOKENS = Counter("vectorhive_model_tokens_total", "Tokens embedded, by model", ["model"])
+MODEL_BATCH_TEXTS = Histogram(
+    "vectorhive_model_batch_texts",
+    "Texts in one call to a model (concurrent requests merged)",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+MODEL_CALL_SECONDS = Histogram(
+    "vectorhive_model_call_duration_seconds",
+    "Time of one call to a model (a micro-batch), by model",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MODEL_REJECTED = Counter(
+    "vectorhive_model_rejected_total", "Requests refused by a model's queue, by reason", ["model", "reason"]
+)
