@@ -41,6 +41,7 @@ class DatabaseSettings(_Section):
     url: str | None = None
     data_dir: str = "./data/postgres"
     migrate_on_startup: bool = True
+    migrations_wait_seconds: Annotated[float, msgspec.Meta(ge=0)] = 600.0
     pool_min_size: Annotated[int, msgspec.Meta(ge=0)] = 2
     pool_max_size: PositiveInt = 10
     command_timeout: Seconds = 60.0
