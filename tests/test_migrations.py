@@ -85,14 +85,18 @@ async def test_without_startup_migrations_a_replica_waits_for_the_schema(empty_d
     from service.db import Database
 
     impatient = Database(
-        DatabaseSettings(url=empty_database, migrate_on_startup=False, migrations_wait_seconds=0, pool_min_size=1)
+        DatabaseSettings(
+            url=empty_database, migrate_on_startup=False, migrations_wait_seconds=0, pool_min_size=1
+        )
     )
     with pytest.raises(RuntimeError, match=r"revision none, this version needs .*vectorhive migrate"):
         await impatient.start()
     assert await tables(empty_database) == set()  # it did not migrate
 
     patient = Database(
-        DatabaseSettings(url=empty_database, migrate_on_startup=False, migrations_wait_seconds=60, pool_min_size=1)
+        DatabaseSettings(
+            url=empty_database, migrate_on_startup=False, migrations_wait_seconds=60, pool_min_size=1
+        )
     )
     starting = asyncio.create_task(patient.start())
     await asyncio.sleep(1)
