@@ -92,7 +92,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(variant: Path |
         except kubernetes_validate.ValidationError as exc:
             raise AssertionError(
                 f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}"
-            )
+            ) from None
 
 
 @params
