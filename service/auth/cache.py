@@ -1,7 +1,10 @@
 """The verified-key cache: bounded, with a TTL, keyed by a fast hash of the whole key.
 
-argon2id runs only on a miss. Revocation and tenant status changes evict at once in the
-process that made them; other replicas see them when the entry's TTL runs out.
+argon2id runs only on a miss. Revocation, rotation and tenant status changes evict at once in
+the process that made them, and in every other process on the database through a notification
+(service.db.notify, channel AUTH_CHANNEL) sent in the transaction that made the change. While
+this process is not receiving notifications the cache is bypassed, and it is emptied whenever
+the listener (re)connects, since notifications may have been missed in between.
 """
 
 from __future__ import annotations
@@ -9,8 +12,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from service.auth.principal import Principal
+
+if TYPE_CHECKING:
+    from service.db.notify import NotificationHub
 
 
 class KeyCache:
@@ -32,8 +39,27 @@ class KeyCache:
         # When a key id or tenant was last evicted: a verification that read the database before
         # then (and so may have seen the key unrevoked, the tenant active) must not be cached.
         self._evicted: dict[str, float] = {}
+        # Whether changes made elsewhere reach this cache (see attach); True when nothing is attached.
+        self._live: Callable[[], bool] = lambda: True
+
+    def attach(self, hub: NotificationHub) -> None:
+        """Evict on the other processes' changes; bypass the cache while they cannot reach us."""
+        from service.db.notify import AUTH_CHANNEL
+
+        hub.subscribe(AUTH_CHANNEL, self.on_notification)
+        hub.on_reset(self.clear)
+        self._live = lambda: hub.listening
+
+    def on_notification(self, payload: str) -> None:
+        kind, _, subject = payload.partition(":")
+        if kind == "key":
+            self.evict_key(subject)
+        elif kind == "tenant":
+            self.evict_tenant(subject)
 
     def get(self, fingerprint: bytes) -> Principal | None:
+        if not self._live():
+            return None
         entry = self._entries.get(fingerprint)
         if entry is None:
             return None
@@ -49,9 +75,11 @@ class KeyCache:
 
     def put(self, fingerprint: bytes, principal: Principal, *, read_at: float | None = None) -> None:
         """Cache a verified principal; read_at: when its database row was read (see evict_*)."""
+        if not self._live():
+            return
         if read_at is not None and any(
             self._evicted.get(subject, float("-inf")) >= read_at
-            for subject in (f"key:{principal.key_id}", f"tenant:{principal.tenant_id}")
+            for subject in (f"key:{principal.key_id}", f"tenant:{principal.tenant_id}", "all")
         ):
             return
         self._entries[fingerprint] = (principal, self._clock() + self.ttl)
@@ -99,6 +127,8 @@ class KeyCache:
             self._drop(fingerprint)
 
     def clear(self) -> None:
+        # Verifications under way read the database before this: they must not cache what they saw.
+        self._mark_evicted("all")
         self._entries.clear()
         self._by_key_id.clear()
         self._negative.clear()

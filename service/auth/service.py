@@ -19,6 +19,7 @@ from service.auth.principal import Permission, Principal
 from service.cluster import audit
 from service.config import AuthSettings
 from service.db import Database
+from service.db.notify import AUTH_CHANNEL, notify
 from service.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable, Unauthorized
 from service.metrics import AUTH_CACHE_HITS, AUTH_CACHE_MISSES, AUTH_FAILURES, AUTH_HASH_CHECKS
 from service.pagination import Page, decode_cursor, page_of
@@ -144,6 +145,8 @@ class KeyService:
                 _check_scope(scope, (await self._get_locked(conn, tenant_id, key_id)).collections)
             key = await store.revoke(conn, key_id)
             if key is not None:
+                # Every process on the database evicts the key when this commits.
+                await notify(conn, AUTH_CHANNEL, f"key:{key_id}")
                 await audit.write(
                     conn, action="key.revoke", tenant_id=key.tenant_id, actor=actor, target=key_id
                 )
@@ -182,6 +185,7 @@ class KeyService:
                 rotated_from=old.key_id,
             )
             await store.revoke(conn, key_id)
+            await notify(conn, AUTH_CHANNEL, f"key:{key_id}")
             await audit.write(
                 conn,
                 action="key.rotate",
