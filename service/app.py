@@ -118,7 +118,14 @@ def create_app(settings: Settings) -> Litestar:
             "notifications": notifications,
             "key_cache": cache,
             "authenticator": Authenticator(
-                db, settings.auth, cache, recorder, hub=hub, quotas=quotas, audit_buffer=audit_buffer
+                db,
+                settings.auth,
+                cache,
+                recorder,
+                hub=hub,
+                quotas=quotas,
+                audit_buffer=audit_buffer,
+                limiter=limiter,
             ),
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),

@@ -36,6 +36,9 @@ class KeyCache:
         self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         self._by_key_id: dict[str, bytes] = {}
         self._negative: OrderedDict[bytes, float] = OrderedDict()
+        # Key ids that are unknown, revoked or expired: refused whatever the secret, without argon2
+        # or a database read (a fresh secret per request must not get around the negative cache).
+        self._bad_ids: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # When a key id or tenant was last evicted: a verification that read the database before
         # then (and so may have seen the key unrevoked, the tenant active) must not be cached.
         self._evicted: dict[str, float] = {}
@@ -108,6 +111,26 @@ class KeyCache:
         while len(self._negative) > self.max_size:
             self._negative.popitem(last=False)
 
+    def bad_key_id(self, key_id: str) -> str | None:
+        """Why the key id is refused (unknown | revoked | expired), or None."""
+        entry = self._bad_ids.get(key_id)
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._bad_ids[key_id]
+            return None
+        return entry[0]
+
+    def put_bad_key_id(self, key_id: str, reason: str) -> None:
+        """Revoked and expired are final (kept for the TTL); unknown for the negative TTL only."""
+        ttl = self.negative_ttl if reason == "unknown" else max(self.ttl, self.negative_ttl)
+        if self.negative_ttl <= 0:
+            return
+        self._bad_ids[key_id] = (reason, self._clock() + ttl)
+        self._bad_ids.move_to_end(key_id)
+        while len(self._bad_ids) > self.max_size:
+            self._bad_ids.popitem(last=False)
+
     def _mark_evicted(self, subject: str) -> None:
         now = self._clock()
         self._evicted[subject] = now
@@ -132,6 +155,7 @@ class KeyCache:
         self._entries.clear()
         self._by_key_id.clear()
         self._negative.clear()
+        self._bad_ids.clear()
 
     def _drop(self, fingerprint: bytes) -> None:
         entry = self._entries.pop(fingerprint, None)
