@@ -490,6 +490,9 @@ class Authenticator:
                 code="hivehub_unavailable",
                 headers={"Retry-After": "5"},
             ) from exc
+        if answer.permission is not None:
+            # The HiveHub seed spells the levels ADMIN, READ_WRITE, READ_ONLY, MCP: any case will do.
+            answer.permission = answer.permission.lower()
         if answer.valid and (
             answer.tenant_id is None
             or not re.fullmatch(TENANT_ID_PATTERN, answer.tenant_id)
