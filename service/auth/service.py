@@ -132,17 +132,33 @@ class KeyService:
         log.info("api key created", extra={"key_id": key.key_id, "tenant_id": tenant_id, "kind": kind.value})
         return _created(key, token)
 
-    async def list_page(self, tenant_id: str | None, *, cursor: str | None, limit: int) -> Page[ApiKey]:
+    async def list_page(
+        self,
+        tenant_id: str | None,
+        *,
+        cursor: str | None,
+        limit: int,
+        scope: frozenset[str] | None = None,
+    ) -> Page[ApiKey]:
+        """scope: the listing key's collections; it sees only keys limited to some of them (the
+        keys it may manage), so other keys' collection names stay hidden from it."""
         kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
         keys = await store.list_page(
-            self.db.pool, tenant_id=tenant_id, kind=kind, after=decode_cursor(cursor), limit=limit + 1
+            self.db.pool,
+            tenant_id=tenant_id,
+            kind=kind,
+            after=decode_cursor(cursor),
+            limit=limit + 1,
+            within=sorted(scope) if scope is not None else None,
         )
         return page_of(keys, limit, lambda k: k.key_id)
 
-    async def get(self, tenant_id: str | None, key_id: str) -> ApiKey:
+    async def get(self, tenant_id: str | None, key_id: str, *, scope: frozenset[str] | None = None) -> ApiKey:
         kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
         key = await store.get(self.db.pool, key_id, tenant_id=tenant_id, kind=kind)
-        if key is None:
+        if key is None or (
+            scope is not None and (key.collections is None or not set(key.collections) <= scope)
+        ):
             raise NotFound(f"API key '{key_id}' does not exist.")
         return key
 
