@@ -53,6 +53,9 @@ class AuthSettings(_Section):
     api_key_cache_size: PositiveInt = 10_000
     api_key_negative_cache_ttl: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_concurrent_hash_checks: PositiveInt = 4
+    max_queued_hash_checks: PositiveInt = 64
+    failed_verifications_per_key_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 10
+    failed_verifications_per_address_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 30
     default_tenant_id: str = "default"
 
 
