@@ -47,4 +47,3 @@ def known_revisions() -> set[str]:
     """Every revision this version's migrations folder knows, head included."""
     script = ScriptDirectory.from_config(alembic_config(""))
     return {r.revision for r in script.walk_revisions()}
-
