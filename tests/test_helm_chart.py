@@ -237,6 +237,9 @@ def test_values_the_chart_refuses() -> None:
         render({"config": {"database": {"url": "postgresql://u:p@db/vh"}}})  # a secret in the ConfigMap
     with pytest.raises(helm.HelmError):
         render({"config": {"rate_limiting": {"storage_uri": "redis://:pw@r:6379"}}})
+    with pytest.raises(helm.HelmError, match="api_key"):
+        remote = {"url": "http://gpu/v1", "api_key": "sk-1"}
+        render({"config": {"embeddings": {"models": {"remote": remote}}}})
     with pytest.raises(helm.HelmError):
         render({"replicaCount": "three"})  # values.schema.json
     with pytest.raises(helm.HelmError):

@@ -188,6 +188,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if get $gen "api_key" }}
 {{- fail "config.generation.api_key would put a secret into the ConfigMap: use generation.apiKey or generation.existingSecret" }}
 {{- end }}
+{{- $embeddings := default (dict) (get $config "embeddings") }}
+{{- range $name, $model := default (dict) (get $embeddings "models") }}
+{{- if and (kindIs "map" $model) (get $model "api_key") }}
+{{- fail (printf "config.embeddings.models.%s.api_key would put a secret into the ConfigMap: give it as an environment variable from a Secret (extraEnv) instead" $name) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.ingress.enabled (eq .Values.service.type "ExternalName") }}
 {{- fail "ingress.enabled needs service.type ClusterIP, NodePort or LoadBalancer" }}
 {{- end }}
