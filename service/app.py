@@ -30,6 +30,7 @@ from service.collections.indexer import IndexBuilder
 from service.collections.service import CollectionService
 from service.config import Settings
 from service.db import Database
+from service.db.notify import NotificationHub
 from service.dependencies import DEPENDENCIES
 from service.errors import problem_details_plugin
 from service.health import HealthController
@@ -84,6 +85,10 @@ def create_app(settings: Settings) -> Litestar:
         max_size=settings.auth.api_key_cache_size,
         negative_ttl=settings.auth.api_key_negative_cache_ttl,
     )
+    # Changes committed by any process on the database (revocations, suspensions, quotas) reach
+    # this one's caches through LISTEN/NOTIFY; features subscribe here before the app starts.
+    notifications = NotificationHub(lambda: db.url)
+    cache.attach(notifications)
     recorder = LastUsedRecorder(db)
     indexer = IndexBuilder(db, settings.collections)
     hub = (
@@ -93,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     limiter = Limiter(settings.rate_limiting.storage_uri)
     quotas = QuotaService(db, settings, limiter, hub)
+    quotas.attach(notifications)
     meter = UsageMeter(db, settings.usage.flush_interval)
     audit_buffer = AuditBuffer()
     reporter = (
@@ -109,9 +115,17 @@ def create_app(settings: Settings) -> Litestar:
         {
             "settings": settings,
             "db": db,
+            "notifications": notifications,
             "key_cache": cache,
             "authenticator": Authenticator(
-                db, settings.auth, cache, recorder, hub=hub, quotas=quotas, audit_buffer=audit_buffer
+                db,
+                settings.auth,
+                cache,
+                recorder,
+                hub=hub,
+                quotas=quotas,
+                audit_buffer=audit_buffer,
+                limiter=limiter,
             ),
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),
@@ -150,6 +164,7 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await db.start()
+        await notifications.start()
         if settings.single_tenant:
             async with db.transaction() as conn:
                 await tenant_store.ensure(conn, settings.auth.default_tenant_id, "Default tenant")
@@ -187,6 +202,7 @@ def create_app(settings: Settings) -> Litestar:
             await limiter.close()
             if hub is not None:
                 await hub.close()
+            await notifications.close()
             await db.stop()
 
     app = Litestar(

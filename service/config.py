@@ -41,6 +41,7 @@ class DatabaseSettings(_Section):
     url: str | None = None
     data_dir: str = "./data/postgres"
     migrate_on_startup: bool = True
+    migrations_wait_seconds: Annotated[float, msgspec.Meta(ge=0)] = 600.0
     pool_min_size: Annotated[int, msgspec.Meta(ge=0)] = 2
     pool_max_size: PositiveInt = 10
     command_timeout: Seconds = 60.0
@@ -52,6 +53,9 @@ class AuthSettings(_Section):
     api_key_cache_size: PositiveInt = 10_000
     api_key_negative_cache_ttl: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_concurrent_hash_checks: PositiveInt = 4
+    max_queued_hash_checks: PositiveInt = 64
+    failed_verifications_per_key_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 10
+    failed_verifications_per_address_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 30
     default_tenant_id: str = "default"
 
 

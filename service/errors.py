@@ -285,7 +285,50 @@ def _from_transaction_rollback(exc: asyncpg.TransactionRollbackError) -> Problem
     )
 
 
+# Raised when PostgreSQL restarts, crashes or is unreachable: connections cut, refused, a socket
+# that is gone, "the database system is starting up / shutting down", a pool being replaced.
+_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError, ConnectionFailureError, ...
+    asyncpg.exceptions.OperatorInterventionError,  # CannotConnectNow, AdminShutdown, CrashShutdown
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # "connection is closed", "pool is closing", released connections
+    # A pooled connection whose server went away mid-protocol ("cannot switch to state ..."); the
+    # pool discards it, so a retry gets a fresh one.
+    asyncpg.exceptions.InternalClientError,
+    OSError,  # ConnectionRefusedError, a missing unix socket (FileNotFoundError), resets
+    TimeoutError,  # connecting or a statement timed out: the database is not answering
+)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether exc (or what caused it) says that the database cannot be reached right now."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _OUTAGE_ERRORS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _from_database_outage(exc: Exception) -> Problem:
+    log.warning(
+        "database unavailable; answered 503",
+        extra={"error": f"{type(exc).__name__}: {exc}"},
+    )
+    return Problem(
+        status=503,
+        code="database_unavailable",
+        title="Temporarily unavailable",
+        detail="The database is unavailable (restarting or unreachable); retry shortly.",
+        headers={"Retry-After": "2"},
+    )
+
+
 def _from_unexpected(exc: Exception) -> Problem:
+    if is_database_outage(exc):
+        return _from_database_outage(exc)
     log.error("unhandled exception", exc_info=exc)
     return Problem(
         status=500,

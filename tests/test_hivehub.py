@@ -81,6 +81,41 @@ async def test_a_hub_key_works_and_its_tenant_is_created_locally(
     assert all(auth == f"Bearer {API_KEY}" for _, _, auth in hub.calls)
 
 
+@pytest.mark.parametrize(
+    ("spelled", "level"),
+    [("ADMIN", "admin"), ("READ_WRITE", "read_write"), ("Read_Only", "read_only")],
+)
+async def test_the_seeds_permission_spelling_is_accepted(
+    hclient: AsyncTestClient[Litestar],
+    hub: FakeHub,
+    unique_id: Callable[[str], str],
+    spelled: str,
+    level: str,
+) -> None:
+    key = hub_key()
+    hub.add_key(key, new_tenant(unique_id), permission=spelled)
+    me = await hclient.get("/api/v1/me", headers=bearer(key))
+    assert me.status_code == 200, me.text
+    assert me.json()["permission"] == level
+
+
+async def test_the_seeds_mcp_spelling_is_an_mcp_key(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+) -> None:
+    key = hub_key()
+    hub.add_key(key, new_tenant(unique_id), permission="MCP")
+    # A valid MCP key (not an outage): refused on the REST API like every MCP key.
+    assert_problem(await hclient.get("/api/v1/me", headers=bearer(key)), 403, "mcp_key_not_allowed")
+
+
+async def test_an_unknown_permission_is_still_an_outage(
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+) -> None:
+    key = hub_key()
+    hub.add_key(key, new_tenant(unique_id), permission="SUPERUSER")
+    assert_problem(await hclient.get("/api/v1/me", headers=bearer(key)), 503, "hivehub_unavailable")
+
+
 async def test_answers_are_cached(
     hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
 ) -> None:

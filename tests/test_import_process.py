@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from service.db import Database
@@ -113,9 +114,17 @@ async def test_a_server_killed_mid_import_leaves_no_import_stuck_and_nothing_wri
         while (status := poll(first.base, tenant.admin, import_id, {"loading"}))["chunks_done"] < 2:
             assert time.monotonic() < deadline, status
             time.sleep(0.1)
+        # The decode workers (and multiprocessing's resource tracker) the server started.
+        children = psutil.Process(first.process.pid).children(recursive=True)
+        assert children, "the import ran no decode worker"
         first.kill()
     finally:
         first.stop()
+    # They die with it: nothing is left behind by a SIGKILL'd server.
+    _gone, alive = psutil.wait_procs(children, timeout=15)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, [p.pid for p in alive]
 
     second = ServerProcess(tmp_path, pg_url, portal.url)
     try:

@@ -76,3 +76,34 @@ async def test_replicas_migrating_at_once_are_serialised(empty_database: str, tm
         assert process.returncode == 0, stderr.decode()
         assert f"database at revision {head_revision()}" in stderr.decode()
     assert {"tenants", "api_keys"} <= await tables(empty_database)
+
+
+async def test_without_startup_migrations_a_replica_waits_for_the_schema(empty_database: str) -> None:
+    """database.migrate_on_startup: false (the Helm chart's migration Job migrates): a replica neither
+    migrates nor serves an old schema; it waits for the revision, and says what to run if it never comes."""
+    from service.config import DatabaseSettings
+    from service.db import Database
+
+    impatient = Database(
+        DatabaseSettings(
+            url=empty_database, migrate_on_startup=False, migrations_wait_seconds=0, pool_min_size=1
+        )
+    )
+    with pytest.raises(RuntimeError, match=r"revision none, this version needs .*vectorhive migrate"):
+        await impatient.start()
+    assert await tables(empty_database) == set()  # it did not migrate
+
+    patient = Database(
+        DatabaseSettings(
+            url=empty_database, migrate_on_startup=False, migrations_wait_seconds=60, pool_min_size=1
+        )
+    )
+    starting = asyncio.create_task(patient.start())
+    await asyncio.sleep(1)
+    assert not starting.done()  # still waiting
+    await asyncio.to_thread(upgrade_to_head, empty_database)  # the migration Job
+    await asyncio.wait_for(starting, timeout=30)
+    try:
+        assert await patient.pool.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+    finally:
+        await patient.stop()

@@ -109,12 +109,18 @@ def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
         assert denied.status_code == 401
         assert denied.headers["content-type"].startswith("application/problem+json")
 
-        # Revoking through the CLI (another process) takes effect once this server's cache entry
-        # expires; the key is refused by new processes at once.
+        # Revoking through the CLI (another process) reaches the running server at once
+        # (LISTEN/NOTIFY), not when its cache entry expires.
         key_id = key.split("_")[1]
         cli(workdir, "keys", "revoke", key_id)
         listed = cli(workdir, "keys", "list", "--tenant", "acme").stdout
         assert '"revoked_at":null' not in listed
+        deadline = time.monotonic() + 10
+        while (
+            refused := httpx.get(server.base + "/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+        ).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
     finally:
         server.stop(signal.SIGTERM)
     log = server.log.read_text()

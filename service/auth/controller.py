@@ -73,7 +73,9 @@ class KeysController(Controller):
         limit: PageLimit = 100,
         cursor: Cursor = None,
     ) -> Page[ApiKey]:
-        return await keys.list_page(principal.tenant_id, cursor=cursor, limit=limit)
+        return await keys.list_page(
+            principal.tenant_id, cursor=cursor, limit=limit, scope=principal.collections
+        )
 
     @post(
         "",
@@ -98,7 +100,7 @@ class KeysController(Controller):
     async def get_key(
         self, principal: NamedDependency[Principal], keys: NamedDependency[KeyService], key_id: FromPath[str]
     ) -> ApiKey:
-        return await keys.get(principal.tenant_id, key_id)
+        return await keys.get(principal.tenant_id, key_id, scope=principal.collections)
 
     @delete(
         "/{key_id:str}",

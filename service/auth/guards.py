@@ -38,7 +38,8 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
-        return AuthenticationResult(user=await authenticator.authenticate(token), auth=None)
+        client = connection.client.host if connection.client is not None else None
+        return AuthenticationResult(user=await authenticator.authenticate(token, client), auth=None)
 
 
 # Guards are coroutines on purpose: Litestar runs a plain-function guard in a worker thread.

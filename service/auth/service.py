@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,12 +17,23 @@ from service.auth.hivehub import HiveHubClient, HubUnavailable, KeyAnswer
 from service.auth.keys import KeyKind, fingerprint, hash_secret, new_key, parse_key, verify_secret
 from service.auth.models import COLLECTION_NAME_PATTERN, ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.principal import Permission, Principal
+from service.auth.slots import PrioritySlots, SlotsBusy
 from service.cluster import audit
 from service.config import AuthSettings
 from service.db import Database
-from service.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable, Unauthorized
+from service.db.notify import AUTH_CHANNEL, notify
+from service.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 from service.metrics import AUTH_CACHE_HITS, AUTH_CACHE_MISSES, AUTH_FAILURES, AUTH_HASH_CHECKS
 from service.pagination import Page, decode_cursor, page_of
+from service.quota.limiter import Limiter
 from service.quota.service import QuotaService
 from service.tenants import store as tenant_store
 from service.tenants.models import TENANT_ID_PATTERN
@@ -29,6 +41,11 @@ from service.tenants.models import TENANT_ID_PATTERN
 log = logging.getLogger("vectorhive.auth")
 
 INVALID_KEY = "The API key is not valid."
+_BAD_ID_MESSAGES = {
+    "unknown": INVALID_KEY,
+    "revoked": "The API key has been revoked.",
+    "expired": "The API key has expired.",
+}
 
 
 def _created(key: ApiKey, token: str) -> CreatedApiKey:
@@ -115,17 +132,33 @@ class KeyService:
         log.info("api key created", extra={"key_id": key.key_id, "tenant_id": tenant_id, "kind": kind.value})
         return _created(key, token)
 
-    async def list_page(self, tenant_id: str | None, *, cursor: str | None, limit: int) -> Page[ApiKey]:
+    async def list_page(
+        self,
+        tenant_id: str | None,
+        *,
+        cursor: str | None,
+        limit: int,
+        scope: frozenset[str] | None = None,
+    ) -> Page[ApiKey]:
+        """scope: the listing key's collections; it sees only keys limited to some of them (the
+        keys it may manage), so other keys' collection names stay hidden from it."""
         kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
         keys = await store.list_page(
-            self.db.pool, tenant_id=tenant_id, kind=kind, after=decode_cursor(cursor), limit=limit + 1
+            self.db.pool,
+            tenant_id=tenant_id,
+            kind=kind,
+            after=decode_cursor(cursor),
+            limit=limit + 1,
+            within=sorted(scope) if scope is not None else None,
         )
         return page_of(keys, limit, lambda k: k.key_id)
 
-    async def get(self, tenant_id: str | None, key_id: str) -> ApiKey:
+    async def get(self, tenant_id: str | None, key_id: str, *, scope: frozenset[str] | None = None) -> ApiKey:
         kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR
         key = await store.get(self.db.pool, key_id, tenant_id=tenant_id, kind=kind)
-        if key is None:
+        if key is None or (
+            scope is not None and (key.collections is None or not set(key.collections) <= scope)
+        ):
             raise NotFound(f"API key '{key_id}' does not exist.")
         return key
 
@@ -144,6 +177,8 @@ class KeyService:
                 _check_scope(scope, (await self._get_locked(conn, tenant_id, key_id)).collections)
             key = await store.revoke(conn, key_id)
             if key is not None:
+                # Every process on the database evicts the key when this commits.
+                await notify(conn, AUTH_CHANNEL, f"key:{key_id}")
                 await audit.write(
                     conn, action="key.revoke", tenant_id=key.tenant_id, actor=actor, target=key_id
                 )
@@ -182,6 +217,7 @@ class KeyService:
                 rotated_from=old.key_id,
             )
             await store.revoke(conn, key_id)
+            await notify(conn, AUTH_CHANNEL, f"key:{key_id}")
             await audit.write(
                 conn,
                 action="key.rotate",
@@ -261,6 +297,7 @@ class Authenticator:
         hub: HiveHubClient | None = None,
         quotas: QuotaService | None = None,
         audit_buffer: audit.AuditBuffer | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -269,9 +306,13 @@ class Authenticator:
         self.hub = hub
         self.quotas = quotas
         self.audit = audit_buffer or audit.AuditBuffer()
-        self._hash_slots = asyncio.Semaphore(settings.max_concurrent_hash_checks)
+        # Counts wrong secrets per key id and per client address (shared by replicas with Redis).
+        self.limiter = limiter or Limiter("memory://")
+        self._hash_slots = PrioritySlots(settings.max_concurrent_hash_checks, settings.max_queued_hash_checks)
         # Concurrent first uses of one key share one verification instead of queueing N argon2 runs.
         self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
+        # "key:<id>" / "address:<ip>" -> when a wrong secret last came from it (priority only).
+        self._suspects: OrderedDict[str, float] = OrderedDict()
 
     def default_principal(self) -> Principal:
         """Single-tenant mode without a key: the default tenant, with ADMIN permission."""
@@ -282,7 +323,8 @@ class Authenticator:
             permission=Permission.ADMIN,
         )
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str, client: str | None = None) -> Principal:
+        """token: the bearer key; client: the caller's address (for the pre-authentication limits)."""
         fp = fingerprint(token)
         principal = self.cache.get(fp)
         if principal is not None:
@@ -298,6 +340,14 @@ class Authenticator:
         if self.cache.is_known_bad(fp):
             AUTH_FAILURES.labels("invalid").inc()
             raise Unauthorized(INVALID_KEY)
+        parsed = parse_key(token)
+        if parsed is not None:
+            # Before any database read or argon2 run: ids known to be bad, and the failure limits.
+            bad = self.cache.bad_key_id(parsed.key_id)
+            if bad is not None:
+                AUTH_FAILURES.labels("invalid" if bad == "unknown" else bad).inc()
+                raise Unauthorized(_BAD_ID_MESSAGES[bad])
+            await self._check_failure_limits(parsed.key_id, client)
 
         inflight = self._inflight.get(fp)
         if inflight is not None:
@@ -305,7 +355,7 @@ class Authenticator:
         future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
         self._inflight[fp] = future
         try:
-            principal = await self._verify(token, fp)
+            principal = await self._verify(token, fp, client)
         except Exception as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
@@ -326,7 +376,63 @@ class Authenticator:
         self.audit.auth_failure(reason, key_id=key_id, tenant_id=tenant_id)
         return Unauthorized(message)
 
-    async def _verify(self, token: str, fp: bytes) -> Principal:
+    def _failure_windows(self, key_id: str, client: str | None) -> list[tuple[str, int, str]]:
+        """(counter name, limit per minute, limit name) of the windows that apply."""
+        windows = []
+        if self.settings.failed_verifications_per_key_per_minute > 0:
+            windows.append(
+                (
+                    f"auth_failures_per_key:{key_id}",
+                    self.settings.failed_verifications_per_key_per_minute,
+                    "key",
+                )
+            )
+        if client is not None and self.settings.failed_verifications_per_address_per_minute > 0:
+            windows.append(
+                (
+                    f"auth_failures_per_address:{client}",
+                    self.settings.failed_verifications_per_address_per_minute,
+                    "address",
+                )
+            )
+        return windows
+
+    async def _check_failure_limits(self, key_id: str, client: str | None) -> None:
+        for name, limit, scope in self._failure_windows(key_id, client):
+            verdict = await self.limiter.full(name, limit)
+            if verdict.allowed:
+                continue
+            AUTH_FAILURES.labels("rate_limited").inc()
+            whom = f"key id {key_id}" if scope == "key" else "your address"
+            raise TooManyRequests(
+                f"Too many failed authentication attempts: {limit} wrong secrets per minute for "
+                f"{whom}. Retry in {max(1, round(verdict.reset_in))} s; keys already in use are "
+                "not affected.",
+                limit_name=name.partition(":")[0],
+                scope=scope,
+                value=limit,
+                retry_after=verdict.reset_in,
+            )
+
+    async def _count_failure(self, key_id: str, client: str | None) -> None:
+        now = self.cache.now()
+        self._suspects[f"key:{key_id}"] = now
+        if client is not None:
+            self._suspects[f"address:{client}"] = now
+        while len(self._suspects) > self.cache.max_size:
+            self._suspects.popitem(last=False)
+        for name, limit, _ in self._failure_windows(key_id, client):
+            await self.limiter.count(name, limit)
+
+    def _is_suspect(self, key_id: str, client: str | None) -> bool:
+        """A wrong secret for this key id, or from this address, in the last minute."""
+        now = self.cache.now()
+        return any(
+            now - self._suspects.get(subject, float("-inf")) < 60
+            for subject in (f"key:{key_id}", f"address:{client}")
+        )
+
+    async def _verify(self, token: str, fp: bytes, client: str | None = None) -> Principal:
         parsed = parse_key(token)
         if parsed is None:
             if self.hub is not None:
@@ -339,25 +445,42 @@ class Authenticator:
         found = await store.for_auth(self.db.pool, parsed.key_id)
         if found is None and self.hub is not None and parsed.kind is KeyKind.TENANT:
             return await self._verify_with_hub(token, fp)
-        if found is None or found.key.kind is not parsed.kind:
+        if found is None:
+            self.cache.put_bad_key_id(parsed.key_id, "unknown")
+            raise self._fail("invalid", INVALID_KEY, key_id=parsed.key_id)
+        if found.key.kind is not parsed.kind:
+            # The id exists with the other prefix: only this exact token is known to be bad.
             self.cache.put_known_bad(fp)
             raise self._fail("invalid", INVALID_KEY, key_id=parsed.key_id)
-        async with self._hash_slots:
-            AUTH_HASH_CHECKS.inc()
-            ok = await asyncio.to_thread(verify_secret, found.secret_hash, parsed.secret)
         key = found.key
-        if not ok:
-            self.cache.put_known_bad(fp)
-            raise self._fail("invalid", INVALID_KEY, key_id=key.key_id, tenant_id=key.tenant_id)
+        # Revoked and expired keys are refused whatever the secret: no argon2 run for them.
         if key.revoked_at is not None:
-            self.cache.put_known_bad(fp)
+            self.cache.put_bad_key_id(key.key_id, "revoked")
             raise self._fail(
-                "revoked", "The API key has been revoked.", key_id=key.key_id, tenant_id=key.tenant_id
+                "revoked", _BAD_ID_MESSAGES["revoked"], key_id=key.key_id, tenant_id=key.tenant_id
             )
         if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+            self.cache.put_bad_key_id(key.key_id, "expired")
             raise self._fail(
-                "expired", "The API key has expired.", key_id=key.key_id, tenant_id=key.tenant_id
+                "expired", _BAD_ID_MESSAGES["expired"], key_id=key.key_id, tenant_id=key.tenant_id
             )
+        try:
+            async with self._hash_slots.slot(suspect=self._is_suspect(key.key_id, client)):
+                AUTH_HASH_CHECKS.inc()
+                ok = await asyncio.to_thread(verify_secret, found.secret_hash, parsed.secret)
+        except SlotsBusy:
+            AUTH_FAILURES.labels("rate_limited").inc()
+            raise TooManyRequests(
+                "Too many failed authentication attempts are being checked; retry shortly.",
+                limit_name="max_queued_hash_checks",
+                scope="server",
+                value=self.settings.max_queued_hash_checks,
+                retry_after=1,
+            ) from None
+        if not ok:
+            self.cache.put_known_bad(fp)
+            await self._count_failure(key.key_id, client)
+            raise self._fail("invalid", INVALID_KEY, key_id=key.key_id, tenant_id=key.tenant_id)
         principal = Principal(
             kind=key.kind,
             key_id=key.key_id,
@@ -383,6 +506,9 @@ class Authenticator:
                 code="hivehub_unavailable",
                 headers={"Retry-After": "5"},
             ) from exc
+        if answer.permission is not None:
+            # The HiveHub seed spells the levels ADMIN, READ_WRITE, READ_ONLY, MCP: any case will do.
+            answer.permission = answer.permission.lower()
         if answer.valid and (
             answer.tenant_id is None
             or not re.fullmatch(TENANT_ID_PATTERN, answer.tenant_id)
@@ -459,7 +585,7 @@ class Authenticator:
         parsed = parse_key(token)
         found = await store.for_auth(self.db.pool, parsed.key_id) if parsed is not None else None
         if found is not None and parsed is not None and found.key.kind is parsed.kind:
-            async with self._hash_slots:
+            async with self._hash_slots.slot(suspect=False):  # operators only
                 ok = await asyncio.to_thread(verify_secret, found.secret_hash, parsed.secret)
             if not ok:
                 return KeyStatus(valid=False, status="unknown")

@@ -102,16 +102,25 @@ async def get(
 
 
 async def list_page(
-    conn: Any, *, tenant_id: str | None, kind: KeyKind, after: str | None, limit: int
+    conn: Any,
+    *,
+    tenant_id: str | None,
+    kind: KeyKind,
+    after: str | None,
+    limit: int,
+    within: list[str] | None = None,
 ) -> list[ApiKey]:
+    """within: only keys limited to some of these collections (what a scoped key may see)."""
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM api_keys
             WHERE kind = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND ($3::text IS NULL OR id > $3)
+              AND ($5::text[] IS NULL OR (collections IS NOT NULL AND collections <@ $5))
             ORDER BY id LIMIT $4""",
         kind.value,
         tenant_id,
         after,
         limit,
+        within,
     )
     return [_api_key(r) for r in rows]
 

@@ -16,7 +16,7 @@ from pgvector.asyncpg import register_vector
 
 from service.config import DatabaseSettings
 from service.db.embedded import EmbeddedPostgres
-from service.db.migrate import upgrade_to_head
+from service.db.migrate import head_revision, known_revisions, upgrade_to_head
 
 log = logging.getLogger("vectorhive.db")
 
@@ -54,6 +54,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _schema_revision(url: str) -> str | None:
+    """The database's Alembic revision; None before the first migration."""
+    conn = await asyncpg.connect(url)
+    try:
+        revision: str | None = await conn.fetchval("SELECT version_num FROM alembic_version")
+        return revision
+    except asyncpg.UndefinedTableError:
+        return None
+    finally:
+        await conn.close()
+
+
 class Database:
     """Lifecycle: start() -> (embedded server) -> migrations -> pool; stop() reverses it."""
 
@@ -77,6 +89,8 @@ class Database:
         try:
             if self.settings.migrate_on_startup if migrate is None else migrate:
                 await asyncio.to_thread(upgrade_to_head, self.url)
+            else:
+                await self._wait_for_schema(self.url)
             self._pool = await asyncpg.create_pool(
                 self.url,
                 min_size=self.settings.pool_min_size,
@@ -88,6 +102,40 @@ class Database:
         except BaseException:
             await self._stop_embedded()
             raise
+
+    async def _wait_for_schema(self, url: str) -> None:
+        """Without migrations at startup, wait until whoever runs them (a Helm hook Job) has.
+
+        Serving on an older schema would fail request by request; failing here instead keeps the
+        pod unready (its startup probe) and says what to do. A revision this version does not
+        know is newer: a rolling upgrade migrated ahead of this process, which then runs on it.
+        """
+        head, known = head_revision(), known_revisions()
+        deadline = asyncio.get_running_loop().time() + self.settings.migrations_wait_seconds
+        logged = False
+        while True:
+            current = await _schema_revision(url)
+            if current == head:
+                return
+            if current is not None and current not in known:
+                log.warning(
+                    "the database is at a revision newer than this version's migrations; using it",
+                    extra={"revision": current, "head": head},
+                )
+                return
+            if asyncio.get_running_loop().time() >= deadline:
+                raise RuntimeError(
+                    f"the database schema is at revision {current or 'none'}, this version needs {head}: "
+                    "run `vectorhive migrate` (database.migrate_on_startup is false; waited "
+                    f"{self.settings.migrations_wait_seconds:g} s, database.migrations_wait_seconds)"
+                )
+            if not logged:
+                log.info(
+                    "waiting for the database migrations (`vectorhive migrate`)",
+                    extra={"revision": current, "head": head},
+                )
+                logged = True
+            await asyncio.sleep(2)
 
     async def stop(self) -> None:
         if self._pool is not None:

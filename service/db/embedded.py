@@ -4,13 +4,19 @@ The wheel's get_server() initialises the data folder on first use, attaches to a
 already running on that folder (e.g. `vectorhive serve` while a CLI command runs), and records
 each attached process id in the folder; the last process to detach stops the server. We add one
 thing: process ids of processes that died without detaching (SIGKILL, OOM) are dropped before
-detaching, so that a crash never leaves the server running forever.
+detaching, so that a crash never leaves the server running forever. And we make it private: the
+wheel initialises with `trust` for local connections and, when the data folder's path is too long
+for a unix socket (or when running as root), puts the socket in a world-writable runtime folder.
+After every start we allow only this process's OS user (peer authentication, mapped to any role)
+and make the socket folder 0700, owned by the server's OS user.
 """
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,7 +55,34 @@ class EmbeddedPostgres:
             raise RuntimeError(
                 f"could not start the embedded PostgreSQL in {self.data_dir}: {exc}\n{tail}"
             ) from exc
+        self._make_private()
         return self.url
+
+    def _make_private(self) -> None:
+        """Only this OS user may connect: peer authentication, and a private socket folder."""
+        server = self._server
+        user = getpass.getuser()
+        hba = self.data_dir / "pg_hba.conf"
+        ident = self.data_dir / "pg_ident.conf"
+        wanted_hba = (
+            "# Written by vectorhive at every start: local (unix socket) connections only, and only\n"
+            "# from the OS user that runs vectorhive (see pg_ident.conf), as any role.\n"
+            "local all all peer map=vectorhive\n"
+        )
+        wanted_ident = f"# Written by vectorhive.\nvectorhive {user} all\n"
+        changed = False
+        for path, text in ((hba, wanted_hba), (ident, wanted_ident)):
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)  # in place: keeps the server user's ownership
+                changed = True
+        if changed:
+            server.psql("SELECT pg_reload_conf();")
+        socket_dir = server.get_postmaster_info().socket_dir
+        if socket_dir is not None and Path(socket_dir) != self.data_dir:
+            owner = server.system_user  # the wheel runs PostgreSQL as its own user under root
+            if owner is not None:
+                shutil.chown(socket_dir, user=owner)
+            os.chmod(socket_dir, 0o700)
 
     def stop(self) -> None:
         """Detach; stops the server when no other live process is attached."""

@@ -41,3 +41,9 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
     assert head is not None
     return head
+
+
+def known_revisions() -> set[str]:
+    """Every revision this version's migrations folder knows, head included."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return {r.revision for r in script.walk_revisions()}

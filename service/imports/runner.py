@@ -53,6 +53,7 @@ from service.imports.formats import (
 )
 from service.imports.portal import S5Portal
 from service.imports.staging import StagedChunk, TargetSpec, stage_chunk
+from service.imports.worker_guard import guard_worker
 from service.metrics import (
     IMPORT_CACHE_HITS,
     IMPORT_CACHE_MISSES,
@@ -155,15 +156,27 @@ class ImportRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Imports still waiting for a slot were cancelled before they could say so: end them now
-        # rather than leave them to another replica's sweep.
-        with contextlib.suppress(Exception):
-            async with self.db.transaction() as conn:
-                await store.interrupt_runner(conn, self.runner_id)
+        # The pool first: nothing below may keep it alive (the database may be unreachable).
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            executor, self._executor = self._executor, None
+            workers = list(getattr(executor, "_processes", {}).values())
+            executor.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:  # a worker busy with a chunk would otherwise finish it first
+                with contextlib.suppress(Exception):
+                    worker.terminate()
+        # Imports still waiting for a slot were cancelled before they could say so: end them now
+        # rather than leave them to another replica's sweep (bounded: the database may be down).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._interrupt_own(), timeout=5)
         if self._lease is not None:
-            await self._lease.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._lease.close(), timeout=5)
+            if not self._lease.is_closed():
+                self._lease.terminate()
+
+    async def _interrupt_own(self) -> None:
+        async with self.db.transaction() as conn:
+            await store.interrupt_runner(conn, self.runner_id)
 
     # -- submitting and cancelling ----------------------------------------------------------------
 
@@ -353,6 +366,9 @@ class ImportRunner:
             self._executor = ProcessPoolExecutor(
                 max_workers=max(1, min(2, os.cpu_count() or 1)),
                 mp_context=multiprocessing.get_context("spawn"),
+                # Workers exit when this process dies, even by SIGKILL (see worker_guard).
+                initializer=guard_worker,
+                initargs=(os.getpid(),),
             )
         return self._executor
 

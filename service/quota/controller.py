@@ -71,7 +71,9 @@ async def audit_page(
     until: str | None,
     limit: int,
     cursor: str | None,
+    scope: frozenset[str] | None = None,
 ) -> AuditPage:
+    """scope: the asking key's collections; events whose details name others (or all) are left out."""
     raw = decode_cursor(cursor)
     if raw is not None and not raw.isdigit():
         raise invalid_cursor()
@@ -90,7 +92,18 @@ async def audit_page(
         )
     more = len(events) > limit
     events = events[:limit]
-    return AuditPage(items=events, next_cursor=encode_cursor(str(events[-1].id)) if more else None)
+    cursor_out = encode_cursor(str(events[-1].id)) if more else None
+    if scope is not None:
+        # The cursor still follows the unfiltered events, so a page may hold fewer than `limit`.
+        events = [e for e in events if _within_scope(e, scope)]
+    return AuditPage(items=events, next_cursor=cursor_out)
+
+
+def _within_scope(event: AuditEvent, scope: frozenset[str]) -> bool:
+    if "collections" not in event.details:
+        return True
+    named = event.details["collections"]
+    return isinstance(named, list) and set(named) <= scope
 
 
 class UsageController(Controller):
@@ -112,7 +125,9 @@ class UsageController(Controller):
     ) -> TenantUsage:
         assert principal.tenant_id is not None
         start, end = parse_time("since", since), parse_time("until", until)
-        return (await usage.usage([principal.tenant_id], since=start, until=end))[0]
+        return (
+            await usage.usage([principal.tenant_id], since=start, until=end, scope=principal.collections)
+        )[0]
 
     @get(
         "/api/v1/audit",
@@ -140,6 +155,7 @@ class UsageController(Controller):
             until=until,
             limit=limit,
             cursor=cursor,
+            scope=principal.collections,
         )
 
 

@@ -129,6 +129,24 @@ class Limiter:
         self.last_error = None
         return WindowVerdict(allowed=True)
 
+    async def full(self, name: str, per_minute: int) -> WindowVerdict:
+        """Whether `name`'s minute window already holds per_minute hits (counts nothing)."""
+        minute = self._item("minute", per_minute)
+        try:
+            if await self.minute_window.test(minute, name):
+                return WindowVerdict(allowed=True)
+            return await self._refused(self.minute_window, minute, name, name.partition(":")[0])
+        except Exception as exc:
+            self._storage_failed(exc)
+            return WindowVerdict(allowed=True)
+
+    async def count(self, name: str, per_minute: int) -> None:
+        """One hit in `name`'s minute window (see full)."""
+        try:
+            await self.minute_window.hit(self._item("minute", per_minute), name)
+        except Exception as exc:
+            self._storage_failed(exc)
+
     @staticmethod
     async def _refused(strategy: Any, item: RateLimitItem, tenant_id: str, name: str) -> WindowVerdict:
         stats = await strategy.get_window_stats(item, tenant_id)

@@ -25,6 +25,7 @@ import msgspec
 
 from service.config import Settings
 from service.db import Database
+from service.db.notify import QUOTA_CHANNEL, NotificationHub, notify
 from service.errors import NotFound, QuotaExceeded, TooManyRequests
 from service.metrics import TENANT_QUOTA_EXCEEDED, TENANT_RATE_LIMITED
 from service.quota import store
@@ -123,6 +124,14 @@ class QuotaService:
         except Exception:
             log.warning("could not refresh a tenant's quotas", extra={"tenant_id": tenant_id}, exc_info=True)
 
+    def attach(self, hub: NotificationHub) -> None:
+        """Reload a tenant's limits when another process changes them (or after missed changes)."""
+        hub.subscribe(QUOTA_CHANNEL, self._forget_limits)
+        hub.on_reset(self._limits.clear)
+
+    def _forget_limits(self, tenant_id: str) -> None:
+        self._limits.pop(tenant_id, None)
+
     def set_hub_quotas(self, tenant_id: str, quotas: HubQuotas | None) -> None:
         """Quotas that came with a HiveHub key validation: in force from the next request."""
         if quotas is None:
@@ -165,6 +174,8 @@ class QuotaService:
         async with self.db.transaction() as conn:
             if not await store.set_overrides(conn, tenant_id, overrides):
                 raise NotFound(f"Tenant '{tenant_id}' does not exist.")
+            # Every process on the database reloads the tenant's limits when this commits.
+            await notify(conn, QUOTA_CHANNEL, tenant_id)
             await audit.write(
                 conn,
                 action="tenant.quotas",
@@ -172,7 +183,7 @@ class QuotaService:
                 actor=actor,
                 details=msgspec.to_builtins(overrides),
             )
-        self._limits.pop(tenant_id, None)  # in force at once here; other replicas within the interval
+        self._limits.pop(tenant_id, None)  # in force at once here; elsewhere through the notification
         await self._load(tenant_id)
         return await self.get_quotas(tenant_id)
 

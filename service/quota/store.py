@@ -56,15 +56,18 @@ async def vectors_and_bytes(conn: Any, tenant_id: str) -> tuple[int, int]:
 
 
 async def storage_by_tenant(
-    conn: Any, tenant_ids: list[str] | None = None
+    conn: Any, tenant_ids: list[str] | None = None, collections: list[str] | None = None
 ) -> dict[str, tuple[int, int, int]]:
-    """tenant -> (collections, vectors, bytes on disk), for tenants that have collections."""
+    """tenant -> (collections, vectors, bytes on disk), for tenants that have collections;
+    collections: count only those (what a key limited to them may see)."""
     rows = await conn.fetch(
         """SELECT tenant_id, count(*) AS collections, coalesce(sum(vector_count), 0)::bigint AS vectors,
                   coalesce(sum(pg_total_relation_size(to_regclass('vectors_' || id))), 0)::bigint AS bytes
            FROM collections WHERE ($1::text[] IS NULL OR tenant_id = ANY($1))
+             AND ($2::text[] IS NULL OR name = ANY($2))
            GROUP BY tenant_id""",
         tenant_ids,
+        collections,
     )
     return {r["tenant_id"]: (int(r["collections"]), int(r["vectors"]), int(r["bytes"])) for r in rows}
 

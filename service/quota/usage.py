@@ -223,13 +223,21 @@ class UsageService:
         self.meter = meter
 
     async def usage(
-        self, tenant_ids: list[str], *, since: datetime | None, until: datetime | None
+        self,
+        tenant_ids: list[str],
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        scope: frozenset[str] | None = None,
     ) -> list[TenantUsage]:
+        """scope: the asking key's collections; storage then counts only those."""
         start, end = time_range(since, until)
         await self.meter.flush()  # this replica's latest counts too
         async with self.db.pool.acquire() as conn:
             rows = await store.usage_totals(conn, tenant_ids=tenant_ids, since=start, until=end)
-            storage = await store.storage_by_tenant(conn, tenant_ids)
+            storage = await store.storage_by_tenant(
+                conn, tenant_ids, sorted(scope) if scope is not None else None
+            )
         figures = {t: UsageFigures() for t in tenant_ids}
         for r in rows:
             f = figures[r["tenant_id"]]

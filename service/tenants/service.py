@@ -9,6 +9,7 @@ from service.auth.cache import KeyCache
 from service.auth.principal import Principal
 from service.cluster import audit
 from service.db import Database
+from service.db.notify import AUTH_CHANNEL, notify
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.pagination import Page, decode_cursor, page_of
 from service.tenants import store
@@ -61,6 +62,8 @@ class TenantService:
             tenant = await store.set_status(conn, tenant_id, status)
             if tenant is None:
                 raise NotFound(f"Tenant '{tenant_id}' does not exist.")
+            # Every process on the database drops the tenant's cached keys when this commits.
+            await notify(conn, AUTH_CHANNEL, f"tenant:{tenant_id}")
             action = "tenant.suspend" if status is TenantStatus.SUSPENDED else "tenant.resume"
             await audit.write(conn, action=action, tenant_id=tenant_id, actor=actor)
         if self.cache is not None:

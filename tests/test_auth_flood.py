@@ -1,0 +1,114 @@
+"""An unauthenticated argon2 flood: bad key ids cost nothing, wrong secrets are limited per key id
+and per client address before any hashing, and legitimate verifications go first."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.auth.slots import PrioritySlots, SlotsBusy
+from service.config import Settings
+from tests.conftest import assert_problem, bearer
+from tests.test_auth import ME, hash_checks
+
+
+def random_secret(key: str) -> str:
+    """The same key id (and prefix) with a fresh random secret."""
+    prefix, key_id, _ = key.split("_", 2)
+    return f"{prefix}_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+@pytest.fixture
+async def flood_client(make_settings: Callable[..., Settings]) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """Its own app (own counters), with small limits: 3 wrong secrets per key id, 5 per address."""
+    settings = make_settings(
+        auth={
+            "failed_verifications_per_key_per_minute": 3,
+            "failed_verifications_per_address_per_minute": 5,
+        }
+    )
+    async with AsyncTestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+async def test_revoked_and_unknown_key_ids_are_refused_without_hashing(
+    client: AsyncTestClient[Litestar], make_tenant: Any
+) -> None:
+    tenant = await make_tenant("read_only")
+    key = tenant.key("read_only")
+    key_id = key.split("_")[1]
+    assert (await client.delete(f"/api/v1/keys/{key_id}", headers=bearer(tenant.admin))).status_code in (
+        200,
+        204,
+    )
+    before = hash_checks()
+    for _ in range(5):  # a fresh secret each time: the negative cache is keyed by the key id
+        body = assert_problem(await client.get(ME, headers=bearer(random_secret(key))), 401, "unauthorized")
+        assert "revoked" in body["detail"]
+    unknown = f"vh_{'a' * 12}_{secrets.token_urlsafe(32)}"
+    for _ in range(3):
+        assert_problem(await client.get(ME, headers=bearer(random_secret(unknown))), 401, "unauthorized")
+    assert hash_checks() == before  # not one argon2 run
+
+
+async def test_wrong_secrets_are_limited_per_key_id_then_per_address(
+    flood_client: AsyncTestClient[Litestar], make_tenant: Any
+) -> None:
+    victim, other = await make_tenant("read_only"), await make_tenant()
+    good = victim.key("read_only")
+    assert (await flood_client.get(ME, headers=bearer(good))).status_code == 200  # now cached
+
+    before = hash_checks()
+    for _ in range(3):
+        assert_problem(await flood_client.get(ME, headers=bearer(random_secret(good))), 401)
+    assert hash_checks() == before + 3
+    refused = await flood_client.get(ME, headers=bearer(random_secret(good)))
+    body = assert_problem(refused, 429, "rate_limited")
+    assert body["limit"] == "auth_failures_per_key" and body["scope"] == "key" and body["value"] == 3
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "3 wrong secrets per minute" in body["detail"]
+    assert hash_checks() == before + 3  # refused before hashing
+    # The owner's key, already verified, is not locked out.
+    assert (await flood_client.get(ME, headers=bearer(good))).status_code == 200
+
+    # Another key id from the same address: two more wrong secrets make five for the address.
+    for _ in range(2):
+        assert_problem(await flood_client.get(ME, headers=bearer(random_secret(other.admin))), 401)
+    body = assert_problem(
+        await flood_client.get(ME, headers=bearer(random_secret(other.admin))), 429, "rate_limited"
+    )
+    assert body["limit"] == "auth_failures_per_address" and body["scope"] == "address"
+    assert hash_checks() == before + 5
+
+
+async def test_unsuspected_waiters_go_first_and_suspect_ones_are_bounded() -> None:
+    slots = PrioritySlots(1, max_waiting=2)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def holder() -> None:
+        async with slots.slot(suspect=False):
+            await gate.wait()
+
+    async def waiter(name: str, suspect: bool) -> None:
+        async with slots.slot(suspect=suspect):
+            order.append(name)
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    flood = [asyncio.create_task(waiter(f"attacker{i}", True)) for i in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(SlotsBusy):  # a third suspect waiter is refused at once
+        await waiter("attacker2", True)
+    legit = asyncio.create_task(waiter("legit", False))  # never refused, and served first
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, legit, *flood)
+    assert order == ["legit", "attacker0", "attacker1"]
