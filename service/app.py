@@ -164,6 +164,7 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await db.start()
+        db.supervise()  # the embedded PostgreSQL, if any, is restarted when it dies
         await notifications.start()
         if settings.single_tenant:
             async with db.transaction() as conn:

@@ -81,6 +81,7 @@ class RateLimitingSettings(_Section):
     cost_upsert_vector: Annotated[float, msgspec.Meta(ge=0)] = 0.1
     cost_embedding: Annotated[float, msgspec.Meta(ge=0)] = 1.0
     cost_import_vector: Annotated[float, msgspec.Meta(ge=0)] = 0.001
+    cost_search_response_mib: Annotated[float, msgspec.Meta(ge=0)] = 1.0
 
 
 OptionalLimit = Annotated[int, msgspec.Meta(ge=0)] | None
@@ -109,6 +110,7 @@ class CollectionsSettings(_Section):
     max_batch_vectors: PositiveInt = 1000
     max_batch_bytes: PositiveInt = 16 * 1024 * 1024
     max_metadata_bytes: PositiveInt = 65_536
+    max_search_response_bytes: PositiveInt = 32 * 1024 * 1024
     index_threshold: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     index_build_quiet_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     index_build_max_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0

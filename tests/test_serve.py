@@ -226,3 +226,45 @@ def test_a_crash_loses_no_acknowledged_write(workdir: Path) -> None:
             assert stats["vector_count"] == sum(present.values())
     finally:
         server.stop(signal.SIGTERM)
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_crashed_embedded_postgres_is_restarted_and_stopped_with_the_server(workdir: Path) -> None:
+    data_dir = workdir / "data" / "postgres"
+    server = Server(workdir, free_port())
+    try:
+        first = postmaster_pid(data_dir)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # a postmaster crash (OOM killer, operator mistake)
+        deadline = time.monotonic() + 60
+        while True:
+            pid = postmaster_pid(data_dir)
+            restarted = pid is not None and pid != first and _alive(pid)
+            if restarted and httpx.get(server.base + "/readyz", timeout=2).status_code == 200:
+                break
+            assert time.monotonic() < deadline, "the embedded PostgreSQL was not restarted"
+            time.sleep(0.2)
+        during = httpx.get(server.base + "/api/v1/me", headers={"Authorization": "Bearer vh_x"})
+        assert during.status_code == 401
+    finally:
+        # Not Server.stop: the outage rightly logged connection errors with their tracebacks.
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    log = server.log.read_text()
+    assert "the embedded PostgreSQL had stopped; restarted it" in log
+    # The restarted postmaster (not the one first seen) stops with the server.
+    assert not embedded_running(data_dir) or not _alive(postmaster_pid(data_dir) or 0), log[-3000:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

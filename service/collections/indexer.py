@@ -26,6 +26,7 @@ from service.collections import store
 from service.collections.models import IndexStatus
 from service.config import CollectionsSettings
 from service.db import Database
+from service.errors import is_database_outage
 from service.metrics import INDEX_BUILD_SECONDS, INDEX_BUILDS
 
 log = logging.getLogger("vectorhive.indexer")
@@ -109,6 +110,25 @@ class IndexBuilder:
                 await self._quiet(collection_id)
         finally:
             self._last_write.pop(collection_id, None)
+        delay = 1.0
+        while True:
+            try:
+                await self._build_once(collection_id)
+                return
+            except Exception as exc:
+                if not is_database_outage(exc):
+                    log.error("HNSW index build failed", extra={"collection_id": collection_id}, exc_info=exc)
+                    return
+                # A database restart or crash mid-build: the row still says 'building'; try again
+                # once the database answers (a restart of this process would also pick it up).
+                log.warning(
+                    "HNSW index build interrupted by a database fault; retrying",
+                    extra={"collection_id": collection_id, "retry_in": delay, "error": repr(exc)},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _build_once(self, collection_id: int) -> None:
         async with self._slots, self.db.pool.acquire() as conn:
             if not await conn.fetchval(
                 "SELECT pg_try_advisory_lock($1, $2::int)", INDEX_LOCK_CLASS, collection_id
@@ -154,9 +174,13 @@ class IndexBuilder:
                 )
             raise
         except Exception as exc:
+            if is_database_outage(exc):
+                INDEX_BUILDS.labels("interrupted").inc()
+                raise  # the connection is gone: _build retries the whole build
             INDEX_BUILDS.labels("failed").inc()
             log.error("HNSW index build failed", extra={"collection_id": collection_id}, exc_info=exc)
-            await conn.execute(
+            # A fresh connection: the build's own may be unusable after what failed on it.
+            await self.db.pool.execute(
                 """UPDATE collections SET index_status = 'failed', index_finished_at = now(), index_error = $2
                    WHERE id = $1""",
                 collection_id,

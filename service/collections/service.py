@@ -66,6 +66,35 @@ def _as_list(value: Any) -> list[float]:
     return converted
 
 
+# A float in a JSON response ("-0.12345678," and the like); a hit's id, score and punctuation.
+_JSON_BYTES_PER_FLOAT = 12
+_HIT_OVERHEAD_BYTES = 48
+
+
+class _ResponseBudget:
+    """The bytes a search response is growing to; refuses past collections.max_search_response_bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def add(self, hit_bytes: int) -> None:
+        self.used += hit_bytes + _HIT_OVERHEAD_BYTES
+        if self.used > self.limit:
+            raise InvalidRequest(
+                f"The response would exceed {self.limit} bytes (collections.max_search_response_bytes); "
+                "ask for a smaller top_k, fewer queries, or include_metadata/include_vector false.",
+                code="response_too_large",
+                extra={"limit": "max_search_response_bytes", "value": self.limit},
+            )
+
+    @property
+    def mib(self) -> int:
+        """Whole MiB of the response beyond its first, for the token bucket (small answers cost
+        what a search always cost)."""
+        return self.used // (1024 * 1024)
+
+
 class CollectionService:
     def __init__(
         self,
@@ -367,9 +396,11 @@ class CollectionService:
         assert principal.tenant_id is not None
         await self._charge(principal.tenant_id, "search", 1)
         settings = self._search_settings(request)
+        budget = _ResponseBudget(self.settings.max_search_response_bytes)
         async with self._in_collection(principal, name, settings) as (conn, row):
-            hits, strategy = await self._search_one(conn, row, request, "", dict(settings))
+            hits, strategy = await self._search_one(conn, row, request, "", dict(settings), budget)
         self._record(principal.tenant_id, "searches", 1)
+        await self._charge(principal.tenant_id, "search_mib", budget.mib)
         return SearchResult(
             results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3), strategy=strategy
         )
@@ -382,11 +413,13 @@ class CollectionService:
         await self._charge(principal.tenant_id, "search", len(queries))
         results = []
         settings = self._search_settings(queries[0])
+        budget = _ResponseBudget(self.settings.max_search_response_bytes)
         async with self._in_collection(principal, name, settings) as (conn, row):
             for i, query in enumerate(queries):
-                hits, _ = await self._search_one(conn, row, query, f"queries[{i}].", settings)
+                hits, _ = await self._search_one(conn, row, query, f"queries[{i}].", settings, budget)
                 results.append(hits)
         self._record(principal.tenant_id, "searches", len(queries))
+        await self._charge(principal.tenant_id, "search_mib", budget.mib)
         return BatchSearchResult(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     @staticmethod
@@ -398,7 +431,13 @@ class CollectionService:
             applied.update(changed)
 
     async def _search_one(
-        self, conn: Any, row: CollectionRow, request: SearchRequest, where: str, applied: dict[str, str]
+        self,
+        conn: Any,
+        row: CollectionRow,
+        request: SearchRequest,
+        where: str,
+        applied: dict[str, str],
+        budget: _ResponseBudget,
     ) -> tuple[list[SearchHit], str]:
         query = self._vectors_matrix(row, [request.vector], lambda _: f"{where}vector")[0]
         strategy = await self._choose_strategy(conn, row, request)
@@ -423,6 +462,12 @@ class CollectionService:
             score = float(record["score"])
             if request.threshold is not None and not score >= request.threshold:
                 continue
+            # Counted before the hit is built: a request never holds more than the limit.
+            budget.add(
+                len(record["id"])
+                + (len(record["metadata"]) if request.include_metadata else 0)
+                + (row.dimension * _JSON_BYTES_PER_FLOAT if request.include_vector else 0)
+            )
             hits.append(
                 SearchHit(
                     id=record["id"],

@@ -75,6 +75,7 @@ class Database:
         self.url: str | None = settings.url
         self.database_name = ""
         self._pool: asyncpg.Pool | None = None
+        self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -137,7 +138,33 @@ class Database:
                 logged = True
             await asyncio.sleep(2)
 
+    def supervise(self, interval: float = 1.0) -> None:
+        """Restart the embedded PostgreSQL whenever it dies (a server process calls this)."""
+        if self.embedded is not None and self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(interval), name="embedded-pg-supervisor")
+
+    async def _supervise(self, interval: float) -> None:
+        delay = interval
+        while True:
+            await asyncio.sleep(delay)
+            embedded = self.embedded
+            if embedded is None:
+                return
+            try:
+                if await asyncio.to_thread(embedded.restart_if_down):
+                    log.warning("the embedded PostgreSQL had stopped; restarted it")
+                delay = interval
+            except Exception:
+                # e.g. orphaned backends of a crashed postmaster still hold its shared memory
+                log.warning("could not restart the embedded PostgreSQL yet; retrying", exc_info=True)
+                delay = min(delay * 2, 10.0)
+
     async def stop(self) -> None:
+        if self._supervisor is not None:
+            supervisor, self._supervisor = self._supervisor, None
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:

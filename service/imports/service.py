@@ -123,7 +123,7 @@ class ImportService:
                 manifest_path=request.manifest_path,
                 user_address=request.user_address,
                 create_collection=request.create_collection,
-                runner=self.runner.runner_id,
+                runner=await self.runner.lease_id(),
             )
         self.runner.submit(row, key)
         return ImportAccepted(import_id=str(row.id), status=ImportStatus.PENDING)

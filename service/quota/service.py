@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vectorhive.quota")
 
-Operation = Literal["search", "upsert", "embedding", "import"]
+Operation = Literal["search", "search_mib", "upsert", "embedding", "import"]
 
 
 class QuotaService:
@@ -53,6 +53,7 @@ class QuotaService:
         rl = settings.rate_limiting
         self.costs: dict[str, float] = {
             "search": rl.cost_search,
+            "search_mib": rl.cost_search_response_mib,
             "upsert": rl.cost_upsert_vector,
             "embedding": rl.cost_embedding,
             "import": rl.cost_import_vector,
@@ -224,14 +225,15 @@ class QuotaService:
         if verdict.allowed:
             return
         TENANT_RATE_LIMITED.labels(tenant_id).inc()
+        operation_text = "search's response size" if operation == "search_mib" else operation
         if cost > capacity:
             detail = (
-                f"This {operation} costs {cost:g} tokens, more than tenant '{tenant_id}''s bucket holds "
+                f"This {operation_text} costs {cost:g} tokens, more than tenant '{tenant_id}''s bucket holds "
                 f"({capacity:g}); send it in smaller parts."
             )
         else:
             detail = (
-                f"Request budget exhausted: this {operation} costs {cost:g} tokens and tenant "
+                f"Request budget exhausted: this {operation_text} costs {cost:g} tokens and tenant "
                 f"'{tenant_id}' has {verdict.tokens:.2f} of {capacity:g} (refilled at {rate:g}/s)."
             )
         raise TooManyRequests(
