@@ -6,8 +6,9 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -21,6 +22,7 @@ from service.auth.controller import KeysController, MeController
 from service.auth.guards import PUBLIC_PATHS, BearerAuthMiddleware
 from service.auth.hivehub import HiveHubClient
 from service.auth.service import Authenticator, KeyService, LastUsedRecorder
+from service.body import decode_body_strictly
 from service.cluster.audit import AuditBuffer
 from service.cluster.controller import ClusterController
 from service.cluster.jobs import BackgroundJobs
@@ -57,6 +59,12 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+async def check_request(request: Request[Any, Any, Any]) -> None:
+    """before_request: refuse unknown query parameters and bodies that are not strictly the route's JSON."""
+    await reject_unknown_query_parameters(request)
+    await decode_body_strictly(request)
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -207,8 +215,8 @@ def create_app(settings: Settings) -> Litestar:
             DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS),
             TenantLimitsMiddleware,
         ],
-        before_request=reject_unknown_query_parameters,
-        plugins=[problem_details_plugin()],
+        before_request=check_request,
+        plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],
         lifespan=[lifespan],
         state=state,
         openapi_config=openapi_config(),
