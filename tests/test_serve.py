@@ -122,6 +122,11 @@ def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
         server.stop(signal.SIGTERM)
     log = server.log.read_text()
     assert key not in log  # keys never reach the logs
+    # Quiet, useful logs: no Alembic plugin roll call, no ANSI copies of messages, and the
+    # shutdown says when PostgreSQL has actually stopped.
+    assert "setup plugin" not in log and "color_message" not in log and "\\u001b[" not in log
+    assert "Uvicorn running on" in log
+    assert "embedded PostgreSQL stopped" in log
     assert not embedded_running(data_dir), "SIGTERM must stop the embedded PostgreSQL"
 
     # A second start reuses the data: the tenant and its (revoked) key are still there.
