@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
 from prometheus_client import start_http_server
 
 from service import __version__
@@ -67,6 +70,36 @@ async def check_request(request: Request[Any, Any, Any]) -> None:
     await decode_body_strictly(request)
 
 
+ASSETS_PATH = "/schema/assets"
+
+
+def _api_reference_plugins() -> list[SwaggerRenderPlugin]:
+    """Swagger UI from the installed swagger-ui-bundle package (ASSETS_PATH), never from a CDN."""
+    return [
+        SwaggerRenderPlugin(
+            path=["/swagger", "/"],
+            js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
+            css_url=f"{ASSETS_PATH}/swagger-ui.css",
+            standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",
+            favicon=f"<link rel='icon' type='image/png' href='{ASSETS_PATH}/favicon-32x32.png'>",
+        )
+    ]
+
+
+def _api_reference_routes() -> list[Any]:
+    import swagger_ui_bundle  # type: ignore[import-untyped]
+
+    @get("/docs", include_in_schema=False, sync_to_thread=False)
+    def docs() -> Redirect:
+        """The conventional address of the browsable API reference."""
+        return Redirect("/schema/swagger")
+
+    assets = create_static_files_router(
+        path=ASSETS_PATH, directories=[swagger_ui_bundle.swagger_ui_path], include_in_schema=False
+    )
+    return [docs, assets]
+
+
 def openapi_config() -> OpenAPIConfig:
     return OpenAPIConfig(
         title="vectorhive",
@@ -82,6 +115,7 @@ def openapi_config() -> OpenAPIConfig:
         ),
         security=[{"bearerAuth": []}],
         use_handler_docstrings=True,
+        render_plugins=_api_reference_plugins(),
     )
 
 
@@ -209,6 +243,7 @@ def create_app(settings: Settings) -> Litestar:
             UsageController,
             ClusterController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
+            *_api_reference_routes(),
         ],
         dependencies=DEPENDENCIES,
         middleware=[
