@@ -6,12 +6,16 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, get
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
 from prometheus_client import start_http_server
 
 from service import __version__
@@ -21,6 +25,7 @@ from service.auth.controller import KeysController, MeController
 from service.auth.guards import PUBLIC_PATHS, BearerAuthMiddleware
 from service.auth.hivehub import HiveHubClient
 from service.auth.service import Authenticator, KeyService, LastUsedRecorder
+from service.body import decode_body_strictly
 from service.cluster.audit import AuditBuffer
 from service.cluster.controller import ClusterController
 from service.cluster.jobs import BackgroundJobs
@@ -60,6 +65,42 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+async def check_request(request: Request[Any, Any, Any]) -> None:
+    """before_request: refuse unknown query parameters and bodies that are not strictly the route's JSON."""
+    await reject_unknown_query_parameters(request)
+    await decode_body_strictly(request)
+
+
+ASSETS_PATH = "/schema/assets"
+
+
+def _api_reference_plugins() -> list[SwaggerRenderPlugin]:
+    """Swagger UI from the installed swagger-ui-bundle package (ASSETS_PATH), never from a CDN."""
+    return [
+        SwaggerRenderPlugin(
+            path=["/swagger", "/"],
+            js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
+            css_url=f"{ASSETS_PATH}/swagger-ui.css",
+            standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",
+            favicon=f"<link rel='icon' type='image/png' href='{ASSETS_PATH}/favicon-32x32.png'>",
+        )
+    ]
+
+
+def _api_reference_routes() -> list[Any]:
+    import swagger_ui_bundle  # type: ignore[import-untyped]
+
+    @get("/docs", include_in_schema=False, sync_to_thread=False)
+    def docs() -> Redirect:
+        """The conventional address of the browsable API reference."""
+        return Redirect("/schema/swagger")
+
+    assets = create_static_files_router(
+        path=ASSETS_PATH, directories=[swagger_ui_bundle.swagger_ui_path], include_in_schema=False
+    )
+    return [docs, assets]
+
+
 def openapi_config() -> OpenAPIConfig:
     return OpenAPIConfig(
         title="vectorhive",
@@ -75,6 +116,7 @@ def openapi_config() -> OpenAPIConfig:
         ),
         security=[{"bearerAuth": []}],
         use_handler_docstrings=True,
+        render_plugins=_api_reference_plugins(),
     )
 
 
@@ -218,14 +260,15 @@ def create_app(settings: Settings) -> Litestar:
             UsageController,
             ClusterController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
+            *_api_reference_routes(),
         ],
         dependencies=DEPENDENCIES,
         middleware=[
             DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS),
             TenantLimitsMiddleware,
         ],
-        before_request=reject_unknown_query_parameters,
-        plugins=[problem_details_plugin()],
+        before_request=check_request,
+        plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],
         lifespan=[lifespan],
         state=state,
         openapi_config=openapi_config(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from service import __version__
 from service.config import ConfigError, Settings, load_settings
 from service.errors import ServiceError
 from service.logs import configure_logging
@@ -53,23 +55,52 @@ def _json_line(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
+_POINT_ELSEWHERE = (
+    "run the command from the server's folder, or point at the right database with --config PATH, "
+    "--data-dir DIR or VECTORHIVE_DATABASE__URL=postgresql://...; `vectorhive migrate` (or `serve`) "
+    "creates a new one"
+)
+
+
+def describe_database(settings: Settings) -> str:
+    """Where the data lives, for messages: the embedded folder, or the URL without its password."""
+    url = settings.database.url
+    if url is None:
+        return f"the embedded PostgreSQL in {settings.database.data_dir}"
+    return "PostgreSQL at " + re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
 @asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[Any]:
+async def _database(settings: Settings, *, create: bool) -> AsyncIterator[Any]:
     from service.db import Database
 
+    embedded = settings.database.url is None
+    if not create and embedded and not (Path(settings.database.data_dir) / "PG_VERSION").exists():
+        # Commands other than serve and migrate never initialise a database: an empty one made in
+        # the wrong folder would answer "no tenants" and hide the real one.
+        raise CliError(
+            f"there is no database at {settings.database.data_dir} (database.data_dir); {_POINT_ELSEWHERE}"
+        )
     # A CLI command needs a connection or two, not the server's pool.
-    db_settings = msgspec.structs.replace(settings.database, pool_min_size=1, pool_max_size=2)
+    db_settings = msgspec.structs.replace(
+        settings.database,
+        pool_min_size=1,
+        pool_max_size=2,
+        migrate_on_startup=settings.database.migrate_on_startup if create else False,
+    )
     db = Database(db_settings)
     await db.start()
     try:
+        if not create and not await db.pool.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL"):
+            raise CliError(f"{describe_database(settings)} has no vectorhive tables; {_POINT_ELSEWHERE}")
         yield db
     finally:
         await db.stop()
 
 
-def _run(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+def _run(settings: Settings, action: Callable[[Any], Awaitable[T]], *, create: bool = False) -> T:
     async def main() -> T:
-        async with _database(settings) as db:
+        async with _database(settings, create=create) as db:
             return await action(db)
 
     return asyncio.run(main())
@@ -87,6 +118,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         settings.server.host = args.host
     if args.port is not None:
         settings.server.port = args.port
+    _check_port_free(settings.server.host, settings.server.port)
+    logging.getLogger("vectorhive.cli").info(
+        f"serving data from {describe_database(settings)}",
+        extra={"database": describe_database(settings)},
+    )
     app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -104,13 +140,60 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+def _port_owner(port: int) -> str:
+    """Which local process listens on the port, when this user may see it (psutil), else ''."""
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                process = psutil.Process(conn.pid)
+                return f" by process {conn.pid} ({' '.join(process.cmdline())[:120]})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Say that the port is taken, and by whom if we can tell, instead of uvicorn's bare [Errno 98]."""
+    import errno
+    import socket
+
+    import httpx
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # uvicorn reports other bind failures itself
+    who = ""
+    address = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+    try:
+        answer = httpx.get(f"http://{address}:{port}/healthz", timeout=2).json()
+        if isinstance(answer, dict) and answer.get("status") == "ok" and "version" in answer:
+            who = f"; another vectorhive (version {answer['version']}) answers there"
+    except (httpx.HTTPError, ValueError):
+        pass
+    raise CliError(
+        f"port {port} on {host} is already in use{_port_owner(port)}{who}; stop it or choose another "
+        "with --port or server.port"
+    )
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     async def action(db: Any) -> str:
         revision: str = await db.pool.fetchval("SELECT version_num FROM alembic_version")
         return revision
 
     settings.database.migrate_on_startup = True
-    print(f"database at revision {_run(settings, action)}", file=sys.stderr)
+    revision = _run(settings, action, create=True)
+    print(f"database at revision {revision}: {describe_database(settings)}", file=sys.stderr)
     return 0
 
 
@@ -142,6 +225,8 @@ def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
                 if page.next_cursor is None:
                     break
                 cursor = page.next_cursor
+            if cursor is None and not page.items:
+                print(f"no tenants in {describe_database(settings)}", file=sys.stderr)
         elif args.tenants_command in ("suspend", "resume"):
             status = TenantStatus.SUSPENDED if args.tenants_command == "suspend" else TenantStatus.ACTIVE
             print(_json_line(await tenants.set_status(args.id, status)))
@@ -227,12 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="configuration file (default ./config.yml)",
     )
+    common.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="the embedded database's folder (overrides database.data_dir)",
+    )
     parser = argparse.ArgumentParser(
         prog="vectorhive",
         description=__doc__,
         parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"vectorhive {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the HTTP server")
@@ -337,11 +429,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vectorhive: configuration error: {exc}", file=sys.stderr)
         return 2
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        if settings.database.url is not None:
+            print(
+                "vectorhive: --data-dir is for the embedded database, but database.url is set",
+                file=sys.stderr,
+            )
+            return 2
+        settings.database.data_dir = str(Path(data_dir).expanduser().resolve())
     configure_logging(settings.server.log_level if args.command == "serve" else "warning")
     try:
         code: int = args.handler(settings, args)
-    except (CliError, ServiceError) as exc:
+    except CliError as exc:
         print(f"vectorhive: {exc}", file=sys.stderr)
+        return 1
+    except ServiceError as exc:
+        where = f" (in {describe_database(settings)})" if args.command in ("tenants", "keys") else ""
+        print(f"vectorhive: {exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

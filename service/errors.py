@@ -132,6 +132,12 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
 class ServiceUnavailable(ServiceError):
     status = 503
     code = "unavailable"
@@ -215,9 +221,20 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, Any]] | None:
             if item.get("key"):
                 entry["field"] = str(item["key"])
             if item.get("source"):
-                entry["source"] = str(item["source"])
+                # Litestar gives an enum member for parameters (ParamType.QUERY): its value is the name.
+                source = item["source"]
+                entry["source"] = str(getattr(source, "value", source))
             errors.append(entry)
     return errors or None
+
+
+def _first_problem(errors: list[dict[str, Any]]) -> str:
+    """Litestar's "Validation failed for GET /x?limit=y" says nothing: the detail names the first problem."""
+    first = errors[0]
+    where = first.get("field")
+    if where and first.get("source") in ("query", "path", "header", "cookie"):
+        where = f"{first['source']} parameter {where}"
+    return f"{where}: {first['message']}" if where else first["message"]
 
 
 def _from_request_validation(error: msgspec.ValidationError) -> Problem:
@@ -240,7 +257,7 @@ def _from_request_validation(error: msgspec.ValidationError) -> Problem:
     )
 
 
-def _from_http_exception(exc: HTTPException) -> Problem:
+def _from_http_exception(exc: HTTPException, max_body_bytes: int | None = None) -> Problem:
     if exc.status_code == 500 and isinstance(exc.__cause__, msgspec.ValidationError):
         # Litestar's fallback for some nested validation failures (re-checking field by field)
         # finds nothing and raises a bare 500; the cause says what was wrong with the request.
@@ -249,8 +266,12 @@ def _from_http_exception(exc: HTTPException) -> Problem:
     code, title = _HTTP_CODES.get(status, ("error", "Error"))
     detail = exc.detail or title
     errors = _validation_errors(exc) if isinstance(exc, ValidationException) else None
+    if errors:
+        detail = _first_problem(errors)
     if isinstance(exc.__cause__, SerializationException):
         detail = f"The request body is not valid JSON: {exc.detail}"
+    if status == 413 and max_body_bytes is not None:
+        detail = f"The request body is larger than the limit of {max_body_bytes:,} bytes."
     if status >= 500:
         log.error(
             "server error raised by the framework",
@@ -342,12 +363,14 @@ def _handle_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[d
     return exc.to_response(request)
 
 
-def problem_details_plugin() -> ProblemDetailsPlugin:
-    """Litestar's problem-details plugin, with every exception class mapped onto one shape."""
+def problem_details_plugin(*, max_body_bytes: int | None = None) -> ProblemDetailsPlugin:
+    """Litestar's problem-details plugin, with every exception class mapped onto one shape.
+
+    max_body_bytes: the app's request_max_body_size, named in the 413 problem."""
 
     mapping: dict[type[Exception], Any] = {
         ServiceError: _from_service_error,
-        HTTPException: _from_http_exception,
+        HTTPException: lambda exc: _from_http_exception(exc, max_body_bytes),
         asyncpg.DataError: _from_database_data_error,
         asyncpg.TransactionRollbackError: _from_transaction_rollback,
         Exception: _from_unexpected,

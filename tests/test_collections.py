@@ -140,7 +140,7 @@ async def test_upsert_replaces_and_counts(client: AsyncTestClient[Litestar], mak
         ([{"id": "a", "vector": [1, 2, 3]}, {"id": "a", "vector": [1, 2, 3]}], "vectors[1].id"),
         ([{"id": "a", "vector": [1, 2, 3]}, {"id": "b", "vector": [1e39, 0, 0]}], "vectors[1].vector"),
         # Overflows float64: refused while the body is decoded, before it has field names.
-        ([{"id": "a", "vector": ["__1e999__", 0, 0]}], "Number out of range - at `$[...][0][...][0]`"),
+        ([{"id": "a", "vector": ["__1e999__", 0, 0]}], "vectors[0].vector[0]: Number out of range"),
         ([{"id": "a", "vector": [1, 2, 3], "metadata": [1, 2]}], "vectors[0].metadata"),
         ([{"id": "a", "vector": [1, 2, 3], "metadata": "text"}], "vectors[0].metadata"),
         (

@@ -21,7 +21,11 @@ async def test_validation_error_names_the_field(client: AsyncTestClient[Litestar
         "invalid_request",
     )
     assert body["errors"] == [
-        {"message": "Invalid enum value 'superuser'", "field": "permission", "source": "body"}
+        {
+            "message": "'superuser' is not one of the allowed values: admin, read_write, read_only, mcp",
+            "field": "permission",
+            "source": "body",
+        }
     ]
     body = assert_problem(
         await client.post(

@@ -201,5 +201,25 @@ async def test_cli_shows_progress_and_exits_by_outcome(
         refused = cli("--key", tenant.admin, *common, "--encryption-key", "not-a-key")
         assert refused.returncode == 2
         assert "encryption_key" in refused.stderr and "not-a-key" not in refused.stderr
+
+        # Both secrets from files, so that neither is in the process list; a refused request
+        # prints its field-level errors, not only the summary.
+        key_file, secret_file = tmp_path / "api-key", tmp_path / "s5-key"
+        key_file.write_text(tenant.admin + "\n")
+        secret_file.write_text(KEY_HEX + "\n")
+        from_files = cli("--key-file", str(key_file), "--encryption-key-file", str(secret_file), *common)
+        assert from_files.returncode == 0, from_files.stderr
+        bad_user = cli(
+            "--key-file",
+            str(key_file),
+            "--collection",
+            "cli",
+            "--manifest",
+            source.manifest_path,
+            "--user",
+            "0xnothex",
+        )
+        assert bad_user.returncode == 2
+        assert "\n  user_address: must be 0x followed by 40 hex digits" in bad_user.stderr
     finally:
         server.stop()

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from service.app import create_app
 from service.cli import openapi_json
@@ -50,3 +51,16 @@ def test_every_operation_has_an_id_and_documents_its_errors(tmp_path: Path) -> N
                     assert "application/problem+json" in response["content"], f"{method} {path} {status}"
     assert len(ids) == len(set(ids))
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+async def test_the_api_reference_is_served_without_a_cdn(client: Any) -> None:
+    docs = await client.get("/docs", follow_redirects=False)
+    assert docs.status_code in (301, 302, 307, 308) and docs.headers["location"] == "/schema/swagger"
+    page = await client.get("/schema/swagger")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
+        assert f"/schema/assets/{asset}" in page.text
+        served = await client.get(f"/schema/assets/{asset}")
+        assert served.status_code == 200 and len(served.content) > 1000
+    assert (await client.get("/schema")).status_code == 200

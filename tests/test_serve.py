@@ -89,6 +89,9 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
 
 def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
     data_dir = workdir / "data" / "postgres"
+    # Only serve and migrate create a database.
+    migrated = cli(workdir, "migrate")
+    assert str(data_dir) in migrated.stderr
     # A CLI command with no server running starts the embedded database and stops it again.
     created = cli(workdir, "tenants", "create", "acme", "--name", "Acme Inc")
     assert '"id":"acme"' in created.stdout
@@ -125,6 +128,11 @@ def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
         server.stop(signal.SIGTERM)
     log = server.log.read_text()
     assert key not in log  # keys never reach the logs
+    # Quiet, useful logs: no Alembic plugin roll call, no ANSI copies of messages, and the
+    # shutdown says when PostgreSQL has actually stopped.
+    assert "setup plugin" not in log and "color_message" not in log and "\\u001b[" not in log
+    assert "Uvicorn running on" in log
+    assert "embedded PostgreSQL stopped" in log
     assert not embedded_running(data_dir), "SIGTERM must stop the embedded PostgreSQL"
 
     # A second start reuses the data: the tenant and its (revoked) key are still there.
@@ -142,10 +150,52 @@ def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
     assert not embedded_running(data_dir)
 
 
+def test_cli_never_creates_a_database_outside_serve_and_migrate(workdir: Path) -> None:
+    data_dir = workdir / "data" / "postgres"
+    for command in (("tenants", "list"), ("keys", "create", "--tenant", "acme", "--permission", "admin")):
+        result = cli(workdir, *command, check=False)
+        assert result.returncode == 1, result.stderr
+        assert f"there is no database at {data_dir}" in result.stderr
+        assert "--data-dir" in result.stderr and "VECTORHIVE_DATABASE__URL" in result.stderr
+        assert result.stdout == ""
+    assert not data_dir.exists()
+    elsewhere = workdir / "elsewhere"
+    assert cli(workdir, "migrate", "--data-dir", str(elsewhere)).returncode == 0
+    listed = cli(workdir, "tenants", "list", "--data-dir", str(elsewhere))
+    assert listed.stdout == "" and f"no tenants in the embedded PostgreSQL in {elsewhere}" in listed.stderr
+    assert not data_dir.exists()
+
+
+def test_version_and_a_busy_port(workdir: Path) -> None:
+    from service import __version__
+
+    assert cli(workdir, "--version").stdout.strip() == f"vectorhive {__version__}"
+    port = free_port()
+    server = Server(workdir, port)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 1
+        assert f"port {port} on 127.0.0.1 is already in use" in second.stderr
+        assert f"by process {server.process.pid}" in second.stderr
+        assert "another vectorhive" in second.stderr
+        assert "Errno 98" not in second.stderr
+    finally:
+        server.stop(signal.SIGTERM)
+    assert "serving data from the embedded PostgreSQL in" in server.log.read_text()
+
+
 def test_cli_errors_are_clear(workdir: Path) -> None:
+    cli(workdir, "migrate")
     result = cli(workdir, "keys", "create", "--tenant", "nobody", "--permission", "admin", check=False)
     assert result.returncode == 1
     assert "Tenant 'nobody' does not exist." in result.stderr
+    assert "(in the embedded PostgreSQL in" in result.stderr
     assert result.stdout == ""
     result = cli(workdir, "keys", "create", "--tenant", "x", check=False)
     assert result.returncode == 1 and "--permission" in result.stderr
@@ -163,6 +213,7 @@ def test_a_crash_loses_no_acknowledged_write(workdir: Path) -> None:
     and every other batch is there completely or not at all."""
     import threading
 
+    cli(workdir, "migrate")
     cli(workdir, "tenants", "create", "acme")
     key = cli(workdir, "keys", "create", "--tenant", "acme", "--permission", "admin").stdout.strip()
     headers = {"Authorization": f"Bearer {key}"}

@@ -16,7 +16,7 @@ from service.errors import Forbidden, Unauthorized
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 # Routes any caller may reach without a key.
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema"]
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema", "^/docs$"]
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -9,7 +10,22 @@ from service.auth.keys import KeyKind
 from service.auth.principal import Permission
 
 COLLECTION_NAME_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"
-CollectionName = Annotated[str, msgspec.Meta(pattern=COLLECTION_NAME_PATTERN)]
+COLLECTION_NAME_RULE = "1 to 64 characters: letters, digits, '_', '.' and '-' (but not '.' or '..')"
+CollectionName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=COLLECTION_NAME_PATTERN,
+        description=COLLECTION_NAME_RULE,
+        extra={"rule": COLLECTION_NAME_RULE},
+    ),
+]
+
+
+def is_collection_name(name: str) -> bool:
+    """The pattern, and not '.' or '..': those are path segments that URLs resolve away."""
+    return re.fullmatch(COLLECTION_NAME_PATTERN, name) is not None and name not in (".", "..")
+
+
 KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
 

@@ -15,7 +15,13 @@ from service.auth import store
 from service.auth.cache import KeyCache
 from service.auth.hivehub import HiveHubClient, HubUnavailable, KeyAnswer
 from service.auth.keys import KeyKind, fingerprint, hash_secret, new_key, parse_key, verify_secret
-from service.auth.models import COLLECTION_NAME_PATTERN, ApiKey, CreatedApiKey, CreateKeyRequest
+from service.auth.models import (
+    COLLECTION_NAME_RULE,
+    ApiKey,
+    CreatedApiKey,
+    CreateKeyRequest,
+    is_collection_name,
+)
 from service.auth.principal import Permission, Principal
 from service.auth.slots import PrioritySlots, SlotsBusy
 from service.cluster import audit
@@ -98,10 +104,10 @@ class KeyService:
         """
         _check_expiry(request.expires_at)
         for i, name in enumerate(request.collections or []):
-            if not re.fullmatch(COLLECTION_NAME_PATTERN, name):
+            if not is_collection_name(name):
                 raise InvalidRequest(
-                    f"collections[{i}]: '{name}' is not a collection name",
-                    errors=[{"field": f"collections[{i}]", "message": "not a collection name"}],
+                    f"collections[{i}]: '{name}' is not a collection name ({COLLECTION_NAME_RULE})",
+                    errors=[{"field": f"collections[{i}]", "message": f"must be {COLLECTION_NAME_RULE}"}],
                 )
         _check_scope(scope, request.collections)
         kind = KeyKind.TENANT if tenant_id is not None else KeyKind.OPERATOR

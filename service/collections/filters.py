@@ -32,6 +32,8 @@ LOGICAL_OPERATORS = {"$and", "$or", "$not"}
 MAX_DEPTH = 16
 MAX_LIST = 1000
 MAX_CONDITIONS = 1000
+MAX_PATH_SEGMENTS = 64
+MAX_VALUE_DEPTH = 64
 
 
 class FilterError(InvalidRequest):
@@ -107,6 +109,18 @@ class _Compiler:
         path = key.split(".")
         if any(not part for part in path):
             raise self.fail(where, "field path has an empty segment")
+        if len(path) > MAX_PATH_SEGMENTS:
+            raise self.fail(where, f"field path has more than {MAX_PATH_SEGMENTS} segments")
+        if isinstance(condition, dict) and condition:
+            bare = sorted(k for k in condition if f"${k}" in FIELD_OPERATORS)
+            if bare and all(f"${k}" in FIELD_OPERATORS for k in condition):
+                # {"year": {"gte": 2022}} would compare the field with the object {"gte": 2022}
+                # and quietly match nothing: almost surely a forgotten '$'.
+                raise self.fail(
+                    where,
+                    f"'{bare[0]}' is not an operator; did you mean '${bare[0]}'? "
+                    f'(to match an object equal to this one, write {{"$eq": {{...}}}})',
+                )
         if isinstance(condition, dict) and condition and all(k.startswith("$") for k in condition):
             parts = [self.operator(path, op, value, f"{where}.{op}") for op, value in condition.items()]
             return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
@@ -154,6 +168,8 @@ class _Compiler:
         return f"coalesce(jsonb_typeof({self.column} #> {path_param}) = '{kind}' AND {compared}, false)"
 
     def equals(self, path: list[str], value: Any) -> str:
+        if _deeper_than(value, MAX_VALUE_DEPTH):
+            raise self.fail(".".join(path), f"the value nests more than {MAX_VALUE_DEPTH} levels deep")
         if isinstance(value, (dict, list)):
             # Objects and arrays compare whole (containment would also match supersets).
             field = f"{self.column} #> {self.param(path, 'text[]')}"
@@ -164,6 +180,16 @@ class _Compiler:
         for part in reversed(path):
             nested = {part: nested}
         return f"({self.column} @> {self.param(_json(nested), 'jsonb')})"
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than limit; stops descending at limit (bounded recursion)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    if limit == 0:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(_deeper_than(item, limit - 1) for item in items)
 
 
 def _json(value: Any) -> str:

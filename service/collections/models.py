@@ -10,7 +10,17 @@ import msgspec
 
 from service.auth.models import CollectionName
 
-VectorId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^/\x00-\x1f]+$")]
+VECTOR_ID_RULE = "1 to 256 characters, without '/' or control characters"
+VectorId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^/\x00-\x1f]+$",
+        description=VECTOR_ID_RULE,
+        extra={"rule": VECTOR_ID_RULE},
+    ),
+]
 Metadata = dict[str, Any]
 
 
@@ -43,7 +53,16 @@ class IndexParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class CreateCollectionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: CollectionName
-    dimension: Annotated[int, msgspec.Meta(ge=1, le=4000)]
+    # The limit depends on storage (MAX_DIMENSION), checked by the service so that the error can
+    # name the limit that applies; the schema states the largest.
+    dimension: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            description="At most 2,000 for float32 storage, 4,000 for float16",
+            extra_json_schema={"maximum": 4000},
+        ),
+    ]
     metric: Metric = Metric.COSINE
     index: IndexParams = msgspec.field(default_factory=IndexParams)
     storage: Storage = Storage.FLOAT32

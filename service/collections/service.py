@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +13,7 @@ import msgspec
 import numpy as np
 from pgvector import HalfVector, Vector
 
-from service.auth.models import COLLECTION_NAME_PATTERN
+from service.auth.models import COLLECTION_NAME_RULE, is_collection_name
 from service.auth.principal import Principal
 from service.collections import store
 from service.collections.filters import compile_filter
@@ -59,6 +58,12 @@ _ROW_OVERHEAD = 64
 
 def _problem_at(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+# Squared lengths pgvector can add up in float32 without losing them: above FLT_MIN (so no
+# underflow to zero), and at most FLT_MAX / 4 (so |a - b|^2 <= 2|a|^2 + 2|b|^2 stays finite).
+_MIN_SQUARED_LENGTH = float(np.finfo(np.float32).tiny)
+_MAX_SQUARED_LENGTH = float(np.finfo(np.float32).max) / 4
 
 
 def _as_list(value: Any) -> list[float]:
@@ -177,8 +182,8 @@ class CollectionService:
 
     async def create(self, principal: Principal, request: CreateCollectionRequest) -> Collection:
         assert principal.tenant_id is not None
-        if not re.fullmatch(COLLECTION_NAME_PATTERN, request.name):
-            raise _problem_at("name", f"must match {COLLECTION_NAME_PATTERN}")
+        if not is_collection_name(request.name):
+            raise _problem_at("name", f"must be {COLLECTION_NAME_RULE}")
         limit = MAX_DIMENSION[request.storage]
         if request.dimension > limit:
             raise _problem_at(
@@ -269,6 +274,26 @@ class CollectionService:
         if row.storage == "float16" and (np.abs(matrix) > 65504).any():
             bad = int(np.flatnonzero((np.abs(matrix) > 65504).any(axis=1))[0])
             raise _problem_at(field(bad), "has a value too large for float16 storage (|x| > 65504)")
+        # pgvector sums squares and products in float32 over the stored values (float16 ones are
+        # rounded first): a length that underflows to zero gives cosine NaN, one that overflows
+        # gives inf or NaN for every metric. Scores are numbers, so such vectors are refused.
+        stored = matrix.astype(np.float16) if row.storage == "float16" else matrix
+        squares = np.einsum("ij,ij->i", stored.astype(np.float64), stored.astype(np.float64))
+        too_long = squares > _MAX_SQUARED_LENGTH
+        if too_long.any():
+            raise _problem_at(
+                field(int(np.flatnonzero(too_long)[0])),
+                "is too long: its scores would overflow float32; scale it down (length at most 9.2e18)",
+            )
+        if row.metric == Metric.COSINE:
+            tiny = squares < _MIN_SQUARED_LENGTH
+            if tiny.any():
+                where = " in float16 storage" if row.storage == "float16" else ""
+                raise _problem_at(
+                    field(int(np.flatnonzero(tiny)[0])),
+                    f"is too close to zero{where} (its squared length underflows float32): "
+                    "it has no cosine similarity; scale it up",
+                )
         return matrix
 
     def _encoder(self, row: CollectionRow) -> Callable[[Any], Any]:

@@ -125,4 +125,11 @@ class EmbeddedPostgres:
                 if pid != os.getpid() and not psutil.pid_exists(pid):
                     pids.get_and_remove(pid)
         server.cleanup()
-        log.info("detached from embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})
+        # cleanup() stops the server only when no other process is attached: say which happened.
+        if (self.data_dir / "postmaster.pid").exists():
+            log.info(
+                "detached from embedded PostgreSQL; it keeps running for other attached processes",
+                extra={"data_dir": str(self.data_dir)},
+            )
+        else:
+            log.info("embedded PostgreSQL stopped", extra={"data_dir": str(self.data_dir)})

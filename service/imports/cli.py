@@ -22,7 +22,11 @@ BAR_WIDTH = 30
 def _problem(response: httpx.Response) -> str:
     try:
         body = response.json()
-        return f"{body.get('detail') or body.get('title')} ({body.get('code')}, HTTP {response.status_code})"
+        text = f"{body.get('detail') or body.get('title')} ({body.get('code')}, HTTP {response.status_code})"
+        for error in body.get("errors") or []:
+            # The field-level reasons: the detail names only the first.
+            text += f"\n  {error.get('field') or error.get('source') or 'request'}: {error.get('message')}"
+        return text
     except ValueError:
         return f"HTTP {response.status_code}: {response.text[:200]}"
 
@@ -59,10 +63,29 @@ class _Progress:
             self.stream.flush()
 
 
+def _secret(value: str | None, file: str | None, env: str) -> str | None:
+    """A secret from its option, its file (first line; '-' is stdin) or its variable, in that order.
+
+    Files and variables keep the secret out of the process list, which shows every argument."""
+    if value:
+        return value
+    if file:
+        text = sys.stdin.readline() if file == "-" else open(file, encoding="utf-8").readline()  # noqa: SIM115
+        return text.strip() or None
+    return os.environ.get(env) or None
+
+
 def run(args: argparse.Namespace, *, poll_seconds: float = 0.25) -> int:
-    key = args.key or os.environ.get("VECTORHIVE_API_KEY")
+    try:
+        key = _secret(args.key, args.key_file, "VECTORHIVE_API_KEY")
+        encryption_key = _secret(
+            args.encryption_key, args.encryption_key_file, "VECTORHIVE_S5_ENCRYPTION_KEY"
+        )
+    except OSError as exc:
+        print(f"vectorhive import: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     if not key:
-        print("vectorhive import: give --key or set VECTORHIVE_API_KEY", file=sys.stderr)
+        print("vectorhive import: give --key-file PATH or set VECTORHIVE_API_KEY (or --key)", file=sys.stderr)
         return 2
     body: dict[str, Any] = {
         "source": "s5",
@@ -70,7 +93,6 @@ def run(args: argparse.Namespace, *, poll_seconds: float = 0.25) -> int:
         "user_address": args.user,
         "create_collection": not args.no_create,
     }
-    encryption_key = args.encryption_key or os.environ.get("VECTORHIVE_S5_ENCRYPTION_KEY")
     if encryption_key:
         body["encryption_key"] = encryption_key
     headers = {"Authorization": f"Bearer {key}"}
@@ -134,7 +156,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s5.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
-    s5.add_argument("--key", help="an API key with read_write permission (or env VECTORHIVE_API_KEY)")
+    s5.add_argument(
+        "--key",
+        help="an API key with read_write permission; visible in the process list, so prefer "
+        "--key-file or env VECTORHIVE_API_KEY",
+    )
+    s5.add_argument("--key-file", metavar="PATH", help="read the API key from this file ('-': stdin)")
     s5.add_argument("--collection", required=True, help="the target collection")
     s5.add_argument(
         "--manifest", required=True, metavar="PATH", help="home/vector-databases/.../manifest.json"
@@ -143,7 +170,11 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     s5.add_argument(
         "--encryption-key",
         metavar="K",
-        help="AES-256-GCM key, hex or base64 (or env VECTORHIVE_S5_ENCRYPTION_KEY: out of shell history)",
+        help="AES-256-GCM key, hex or base64; visible in the process list, so prefer "
+        "--encryption-key-file or env VECTORHIVE_S5_ENCRYPTION_KEY",
+    )
+    s5.add_argument(
+        "--encryption-key-file", metavar="PATH", help="read the encryption key from this file ('-': stdin)"
     )
     s5.add_argument("--no-create", action="store_true", help="fail if the collection does not exist")
     s5.set_defaults(handler=lambda settings, args: run(args))

@@ -35,7 +35,9 @@ class ImportRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     user_address: Annotated[
         str,
         msgspec.Meta(
-            pattern=r"^0[xX][0-9a-fA-F]{40}$", description="The owner: 0x + 40 hex digits (any case)"
+            pattern=r"^0[xX][0-9a-fA-F]{40}$",
+            description="The owner: 0x + 40 hex digits (any case)",
+            extra={"rule": "0x followed by 40 hex digits"},
         ),
     ]
     encryption_key: (

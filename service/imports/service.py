@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 
-from service.auth.models import COLLECTION_NAME_PATTERN
+from service.auth.models import COLLECTION_NAME_RULE, is_collection_name
 from service.auth.principal import Principal
 from service.collections import store as collection_store
 from service.config import S5Settings
@@ -83,8 +82,8 @@ class ImportService:
                 "Imports from S5 are not configured on this server (the operator sets s5.portal_url).",
                 code="imports_not_configured",
             )
-        if not re.fullmatch(COLLECTION_NAME_PATTERN, collection):
-            raise _field("name", f"must match {COLLECTION_NAME_PATTERN}")
+        if not is_collection_name(collection):
+            raise _field("name", f"must be {COLLECTION_NAME_RULE}")
         if not principal.may_see_collection(collection):
             raise NotFound(f"Collection '{collection}' does not exist.")
         try:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -47,7 +48,13 @@ def parse_time(name: str, value: str | None) -> datetime | None:
             f"{name} must be an RFC 3339 time with a zone, e.g. 2026-11-01T00:00:00Z",
             errors=[{"field": name, "source": "query", "message": "not an RFC 3339 time with a zone"}],
         )
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is past the year 9999 in UTC
+        raise InvalidRequest(
+            f"{name} is outside the years 1 to 9999 in UTC",
+            errors=[{"field": name, "source": "query", "message": "out of range"}],
+        ) from None
 
 
 Action = Annotated[
@@ -75,7 +82,8 @@ async def audit_page(
 ) -> AuditPage:
     """scope: the asking key's collections; events whose details name others (or all) are left out."""
     raw = decode_cursor(cursor)
-    if raw is not None and not raw.isdigit():
+    # ASCII digits only ('²'.isdigit() is true, int('²') fails), and within PostgreSQL's bigint.
+    if raw is not None and not (re.fullmatch(r"[0-9]{1,19}", raw) and int(raw) < 2**63):
         raise invalid_cursor()
     start, end = parse_time("since", since), parse_time("until", until)
     await request.app.state.audit_buffer.flush(request.app.state.db.pool)  # this replica's latest too

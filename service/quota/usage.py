@@ -208,7 +208,10 @@ def time_range(since: datetime | None, until: datetime | None) -> tuple[datetime
                 errors=[{"field": name, "source": "query", "message": "time zone missing"}],
             )
     end = until or datetime.now(UTC) + timedelta(seconds=1)
-    start = since or end - timedelta(days=30)
+    try:
+        start = since or end - timedelta(days=30)
+    except OverflowError:  # until in the first 30 days of year 1: the range starts at the earliest time
+        start = datetime.min.replace(tzinfo=UTC)
     if start >= end:
         raise InvalidRequest(
             "since must be before until",

@@ -7,7 +7,16 @@ from typing import Annotated
 import msgspec
 
 TENANT_ID_PATTERN = "^[a-z0-9][a-z0-9-]{0,62}$"
-TenantId = Annotated[str, msgspec.Meta(pattern=TENANT_ID_PATTERN, examples=["acme-prod"])]
+TENANT_ID_RULE = "1 to 63 characters: lowercase letters, digits and '-', starting with a letter or digit"
+TenantId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=TENANT_ID_PATTERN,
+        examples=["acme-prod"],
+        description=TENANT_ID_RULE,
+        extra={"rule": TENANT_ID_RULE},
+    ),
+]
 
 
 class TenantStatus(StrEnum):
