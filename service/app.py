@@ -42,6 +42,7 @@ from service.health import HealthController
 from service.imports.controller import ImportsController
 from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
+from service.inference.generators import GeneratorRegistry
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
@@ -50,6 +51,8 @@ from service.quota.limiter import Limiter
 from service.quota.middleware import TenantLimitsMiddleware
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter, UsageReporter, UsageService
+from service.rag.controller import ChatController
+from service.rag.service import GenerationService
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
@@ -153,6 +156,7 @@ def create_app(settings: Settings) -> Litestar:
     jobs = BackgroundJobs()
     metrics_port = settings.metrics.port if settings.metrics.enabled else None
     import_runner = ImportRunner(db, settings, indexer, quotas=quotas, meter=meter)
+    generators = GeneratorRegistry(settings.generation)
     state = State(
         {
             "settings": settings,
@@ -185,6 +189,10 @@ def create_app(settings: Settings) -> Litestar:
             "usage_service": UsageService(db, meter),
             "audit_buffer": audit_buffer,
             "jobs": jobs,
+            "generators": generators,
+            "generation_service": GenerationService(
+                generators, settings.generation, quotas=quotas, meter=meter
+            ),
         }
     )
 
@@ -229,9 +237,11 @@ def create_app(settings: Settings) -> Litestar:
             metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
         await indexer.recover()
         await import_runner.start()
+        generators.start()  # chat models are prepared and loaded in the background
         try:
             yield
         finally:
+            await generators.close()
             await import_runner.close()
             await indexer.close()
             await jobs.stop()
@@ -259,6 +269,7 @@ def create_app(settings: Settings) -> Litestar:
             QuotasAdminController,
             UsageController,
             ClusterController,
+            ChatController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
         ],

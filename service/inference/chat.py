@@ -60,6 +60,12 @@ class GenerationStream(Protocol):
 
     prompt_tokens: int
 
+    @property
+    def generated_tokens(self) -> int:
+        """Completion tokens so far (exact once Finished has come): what a stream that was closed
+        early still cost, for metering."""
+        ...
+
     def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
 
     async def aclose(self) -> None: ...

@@ -70,6 +70,8 @@ class _Job:
     events: asyncio.Queue[GenerationEvent | BaseException] = field(default_factory=asyncio.Queue)
     # Written by the event loop, read by the worker thread between two tokens: a plain flag.
     cancelled: bool = False
+    # Written by the worker thread (tokens sampled so far), read by the event loop for metering.
+    generated: int = 0
 
     def put(self, item: GenerationEvent | BaseException) -> None:
         """From the worker thread: hand an event to the request's queue on the event loop."""
@@ -85,6 +87,10 @@ class LocalStream:
         self._job = job
         self.prompt_tokens = job.prompt_tokens
         self._done = False
+
+    @property
+    def generated_tokens(self) -> int:
+        return self._job.generated
 
     def __aiter__(self) -> LocalStream:
         return self
@@ -276,6 +282,7 @@ class LocalGenerator:
             # tokens: llama-cpp-python holds text back while it may be a stop string).
             nonlocal calls
             calls += 1
+            job.generated = calls
             return scores
 
         first: float | None = None
@@ -313,6 +320,7 @@ class LocalGenerator:
             return
         # The end-of-generation token is sampled but is not part of the answer.
         completion = max(0, calls - 1) if reason == "stop" else calls
+        job.generated = completion
         total = time.monotonic() - job.admitted
         GENERATION_TOKENS.labels(self.name, "prompt").inc(job.prompt_tokens)
         GENERATION_TOKENS.labels(self.name, "completion").inc(completion)

@@ -71,6 +71,11 @@ class RemoteStream:
         self._admitted = admitted
         self._deadline = deadline
         self._iterator = self._events()
+        self._generated = 0
+
+    @property
+    def generated_tokens(self) -> int:
+        return self._generated
 
     def __aiter__(self) -> RemoteStream:
         return self
@@ -107,6 +112,7 @@ class RemoteStream:
         reason: FinishReason = "stop"
         usage: dict[str, Any] | None = None
         first: float | None = None
+        generated_bytes = 0
         done = False
         try:
             async for line in self._response.aiter_lines():
@@ -132,6 +138,8 @@ class RemoteStream:
                         if first is None:
                             first = time.monotonic() - self._admitted
                         pieces.append(text)
+                        generated_bytes += len(text.encode("utf-8"))
+                        self._generated = generated_bytes // 4 + 1
                         yield Delta(text)
                     if choice.get("finish_reason"):
                         reason = "length" if choice["finish_reason"] == "length" else "stop"
@@ -144,6 +152,7 @@ class RemoteStream:
         completion = (
             int(completion_value) if completion_value is not None else approximate_tokens("".join(pieces))
         )
+        self._generated = completion
         total = time.monotonic() - self._admitted
         GENERATION_TOKENS.labels(name, "prompt").inc(prompt)
         GENERATION_TOKENS.labels(name, "completion").inc(completion)

@@ -31,8 +31,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vectorhive.usage")
 
-Metric = Literal["requests", "vectors_written", "vectors_deleted", "searches", "vectors_imported"]
-METRICS: tuple[str, ...] = ("requests", "vectors_written", "vectors_deleted", "searches", "vectors_imported")
+Metric = Literal[
+    "requests", "vectors_written", "vectors_deleted", "searches", "vectors_imported",
+    "prompt_tokens", "completion_tokens",
+]  # fmt: skip
+METRICS: tuple[str, ...] = (
+    "requests", "vectors_written", "vectors_deleted", "searches", "vectors_imported",
+    "prompt_tokens", "completion_tokens",
+)  # fmt: skip
 
 
 class UsageMeter:
@@ -183,6 +189,9 @@ class UsageFigures(msgspec.Struct, kw_only=True):
     vectors_deleted: int = 0
     vectors_imported: int = 0
     searches: int = 0
+    # Tokens of chat models: prompts read and completions generated (chat completions, RAG answers).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class StorageFigures(msgspec.Struct, kw_only=True):

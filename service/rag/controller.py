@@ -1,0 +1,175 @@
+"""/api/v1/chat/completions (OpenAI-compatible): thin handlers; the rules live in the services.
+
+Streams are Server-Sent Events. Everything that can fail before the first byte (validation, the
+model, the queue, the token bucket) is a problem+json answer with its status; a failure after the
+stream began is an error event in the stream's own format, never a silently cut stream."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, post
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.params import JSONBody
+from litestar.response import Stream
+
+from service.auth.guards import requires
+from service.auth.principal import Permission, Principal
+from service.errors import AUTHENTICATED, ServiceError, problem_responses
+from service.inference.chat import Delta
+from service.rag.models import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    ChunkDelta,
+    CompletionUsage,
+)
+from service.rag.service import Generation, GenerationService
+
+log = logging.getLogger("vectorhive.rag")
+
+READ = [requires(Permission.READ_ONLY)]
+Caller = NamedDependency[Principal]
+Generations = NamedDependency[GenerationService]
+
+_encode = msgspec.json.Encoder().encode
+
+
+# One Server-Sent Event (the form OpenAPI 3.2 gives itemSchema of text/event-stream).
+SSE_EVENT_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    description="One Server-Sent Event: `event:` (absent: message) and `data:` (a JSON document, or "
+    "[DONE] at the end of an OpenAI-compatible stream)",
+    properties={
+        "event": Schema(type=OpenAPIType.STRING),
+        "data": Schema(type=OpenAPIType.STRING),
+        "id": Schema(type=OpenAPIType.STRING),
+        "retry": Schema(type=OpenAPIType.INTEGER),
+    },
+)
+
+
+@dataclass
+class StreamingOperation(Operation):
+    """An operation whose 200 answer is JSON, or Server-Sent Events when the request asks to
+    stream: both media types in the OpenAPI document (Litestar's ResponseSpec knows only one)."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            ok.content["text/event-stream"] = OpenAPIMediaType(schema=SSE_EVENT_SCHEMA)
+
+
+# Proxies (nginx) must pass each event on as it comes.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse_data(payload: Any) -> bytes:
+    return b"data: " + _encode(payload) + b"\n\n"
+
+
+def _finish_reason(reason: str) -> Any:
+    return "length" if reason == "length" else "stop"
+
+
+async def openai_chunks(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
+    """OpenAI's chat.completion.chunk events, then `data: [DONE]`."""
+
+    def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> bytes:
+        return sse_data(
+            ChatCompletionChunk(
+                id=generation.id,
+                created=generation.created,
+                model=generation.model,
+                choices=choices,
+                usage=usage,
+            )
+        )
+
+    yield chunk([ChunkChoice(index=0, delta=ChunkDelta(role="assistant", content=""))])
+    try:
+        async for event in generation.events():
+            if isinstance(event, Delta):
+                yield chunk([ChunkChoice(index=0, delta=ChunkDelta(content=event.text))])
+                continue
+            yield chunk(
+                [ChunkChoice(index=0, delta=ChunkDelta(), finish_reason=_finish_reason(event.finish_reason))]
+            )
+            if include_usage:
+                total = event.prompt_tokens + event.completion_tokens
+                usage = CompletionUsage(
+                    prompt_tokens=event.prompt_tokens,
+                    completion_tokens=event.completion_tokens,
+                    total_tokens=total,
+                )
+                yield chunk([], usage)
+    except ServiceError as exc:
+        yield sse_data({"error": {"message": exc.detail, "type": exc.code, "code": exc.code}})
+    except Exception:
+        log.exception("generation failed after its stream began")
+        message = "An unexpected error occurred during generation."
+        yield sse_data({"error": {"message": message, "type": "internal_error", "code": "internal_error"}})
+    yield b"data: [DONE]\n\n"
+
+
+class ChatController(Controller):
+    """Generation with the tenant's own key; READ_ONLY keys may ask."""
+
+    path = "/api/v1/chat"
+    tags = ["generation"]
+
+    @post(
+        "/completions",
+        operation_id="createChatCompletion",
+        operation_class=StreamingOperation,
+        guards=READ,
+        status_code=200,
+        responses={
+            200: ResponseSpec(
+                data_container=ChatCompletion,
+                description="The completion; with stream: true, text/event-stream of `data: "
+                "<chat.completion.chunk>` events (ChatCompletionChunk) ending with `data: [DONE]`",
+                generate_examples=False,
+            ),
+            **problem_responses(*AUTHENTICATED, 429, 503),
+        },
+        summary="OpenAI-compatible chat completion; SSE chunks ending in [DONE] with stream: true",
+    )
+    async def create_chat_completion(
+        self, principal: Caller, generation: Generations, data: JSONBody[ChatCompletionRequest]
+    ) -> Response[ChatCompletion] | Stream:
+        run = await generation.chat(principal, data)
+        if data.stream:
+            include_usage = data.stream_options is not None and data.stream_options.include_usage
+            return Stream(
+                openai_chunks(run, include_usage), media_type="text/event-stream", headers=SSE_HEADERS
+            )
+        text, finished = await run.text()
+        return Response(
+            ChatCompletion(
+                id=run.id,
+                created=run.created,
+                model=run.model,
+                choices=[
+                    ChatChoice(
+                        index=0,
+                        message=AssistantMessage(content=text),
+                        finish_reason=_finish_reason(finished.finish_reason),
+                    )
+                ],
+                usage=CompletionUsage(
+                    prompt_tokens=finished.prompt_tokens,
+                    completion_tokens=finished.completion_tokens,
+                    total_tokens=finished.prompt_tokens + finished.completion_tokens,
+                ),
+            )
+        )
