@@ -18,6 +18,7 @@ on its own thread, so checking a prompt against the window never waits behind a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -260,21 +261,32 @@ class LocalGenerator:
         )
         self._active += 1
         self._active_gauge.set(self._active)
-        future = job.loop.run_in_executor(self._worker, self._generate, job)
-        future.add_done_callback(self._finished)
+        self._worker.submit(self._run, job)
         return LocalStream(self, job)
 
-    def _finished(self, _: object) -> None:
+    def _release(self) -> None:
         self._active -= 1
         self._active_gauge.set(self._active)
 
-    def _generate(self, job: _Job) -> None:
+    def _run(self, job: _Job) -> None:
+        """In the worker thread. The model is released before the last event is handed over, so a
+        client that read its answer to the end finds the model free for its next request."""
+        try:
+            outcome = self._generate(job)
+        finally:
+            # RuntimeError: the event loop is gone (shutdown), nothing is waiting.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(self._release)
+        if outcome is not None:
+            job.put(outcome)
+
+    def _generate(self, job: _Job) -> Finished | ModelUnavailable | None:
         """In the worker thread: the only code that touches self._llama."""
         if job.cancelled or self._llama is None:
-            return
+            return None
         if time.monotonic() > job.deadline:
             job.cancelled = True
-            return
+            return None
         calls = 0
 
         def count(_ids: Any, scores: Any) -> Any:
@@ -316,8 +328,7 @@ class LocalGenerator:
                 chunks.close()
         except Exception as exc:
             log.error("chat model failed", extra={"model": self.name}, exc_info=exc)
-            job.put(ModelUnavailable(f"Model '{self.name}' failed: {type(exc).__name__}", retry_after=5))
-            return
+            return ModelUnavailable(f"Model '{self.name}' failed: {type(exc).__name__}", retry_after=5)
         # The end-of-generation token is sampled but is not part of the answer.
         completion = max(0, calls - 1) if reason == "stop" else calls
         job.generated = completion
@@ -327,4 +338,4 @@ class LocalGenerator:
         GENERATION_SECONDS.labels(self.name, reason).observe(total)
         if first is not None:
             GENERATION_FIRST_TOKEN_SECONDS.labels(self.name).observe(first)
-        job.put(Finished(reason, job.prompt_tokens, completion, first, total))
+        return Finished(reason, job.prompt_tokens, completion, first, total)
