@@ -25,9 +25,9 @@ EMBED = "/api/v1/embeddings"
 MODEL = "all-minilm-l6-v2"
 
 
-async def wait_for_model(client: Any, key: str, model: str = MODEL, timeout: float = 120) -> dict[str, Any]:
+async def wait_for_model(client: Any, key: str, model: str = MODEL, seconds: float = 120) -> dict[str, Any]:
     """The model's card once it has left `loading` (it loads in the background at startup)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds
     while True:
         response = await client.get("/api/v1/models", headers=bearer(key))
         assert response.status_code == 200, response.text

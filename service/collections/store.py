@@ -251,7 +251,7 @@ async def _create_text_tables(conn: Any, row: CollectionRow, tenant_role: str) -
 
 
 async def text_search_config_exists(conn: Any, name: str) -> bool:
-    found: bool = await conn.fetchval("SELECT to_regconfig($1) IS NOT NULL", name)
+    found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", name)
     return found
 
 

@@ -110,6 +110,17 @@ def split_text(text: str, count: TokenCounter, *, size: int, overlap: int) -> li
         while following - 1 > first and shared + pieces[following - 1][2] - special <= overlap:
             following -= 1
             shared += pieces[following][2] - special
+        if following == last + 1 and overlap > 0:
+            # The last piece alone is larger than the overlap (a whole paragraph, say): cut it
+            # finer, and repeat its trailing sentences or words instead.
+            a, b, n = pieces[last]
+            fine = _Splitter(text, count, max(overlap, special + 1)).pieces(a, b, 0, n)
+            pieces[last : last + 1] = fine
+            k = len(fine)
+            while k > 1 and shared + fine[k - 1][2] - special <= overlap:
+                k -= 1
+                shared += fine[k][2] - special
+            following = last + k
         first = following
     # A chunk of nothing but whitespace (a run of blank lines) means nothing to a model.
     kept = [c for c in chunks if text[c.start : c.end].strip()]

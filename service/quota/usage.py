@@ -191,6 +191,8 @@ class UsageFigures(msgspec.Struct, kw_only=True):
     vectors_deleted: int = 0
     vectors_imported: int = 0
     searches: int = 0
+    texts_embedded: int = 0  # texts and document chunks embedded by the server's models
+    embedding_tokens: int = 0
 
 
 class StorageFigures(msgspec.Struct, kw_only=True):
