@@ -21,7 +21,7 @@ from litestar.response import Stream
 
 from service.auth.guards import requires
 from service.auth.principal import Permission, Principal
-from service.errors import AUTHENTICATED, ServiceError, problem_responses
+from service.errors import AUTHENTICATED, OPENAI_COMPATIBLE, ServiceError, problem_responses
 from service.inference.chat import Delta
 from service.rag.models import (
     AssistantMessage,
@@ -131,6 +131,7 @@ class ChatController(Controller):
         "/completions",
         operation_id="createChatCompletion",
         operation_class=StreamingOperation,
+        opt={OPENAI_COMPATIBLE: True},
         guards=READ,
         status_code=200,
         responses={
