@@ -56,7 +56,8 @@ from service.quota.limiter import Limiter
 from service.quota.middleware import TenantLimitsMiddleware
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter, UsageReporter, UsageService
-from service.rag.controller import ChatController
+from service.rag.answers import RagService
+from service.rag.controller import AnswersController, ChatController
 from service.rag.service import GenerationService
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
@@ -173,6 +174,8 @@ def create_app(settings: Settings) -> Litestar:
         embeddings=embeddings,
         documents=settings.documents,
     )
+    generation = GenerationService(generators, settings.generation, quotas=quotas, meter=meter)
+    rag = RagService(db, collections, embeddings, generation, settings.rag)
     state = State(
         {
             "settings": settings,
@@ -206,9 +209,8 @@ def create_app(settings: Settings) -> Litestar:
             "audit_buffer": audit_buffer,
             "jobs": jobs,
             "generators": generators,
-            "generation_service": GenerationService(
-                generators, settings.generation, quotas=quotas, meter=meter
-            ),
+            "generation_service": generation,
+            "rag_service": rag,
         }
     )
 
@@ -245,6 +247,7 @@ def create_app(settings: Settings) -> Litestar:
         jobs.start("last-used-recorder", recorder.interval, recorder.flush)
         jobs.start("usage-flush", settings.usage.flush_interval, flush_usage)
         jobs.start("retention", 3600.0, prune_old_rows)
+        jobs.start("rag-cache-prune", 60.0, rag.prune_cache)
         if reporter is not None:
             jobs.start("usage-report", reporter.interval, reporter.report_all)
         metrics_server = None
@@ -292,6 +295,7 @@ def create_app(settings: Settings) -> Litestar:
             UsageController,
             ClusterController,
             ChatController,
+            AnswersController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
         ],

@@ -209,6 +209,15 @@ class GenerationSettings(_Section):
     cost_generated_token: Annotated[float, msgspec.Meta(ge=0)] = 0.1
 
 
+class RagSettings(_Section):
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    context_max_tokens: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] = 1500
+    cache_enabled: bool = True
+    cache_similarity: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
+    cache_ttl_seconds: Seconds = 86_400.0
+    cache_max_entries_per_tenant: PositiveInt = 10_000
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -223,6 +232,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     embeddings: EmbeddingsSettings = msgspec.field(default_factory=EmbeddingsSettings)
     documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
     generation: GenerationSettings = msgspec.field(default_factory=GenerationSettings)
+    rag: RagSettings = msgspec.field(default_factory=RagSettings)
 
     @property
     def single_tenant(self) -> bool:

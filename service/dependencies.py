@@ -15,6 +15,7 @@ from service.embeddings.service import EmbeddingService
 from service.imports.service import ImportService
 from service.quota.service import QuotaService
 from service.quota.usage import UsageService
+from service.rag.answers import RagService
 from service.rag.service import GenerationService
 from service.tenants.service import TenantService
 
@@ -69,6 +70,11 @@ def _generation(request: Request[Any, Any, Any]) -> GenerationService:
     return service
 
 
+def _rag(request: Request[Any, Any, Any]) -> RagService:
+    service: RagService = request.app.state.rag_service
+    return service
+
+
 DEPENDENCIES = {
     "quotas": Provide(_quotas, sync_to_thread=False),
     "usage": Provide(_usage, sync_to_thread=False),
@@ -80,4 +86,5 @@ DEPENDENCIES = {
     "embeddings": Provide(_embeddings, sync_to_thread=False),
     "documents": Provide(_documents, sync_to_thread=False),
     "generation": Provide(_generation, sync_to_thread=False),
+    "rag": Provide(_rag, sync_to_thread=False),
 }

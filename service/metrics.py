@@ -136,3 +136,14 @@ GENERATION_REJECTED = Counter(
     "Generations refused or cut short by a chat model's queue, by reason",
     ["model", "reason"],
 )
+
+# -- RAG semantic cache
+RAG_CACHE_LOOKUPS = Counter(
+    "vectorhive_rag_cache_lookups_total",
+    "Semantic cache lookups of RAG answers, by result (hit, miss)",
+    ["result"],
+)
+RAG_CACHE_ENTRIES = Gauge(
+    "vectorhive_rag_cache_entries", "Answers held in the semantic cache (all tenants; refreshed every minute)"
+)
+RAG_CACHE_STORED = Counter("vectorhive_rag_cache_stored_total", "Answers stored in the semantic cache")

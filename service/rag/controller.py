@@ -16,14 +16,23 @@ from litestar import Controller, Response, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from service.auth.guards import requires
 from service.auth.principal import Permission, Principal
-from service.errors import AUTHENTICATED, OPENAI_COMPATIBLE, ServiceError, problem_responses
+from service.errors import (
+    AUTHENTICATED,
+    OPENAI_COMPATIBLE,
+    PROBLEM_TYPE_PREFIX,
+    ServiceError,
+    problem_responses,
+)
 from service.inference.chat import Delta
+from service.rag.answers import AnswerRun, RagService
 from service.rag.models import (
+    Answer,
+    AnswerRequest,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -32,6 +41,8 @@ from service.rag.models import (
     ChunkChoice,
     ChunkDelta,
     CompletionUsage,
+    ContextRequest,
+    ContextResult,
 )
 from service.rag.service import Generation, GenerationService
 
@@ -40,6 +51,7 @@ log = logging.getLogger("vectorhive.rag")
 READ = [requires(Permission.READ_ONLY)]
 Caller = NamedDependency[Principal]
 Generations = NamedDependency[GenerationService]
+Answers = NamedDependency[RagService]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -174,3 +186,112 @@ class ChatController(Controller):
                 ),
             )
         )
+
+
+def sse_event(event: str, payload: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
+
+
+def _problem_payload(exc: ServiceError) -> dict[str, Any]:
+    return {
+        "type": PROBLEM_TYPE_PREFIX + exc.code,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        "code": exc.code,
+    }
+
+
+async def answer_events(run: AnswerRun, rag: RagService) -> AsyncIterator[bytes]:
+    """message_start, content (deltas), citation (one per cited passage), message_end; or error."""
+    if run.cached is not None:
+        answer = run.shown(run.cached)
+        yield sse_event("message_start", {"model": answer.model, "cached": True})
+        yield sse_event("content", {"delta": answer.answer})
+        for citation in answer.citations:
+            yield sse_event("citation", citation)
+        if answer.context is not None:
+            yield sse_event("context", answer.context)
+        end = {"usage": answer.usage, "finish_reason": answer.finish_reason, "cached": True}
+        yield sse_event("message_end", end)
+        return
+    assert run.generation is not None
+    yield sse_event("message_start", {"id": run.generation.id, "model": run.model, "cached": False})
+    pieces: list[str] = []
+    try:
+        async for event in run.generation.events():
+            if isinstance(event, Delta):
+                pieces.append(event.text)
+                yield sse_event("content", {"delta": event.text})
+        finished = run.generation.finished
+        assert finished is not None
+        answer = run.answer("".join(pieces), finished)
+        for citation in answer.citations:
+            yield sse_event("citation", citation)
+        if run.include_context:
+            yield sse_event("context", answer.context)
+        await rag.remember(run, answer)
+        end = {"usage": answer.usage, "finish_reason": answer.finish_reason, "cached": False}
+        yield sse_event("message_end", end)
+    except ServiceError as exc:
+        yield sse_event("error", _problem_payload(exc))
+    except Exception:
+        log.exception("answer failed after its stream began")
+        yield sse_event(
+            "error", _problem_payload(ServiceError("An unexpected error occurred.", code="internal_error"))
+        )
+
+
+class AnswersController(Controller):
+    """Grounded answers and retrieval for a collection of the caller's tenant (READ_ONLY keys may
+    ask). Another tenant's collections are not found."""
+
+    path = "/api/v1/collections"
+    tags = ["rag"]
+
+    @post(
+        "/{name:str}/answer",
+        operation_id="answerQuestion",
+        guards=READ,
+        status_code=200,
+        operation_class=StreamingOperation,
+        responses={
+            200: ResponseSpec(
+                data_container=Answer,
+                description="The answer with citations; with stream: true, text/event-stream of "
+                "message_start, content, citation, message_end (or error) events. X-Cache: hit | miss.",
+                generate_examples=False,
+            ),
+            **problem_responses(*AUTHENTICATED, 404, 429, 503),
+        },
+        summary="Answer a question from the collection's documents, citing the passages used",
+    )
+    async def answer(
+        self, principal: Caller, rag: Answers, name: FromPath[str], data: JSONBody[AnswerRequest]
+    ) -> Response[Answer] | Stream:
+        run = await rag.answer(principal, name, data)
+        headers = {"X-Cache": "hit" if run.cached is not None else "miss"}
+        if data.stream:
+            return Stream(
+                answer_events(run, rag), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+            )
+        if run.cached is not None:
+            return Response(run.shown(run.cached), headers=headers)
+        assert run.generation is not None
+        text, finished = await run.generation.text()
+        answer = run.answer(text, finished)
+        await rag.remember(run, answer)
+        return Response(run.shown(answer), headers=headers)
+
+    @post(
+        "/{name:str}/context",
+        operation_id="retrieveContext",
+        guards=READ,
+        status_code=200,
+        responses=problem_responses(*AUTHENTICATED, 404, 429, 503),
+        summary="The passages an answer would be given, within a token budget (for your own LLM)",
+    )
+    async def context(
+        self, principal: Caller, rag: Answers, name: FromPath[str], data: JSONBody[ContextRequest]
+    ) -> ContextResult:
+        return await rag.context(principal, name, data)

@@ -6,7 +6,7 @@ keeps working)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -102,3 +102,99 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
     choices: list[ChunkChoice]
     usage: CompletionUsage | None = None
     system_fingerprint: str | None = None
+
+
+# -- grounded answers (native API) ------------------------------------------------------------------
+
+RetrievalMode = Literal["vector", "hybrid"]
+Question = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+TopK = Annotated[int, msgspec.Meta(ge=1, le=100)]
+
+
+class AnswerRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Give `question`, or `messages` (a conversation whose last message is the user's question;
+    earlier turns are kept as history while they fit the model's window)."""
+
+    question: Question | None = None
+    messages: Annotated[list[ChatMessageIn], msgspec.Meta(min_length=1, max_length=1000)] | None = None
+    top_k: TopK | None = None
+    filter: dict[str, Any] | None = None
+    mode: RetrievalMode = "vector"
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    # A chat model (generation.models); null: generation.default_model.
+    model: str | None = None
+    stream: bool = False
+    include_context: bool = False
+    # false: neither answered from nor stored in the semantic cache.
+    cache: bool = True
+
+
+class Passage(msgspec.Struct, kw_only=True):
+    """A retrieved chunk as given to the model: `number` is its [n] in the prompt."""
+
+    number: int
+    id: str
+    score: float
+    text: str
+    tokens: int
+    document_id: str | None = None
+    chunk_index: int | None = None
+
+
+class Citation(msgspec.Struct, kw_only=True):
+    """A passage the answer cites as [number]; position: where its first mention starts in the
+    answer (characters), positions: every mention."""
+
+    number: int
+    position: int
+    positions: list[int]
+    id: str
+    score: float
+    text: str
+    document_id: str | None = None
+    chunk_index: int | None = None
+
+
+class AnswerUsage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    retrieval_ms: float
+    generation_ms: float
+
+
+class Answer(msgspec.Struct, kw_only=True):
+    """cached: answered from the semantic cache (also the X-Cache header: hit or miss); its usage
+    is then the original answer's, and nothing was generated. With stream: true the response is
+    text/event-stream: message_start, content ({delta}), citation, message_end ({usage,
+    finish_reason}), or error (a problem document) if it fails after it began."""
+
+    answer: str
+    citations: list[Citation]
+    usage: AnswerUsage
+    model: str
+    cached: bool
+    finish_reason: Literal["stop", "length"]
+    context: list[Passage] | None = None
+
+
+class ContextRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    question: Question
+    top_k: TopK | None = None
+    filter: dict[str, Any] | None = None
+    mode: RetrievalMode = "vector"
+    # Token budget of the passages (rag.context_max_tokens when null), in the chat model's tokens.
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_048_576)] | None = None
+    # The chat model whose tokenizer counts (null: generation.default_model).
+    model: str | None = None
+
+
+class ContextResult(msgspec.Struct, kw_only=True):
+    """The passages a model would be given, best first, within the token budget; `dropped`:
+    retrieved passages left out because they did not fit."""
+
+    passages: list[Passage]
+    total_tokens: int
+    dropped: int
+    model: str
+    retrieval_ms: float

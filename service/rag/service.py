@@ -30,9 +30,16 @@ from service.inference.chat import (
 from service.inference.generators import GeneratorRegistry
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter
-from service.rag.models import ChatCompletionRequest
+from service.rag.models import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+)
 
 log = logging.getLogger("vectorhive.rag")
+
+
+def to_chat_messages(messages: list[ChatMessageIn]) -> list[ChatMessage]:
+    return [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in messages]
 
 
 @dataclass(eq=False)
@@ -149,9 +156,7 @@ class GenerationService:
 
     async def chat(self, principal: Principal, request: ChatCompletionRequest) -> Generation:
         """POST /chat/completions without grounding: the messages as they are."""
-        messages = [
-            ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in request.messages
-        ]
+        messages = to_chat_messages(request.messages)
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
         params = self.params(
             max_tokens=request.max_completion_tokens or request.max_tokens,
