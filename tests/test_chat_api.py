@@ -56,6 +56,8 @@ def chat_server(
             "default_model": "tiny",
             "models": {
                 "tiny": {"path": str(build(folder / "tiny.gguf")), "n_ctx": 512},
+                # Room for grounded prompts (a byte-level vocabulary: the rules alone take ~420 tokens).
+                "wide": {"path": str(build(folder / "wide.gguf", context=2048)), "n_ctx": 2048},
                 "endless": {
                     "path": str(build(folder / "endless.gguf", context=4096, endless=True)),
                     "n_ctx": 4096,
@@ -249,3 +251,48 @@ async def test_a_stream_that_breaks_ends_with_an_error_event(
             pieces.append(chunk.choices[0].delta.content or "")
     assert "".join(pieces) == "Half"
     assert "broke off" in str(caught.value.message)
+
+
+async def test_grounded_on_collections_with_the_openai_client(
+    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+) -> None:
+    from tests.test_documents import CORPUS, add, make_text_collection
+
+    tenant = await make_tenant()
+    await make_text_collection(http, tenant.admin, name="kb")
+    await make_text_collection(http, tenant.admin, name="more")
+    assert (await add(http, tenant.admin, CORPUS)).status_code == 200
+    more = {"danube2": "The Danube delta is a wetland on the Black Sea coast."}
+    assert (await add(http, tenant.admin, more, name="more")).status_code == 200
+    client = openai_client(chat_server, tenant.admin)
+    grounding = {"vectorhive": {"collections": ["kb", "more"], "top_k": 2}}
+    question = [{"role": "user", "content": "Where does the Danube flow?"}]
+    answer = await client.chat.completions.create(
+        model="wide",
+        messages=question,  # type: ignore[arg-type]
+        extra_body=grounding,
+        max_tokens=16,
+    )
+    assert answer.choices[0].message.content == SENTENCE
+    citations = (answer.model_extra or {})["citations"]
+    assert len(citations) == 1 and citations[0]["number"] == 1
+    assert citations[0]["collection"] in ("kb", "more") and "Danube" in citations[0]["text"]
+    stream = await client.chat.completions.create(
+        model="wide",
+        messages=question,  # type: ignore[arg-type]
+        extra_body=grounding,
+        max_tokens=16,
+        stream=True,
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == SENTENCE
+    assert (chunks[-1].model_extra or {})["citations"] == citations
+    # Another tenant's collection is not found (404), and its own text never leaks.
+    other = await make_tenant()
+    response = await http.post(
+        "/api/v1/chat/completions",
+        json={"model": "wide", "messages": question, **grounding},
+        headers=bearer(other.admin),
+    )
+    assert_problem(response, 404, "not_found")
+    assert "Danube" not in response.text.replace("Where does the Danube flow?", "")

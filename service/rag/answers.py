@@ -39,13 +39,14 @@ from service.rag.models import (
     Answer,
     AnswerRequest,
     AnswerUsage,
+    ChatCompletionRequest,
     Citation,
     ContextRequest,
     ContextResult,
     Passage,
 )
 from service.rag.prompt import cache_fields, cited_positions, fit
-from service.rag.service import Generation, GenerationService
+from service.rag.service import Generation, GenerationService, to_chat_messages
 
 log = logging.getLogger("vectorhive.rag")
 
@@ -102,6 +103,7 @@ class AnswerRun:
                     text=passage.text,
                     document_id=passage.document_id,
                     chunk_index=passage.chunk_index,
+                    collection=passage.collection,
                 )
             )
         return citations
@@ -179,7 +181,10 @@ class RagService:
         return vector
 
     @staticmethod
-    def _passages(hits: list[SearchHit], fitted_count: int, tokens: list[int]) -> list[Passage]:
+    def _passages(
+        hits: list[SearchHit], fitted_count: int, tokens: list[int], collections: list[str]
+    ) -> list[Passage]:
+        """collections: the collection each hit came from."""
         return [
             Passage(
                 number=i + 1,
@@ -189,6 +194,7 @@ class RagService:
                 tokens=tokens[i],
                 document_id=hit.document_id,
                 chunk_index=hit.chunk_index,
+                collection=collections[i],
             )
             for i, hit in enumerate(hits[:fitted_count])
         ]
@@ -211,7 +217,7 @@ class RagService:
                 break
             used += count
             chosen.append(count)
-        passages = self._passages(hits, len(chosen), chosen)
+        passages = self._passages(hits, len(chosen), chosen, [name] * len(chosen))
         return ContextResult(
             passages=passages,
             total_tokens=used,
@@ -238,10 +244,7 @@ class RagService:
                     {"field": f"messages[{len(request.messages) - 1}]", "message": "not a user question"}
                 ],
             )
-        history = [
-            ChatMessage("system" if m.role == "developer" else m.role, m.text())
-            for m in request.messages[:-1]
-        ]
+        history = to_chat_messages(request.messages[:-1])
         return last.text(), history
 
     def _cache_key(
@@ -295,7 +298,7 @@ class RagService:
         )
         grounded = Grounded(
             question=question,
-            passages=self._passages(hits, fitted.chosen, fitted.tokens),
+            passages=self._passages(hits, fitted.chosen, fitted.tokens, [name] * fitted.chosen),
             messages=fitted.messages,
             retrieval_ms=retrieval_ms,
             cache_slot=slot,
@@ -354,3 +357,61 @@ class RagService:
         """Periodic: expired and invalidated entries go; the entries gauge is refreshed."""
         async with self.db.transaction() as conn:
             RAG_CACHE_ENTRIES.set(await store.prune_and_count(conn))
+
+    # -- /chat/completions with the vectorhive extension ---------------------------------------------
+
+    async def chat(self, principal: Principal, request: ChatCompletionRequest) -> AnswerRun:
+        """Plain generation, or, with request.vectorhive, an answer grounded on the named
+        collections: the last user message is the question, earlier messages the history. Each
+        collection is searched with its own embedding model; the best passages of all, by score,
+        are numbered and fitted. Not cached (a conversation's history changes the answer)."""
+        grounding = request.vectorhive
+        if grounding is None:
+            generation = await self.generation.chat(principal, request)
+            return AnswerRun(model=generation.model, generation=generation)
+        messages = to_chat_messages(request.messages)
+        last = messages[-1]
+        if last.role != "user" or not last.content.strip():
+            field = f"messages[{len(messages) - 1}]"
+            raise InvalidRequest(
+                "With vectorhive.collections, the last message must be the user's question.",
+                errors=[{"field": field, "message": "not a user question"}],
+            )
+        if len(set(grounding.collections)) != len(grounding.collections):
+            raise InvalidRequest(
+                "vectorhive.collections names a collection twice.",
+                errors=[{"field": "vectorhive.collections", "message": "duplicates"}],
+            )
+        question, history = last.content, messages[:-1]
+        generator = self.generation.generators.generator(request.model)
+        params = self.generation.chat_params(request)
+        await fit(generator, question, history, [], reserve=params.max_tokens)
+        found: list[tuple[SearchHit, str]] = []
+        retrieval_ms = 0.0
+        for name in grounding.collections:
+            row = await self.collections.text_collection(principal, name)
+            vector = await self._question_vector(
+                principal, row, question, f"messages[{len(history)}].content"
+            )
+            hits, ms = await self._retrieve(
+                principal, name, question, vector, top_k=grounding.top_k, filter=grounding.filter,
+                mode=grounding.mode,
+            )  # fmt: skip
+            retrieval_ms += ms
+            found.extend((hit, name) for hit in hits)
+        found.sort(key=lambda pair: -pair[0].score)
+        found = found[: grounding.top_k or self.settings.top_k]
+        hits = [hit for hit, _ in found]
+        fitted = await fit(
+            generator, question, history, [h.text or "" for h in hits], reserve=params.max_tokens
+        )
+        grounded = Grounded(
+            question=question,
+            passages=self._passages(hits, fitted.chosen, fitted.tokens, [name for _, name in found]),
+            messages=fitted.messages,
+            retrieval_ms=round(retrieval_ms, 3),
+        )
+        generation = await self.generation.generate(
+            principal, fitted.messages, params, model=generator.name, operation="chat"
+        )
+        return AnswerRun(model=generation.model, generation=generation, grounded=grounded)

@@ -40,11 +40,12 @@ from service.rag.models import (
     ChatCompletionRequest,
     ChunkChoice,
     ChunkDelta,
+    Citation,
     CompletionUsage,
     ContextRequest,
     ContextResult,
 )
-from service.rag.service import Generation, GenerationService
+from service.rag.service import GenerationService
 
 log = logging.getLogger("vectorhive.rag")
 
@@ -93,10 +94,18 @@ def _finish_reason(reason: str) -> Any:
     return "length" if reason == "length" else "stop"
 
 
-async def openai_chunks(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
-    """OpenAI's chat.completion.chunk events, then `data: [DONE]`."""
+async def openai_chunks(run: AnswerRun, include_usage: bool) -> AsyncIterator[bytes]:
+    """OpenAI's chat.completion.chunk events, then `data: [DONE]`. Grounded: the chunk with the
+    finish_reason also carries the citations."""
+    generation = run.generation
+    assert generation is not None
+    pieces: list[str] = []
 
-    def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> bytes:
+    def chunk(
+        choices: list[ChunkChoice],
+        usage: CompletionUsage | None = None,
+        citations: list[Citation] | None = None,
+    ) -> bytes:
         return sse_data(
             ChatCompletionChunk(
                 id=generation.id,
@@ -104,6 +113,7 @@ async def openai_chunks(generation: Generation, include_usage: bool) -> AsyncIte
                 model=generation.model,
                 choices=choices,
                 usage=usage,
+                citations=citations,
             )
         )
 
@@ -111,11 +121,13 @@ async def openai_chunks(generation: Generation, include_usage: bool) -> AsyncIte
     try:
         async for event in generation.events():
             if isinstance(event, Delta):
+                pieces.append(event.text)
                 yield chunk([ChunkChoice(index=0, delta=ChunkDelta(content=event.text))])
                 continue
-            yield chunk(
-                [ChunkChoice(index=0, delta=ChunkDelta(), finish_reason=_finish_reason(event.finish_reason))]
-            )
+            reason = _finish_reason(event.finish_reason)
+            citations = run.citations("".join(pieces)) if run.grounded is not None else None
+            end = ChunkChoice(index=0, delta=ChunkDelta(), finish_reason=reason)
+            yield chunk([end], citations=citations)
             if include_usage:
                 total = event.prompt_tokens + event.completion_tokens
                 usage = CompletionUsage(
@@ -158,20 +170,23 @@ class ChatController(Controller):
         summary="OpenAI-compatible chat completion; SSE chunks ending in [DONE] with stream: true",
     )
     async def create_chat_completion(
-        self, principal: Caller, generation: Generations, data: JSONBody[ChatCompletionRequest]
+        self, principal: Caller, rag: Answers, data: JSONBody[ChatCompletionRequest]
     ) -> Response[ChatCompletion] | Stream:
-        run = await generation.chat(principal, data)
+        answer_run = await rag.chat(principal, data)
+        run = answer_run.generation
+        assert run is not None
         if data.stream:
             include_usage = data.stream_options is not None and data.stream_options.include_usage
-            return Stream(
-                openai_chunks(run, include_usage), media_type="text/event-stream", headers=SSE_HEADERS
-            )
+            chunks = openai_chunks(answer_run, include_usage)
+            return Stream(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
         text, finished = await run.text()
+        citations = answer_run.citations(text) if answer_run.grounded is not None else None
         return Response(
             ChatCompletion(
                 id=run.id,
                 created=run.created,
                 model=run.model,
+                citations=citations,
                 choices=[
                     ChatChoice(
                         index=0,

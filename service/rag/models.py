@@ -33,8 +33,21 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
 
 
+class Grounding(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """vectorhive's extension of the chat completion request: answer the last user message from
+    these collections of the tenant (text collections), citing passages as [n]."""
+
+    collections: Annotated[list[str], msgspec.Meta(min_length=1, max_length=8)]
+    # Passages retrieved from each collection (rag.top_k when null); the best of all are kept.
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    mode: Literal["vector", "hybrid"] = "vector"
+    filter: dict[str, Any] | None = None
+
+
 class ChatCompletionRequest(msgspec.Struct, kw_only=True):
-    """OpenAI's chat completion request. `n` must be 1."""
+    """OpenAI's chat completion request. `n` must be 1. Extension: `vectorhive` grounds the answer
+    on collections (with OpenAI's Python client: extra_body={"vectorhive": {...}}); the response
+    then carries `citations` (in the last chunk when streaming)."""
 
     messages: Annotated[list[ChatMessageIn], msgspec.Meta(min_length=1, max_length=1000)]
     # A configured chat model (GET /api/v1/models); null: generation.default_model.
@@ -49,6 +62,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     seed: int | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] | None = None
     user: str | None = None
+    vectorhive: Grounding | None = None
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True):
@@ -80,6 +94,8 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     choices: list[ChatChoice]
     usage: CompletionUsage
     system_fingerprint: str | None = None
+    # With the vectorhive extension: the passages the answer cites.
+    citations: list[Citation] | None = None
 
 
 class ChunkDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -102,6 +118,7 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
     choices: list[ChunkChoice]
     usage: CompletionUsage | None = None
     system_fingerprint: str | None = None
+    citations: list[Citation] | None = None
 
 
 # -- grounded answers (native API) ------------------------------------------------------------------
@@ -140,6 +157,7 @@ class Passage(msgspec.Struct, kw_only=True):
     tokens: int
     document_id: str | None = None
     chunk_index: int | None = None
+    collection: str | None = None
 
 
 class Citation(msgspec.Struct, kw_only=True):
@@ -154,6 +172,7 @@ class Citation(msgspec.Struct, kw_only=True):
     text: str
     document_id: str | None = None
     chunk_index: int | None = None
+    collection: str | None = None
 
 
 class AnswerUsage(msgspec.Struct, kw_only=True):

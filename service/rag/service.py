@@ -157,12 +157,15 @@ class GenerationService:
     async def chat(self, principal: Principal, request: ChatCompletionRequest) -> Generation:
         """POST /chat/completions without grounding: the messages as they are."""
         messages = to_chat_messages(request.messages)
+        params = self.chat_params(request)
+        return await self.generate(principal, messages, params, model=request.model, operation="chat")
+
+    def chat_params(self, request: ChatCompletionRequest) -> GenerationParams:
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
-        params = self.params(
+        return self.params(
             max_tokens=request.max_completion_tokens or request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             stop=stop,
             seed=request.seed,
         )
-        return await self.generate(principal, messages, params, model=request.model, operation="chat")
