@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from service.app import create_app
 from service.config import Settings
+from service.rag import store
 from tests.conftest import assert_problem, bearer
 from tests.support.tiny_chat_model import SENTENCE, build
 from tests.test_chat_api import _BreaksMidStream
@@ -279,3 +280,37 @@ async def test_a_stream_that_fails_after_it_began_ends_with_an_error_event(
     assert error["status"] == 503 and error["code"] == "model_unavailable" and "broke off" in error["detail"]
     # Nothing was cached from the broken answer.
     assert (await ask(rag_client, tenant.admin, question=QUESTION, model="flaky")).status_code == 503
+
+
+async def test_cache_is_bounded_per_tenant_and_entries_expire(
+    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], db: Any
+) -> None:
+    tenant = await make_tenant()
+    await make_text_collection(rag_client, tenant.admin)
+    await add(rag_client, tenant.admin, CORPUS)
+    rag = rag_client.app.state.rag_service
+    settings = rag.settings
+    saved = (settings.cache_max_entries_per_tenant, settings.cache_ttl_seconds)
+
+    async def entries() -> int:
+        count: int = await db.pool.fetchval(
+            "SELECT count(*) FROM rag_cache WHERE tenant_id = $1", tenant.tenant_id
+        )
+        return count
+
+    try:
+        settings.cache_max_entries_per_tenant = 2
+        for question in (QUESTION, "Why does sourdough rise slowly?", "When are tax returns due?"):
+            assert (await ask(rag_client, tenant.admin, question=question)).headers["x-cache"] == "miss"
+        assert await entries() == 2  # the oldest went
+        assert (await ask(rag_client, tenant.admin, question=QUESTION)).headers["x-cache"] == "miss"
+        settings.cache_ttl_seconds = 0.001
+        await ask(rag_client, tenant.admin, question=UNRELATED)
+        assert (await ask(rag_client, tenant.admin, question=UNRELATED)).headers["x-cache"] == "miss"
+        # The periodic prune (its SQL, on this test's own pool) leaves no expired entry.
+        async with db.transaction() as conn:
+            assert await store.prune_and_count(conn) >= 0
+        expired = "SELECT count(*) FROM rag_cache WHERE tenant_id = $1 AND expires_at <= now()"
+        assert await db.pool.fetchval(expired, tenant.tenant_id) == 0
+    finally:
+        settings.cache_max_entries_per_tenant, settings.cache_ttl_seconds = saved
