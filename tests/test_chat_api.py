@@ -296,3 +296,25 @@ async def test_grounded_on_collections_with_the_openai_client(
     )
     assert_problem(response, 404, "not_found")
     assert "Danube" not in response.text.replace("Where does the Danube flow?", "")
+
+
+async def test_a_non_streaming_client_that_gives_up_frees_the_model(
+    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+) -> None:
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    url = "/api/v1/chat/completions"
+    long_run = {"model": "endless", "messages": ASK, "max_tokens": 4000}
+    async with httpx.AsyncClient(base_url=chat_server.url, timeout=0.5) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            await impatient.post(url, json=long_run, headers=key)
+    short = {"model": "endless", "messages": ASK, "max_tokens": 5}
+    for _ in range(300):
+        follow = await http.post(url, json=short, headers=key)
+        if follow.status_code != 503:
+            break
+        await asyncio.sleep(0.02)
+    assert follow.status_code == 200, follow.text
+    # Metered for what it generated before the client left, far less than its 4000 tokens.
+    usage = await usage_of(http, tenant.admin)
+    assert 5 < usage["completion_tokens"] < 4000

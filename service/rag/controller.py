@@ -6,13 +6,14 @@ stream began is an error event in the stream's own format, never a silently cut 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-from litestar import Controller, Response, post
+from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
@@ -48,6 +49,7 @@ from service.rag.models import (
 from service.rag.service import GenerationService
 
 log = logging.getLogger("vectorhive.rag")
+T = TypeVar("T")
 
 READ = [requires(Permission.READ_ONLY)]
 Caller = NamedDependency[Principal]
@@ -84,6 +86,40 @@ class StreamingOperation(Operation):
 
 # Proxies (nginx) must pass each event on as it comes.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await work, cancelled when the client disconnects first (a non-streaming answer whose client
+    gave up: the generation stops and the model is freed, as for a stream). The body has been read,
+    so the next ASGI message is the disconnect."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise ClientDisconnected()
+    return task.result()
+
+
+class ClientDisconnected(ServiceError):
+    """Nobody is listening any more; the status is for the access log only."""
+
+    status = 499
+    code = "client_closed_request"
+    title = "The client closed the request"
+
+    def __init__(self) -> None:
+        super().__init__("The client disconnected before the answer was complete.")
 
 
 def sse_data(payload: Any) -> bytes:
@@ -170,7 +206,11 @@ class ChatController(Controller):
         summary="OpenAI-compatible chat completion; SSE chunks ending in [DONE] with stream: true",
     )
     async def create_chat_completion(
-        self, principal: Caller, rag: Answers, data: JSONBody[ChatCompletionRequest]
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        rag: Answers,
+        data: JSONBody[ChatCompletionRequest],
     ) -> Response[ChatCompletion] | Stream:
         answer_run = await rag.chat(principal, data)
         run = answer_run.generation
@@ -179,7 +219,7 @@ class ChatController(Controller):
             include_usage = data.stream_options is not None and data.stream_options.include_usage
             chunks = openai_chunks(answer_run, include_usage)
             return Stream(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
-        text, finished = await run.text()
+        text, finished = await unless_disconnected(request, run.text())
         citations = answer_run.citations(text) if answer_run.grounded is not None else None
         return Response(
             ChatCompletion(
@@ -282,7 +322,12 @@ class AnswersController(Controller):
         summary="Answer a question from the collection's documents, citing the passages used",
     )
     async def answer(
-        self, principal: Caller, rag: Answers, name: FromPath[str], data: JSONBody[AnswerRequest]
+        self,
+        request: Request[Any, Any, Any],
+        principal: Caller,
+        rag: Answers,
+        name: FromPath[str],
+        data: JSONBody[AnswerRequest],
     ) -> Response[Answer] | Stream:
         run = await rag.answer(principal, name, data)
         headers = {"X-Cache": "hit" if run.cached is not None else "miss"}
@@ -293,7 +338,7 @@ class AnswersController(Controller):
         if run.cached is not None:
             return Response(run.shown(run.cached), headers=headers)
         assert run.generation is not None
-        text, finished = await run.generation.text()
+        text, finished = await unless_disconnected(request, run.generation.text())
         answer = run.answer(text, finished)
         await rag.remember(run, answer)
         return Response(run.shown(answer), headers=headers)
