@@ -305,7 +305,7 @@ async def test_a_non_streaming_client_that_gives_up_frees_the_model(
     key = bearer(tenant.admin)
     url = "/api/v1/chat/completions"
     long_run = {"model": "endless", "messages": ASK, "max_tokens": 4000}
-    async with httpx.AsyncClient(base_url=chat_server.url, timeout=0.5) as impatient:
+    async with httpx.AsyncClient(base_url=chat_server.url, timeout=1.0) as impatient:
         with pytest.raises(httpx.ReadTimeout):
             await impatient.post(url, json=long_run, headers=key)
     short = {"model": "endless", "messages": ASK, "max_tokens": 5}
@@ -315,6 +315,7 @@ async def test_a_non_streaming_client_that_gives_up_frees_the_model(
             break
         await asyncio.sleep(0.02)
     assert follow.status_code == 200, follow.text
-    # Metered for what it generated before the client left, far less than its 4000 tokens.
+    # Metered for what it generated before the client left (perhaps nothing on a busy machine),
+    # far less than its 4000 tokens.
     usage = await usage_of(http, tenant.admin)
-    assert 5 < usage["completion_tokens"] < 4000
+    assert 5 <= usage["completion_tokens"] < 4000
