@@ -34,12 +34,23 @@ MODEL_CACHE = Path(
     os.environ.get("VECTORHIVE_TEST_MODEL_CACHE", Path.home() / ".cache" / "vectorhive-test-models")
 )
 os.environ["VECTORHIVE_EMBEDDINGS__CACHE_DIR"] = str(MODEL_CACHE)
+# Likewise the default chat model (SmolLM2), for the server processes tests start with the default
+# configuration; apps made with make_settings answer with the tiny test model instead.
+os.environ["VECTORHIVE_GENERATION__CACHE_DIR"] = str(MODEL_CACHE)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def default_embedding_model() -> Path:
     """Prepared before any server starts, so that servers never race to download it."""
     return prepare_default(MODEL_CACHE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_chat_model() -> Path:
+    """The same for the default chat model."""
+    from service.inference.smollm2 import prepare_default as prepare_default_chat
+
+    return prepare_default_chat(MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")
