@@ -68,3 +68,31 @@ class Embedder(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class _NoRedirect:
+    def __init__(self, disable: bool = True) -> None:
+        pass
+
+    def __enter__(self) -> _NoRedirect:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def keep_stderr() -> None:
+    """Stop llama-cpp-python from pointing the process's file descriptors 1 and 2 at /dev/null.
+
+    With verbose=False it does that around every model load (and some chat-format calls), for the
+    whole process: meanwhile the server's own log lines from other threads vanish, and two loads in
+    two threads (an embedding and a chat model at startup) can restore each other's /dev/null and
+    silence the server for good (seen: a server whose shutdown left no line in its log). Its
+    suppressor is replaced by a no-op; llama.cpp's own messages still pass its log level (errors
+    only with verbose=False)."""
+    import llama_cpp._internals
+    import llama_cpp.llama
+    import llama_cpp.llama_chat_format
+
+    for module in (llama_cpp.llama, llama_cpp._internals, llama_cpp.llama_chat_format):
+        setattr(module, "suppress_stdout_stderr", _NoRedirect)  # noqa: B010 (untyped module)

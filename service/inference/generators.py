@@ -43,6 +43,7 @@ class GeneratorRegistry:
             for name, model in settings.models.items()
         }
         self._loading: asyncio.Task[None] | None = None
+        self._pending: LocalGenerator | RemoteGenerator | None = None  # being loaded
 
     @property
     def default_model(self) -> str:
@@ -77,7 +78,12 @@ class GeneratorRegistry:
                     if not path.is_file():
                         raise FileNotFoundError(f"no such file: {path}")
                 generator = LocalGenerator(name, model, self.settings, path)
+            self._pending = generator
             await generator.load()
+        except asyncio.CancelledError:
+            # Shutting down while the model loads: its thread cannot be interrupted; close() waits
+            # for it and frees the model before the process goes on to exit.
+            raise
         except Exception as exc:
             if generator is not None:
                 await generator.close()
@@ -87,6 +93,7 @@ class GeneratorRegistry:
                 extra={"model": name, "error": state.error, "option": f"generation.models.{name}.path"},
             )
             return
+        self._pending = None
         self._generators[name] = generator
         state.status = "ready"
         log.info(
@@ -133,6 +140,9 @@ class GeneratorRegistry:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
             await asyncio.gather(self._loading, return_exceptions=True)
+        if self._pending is not None:
+            await self._pending.close()  # waits (off the event loop) for a load in progress
+            self._pending = None
         for generator in self._generators.values():
             await generator.close()
         self._generators.clear()

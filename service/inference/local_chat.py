@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import GenerationModelSettings, GenerationSettings
-from service.inference.base import ModelUnavailable
+from service.inference.base import ModelUnavailable, keep_stderr
 from service.inference.chat import (
     ChatMessage,
     ContextTooLong,
@@ -152,6 +152,8 @@ class LocalGenerator:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        keep_stderr()
+
         vocab = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
         template = vocab.metadata.get("tokenizer.chat_template")
         if not template:
@@ -183,9 +185,12 @@ class LocalGenerator:
         )  # fmt: skip
 
     async def close(self) -> None:
+        """Waits, off the event loop, for the call in progress (a load or the current token) and
+        frees the model: never left to the interpreter's exit, where a model freed by a late
+        thread can take the process down."""
         self._closed = True
-        self._worker.shutdown(wait=True, cancel_futures=True)
-        self._tokenizer.shutdown(wait=True, cancel_futures=True)
+        for executor in (self._worker, self._tokenizer):
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         self._llama = self._vocab = None
 
     # -- counting -------------------------------------------------------------------------------------
