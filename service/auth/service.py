@@ -524,6 +524,7 @@ class Authenticator:
             raise ServiceUnavailable(
                 "HiveHub's answer about this key could not be used; retry later or contact the operator.",
                 code="hivehub_unavailable",
+                headers={"Retry-After": "30"},
             )
         return answer
 
