@@ -168,6 +168,7 @@ def create_app(settings: Settings) -> Litestar:
                 quotas=quotas,
                 audit_buffer=audit_buffer,
                 limiter=limiter,
+                trusted_proxies=settings.server.trusted_proxies,
             ),
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),

@@ -97,7 +97,10 @@ def run_live_server(settings: Settings) -> Iterator[LiveServer]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        # As `vectorhive serve`: X-Forwarded-For is the app's to judge (server.trusted_proxies).
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False)
+    )
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
