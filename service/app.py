@@ -184,6 +184,7 @@ def create_app(settings: Settings) -> Litestar:
                 quotas=quotas,
                 audit_buffer=audit_buffer,
                 limiter=limiter,
+                trusted_proxies=settings.server.trusted_proxies,
             ),
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),
@@ -252,15 +253,18 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             await models.close()
+            # An unreachable database (down, or a partition that answers nothing) must not hold
+            # the shutdown: checked once, and every database step below is bounded or skipped.
+            await db.check_before_shutdown()
             await import_runner.close()
             await indexer.close()
-            await jobs.stop()
+            db.abandon(await jobs.stop(grace=1.0 if db.unreachable_at_shutdown else 10.0))
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
             # Usage counted in memory and authentication failures reach the database before exit.
-            await flush_usage()
-            await recorder.flush()
+            await db.final_write("writing usage counts and authentication failures (lost)", flush_usage)
+            await db.final_write("writing keys' last-used times (lost)", recorder.flush)
             await quotas.close()
             await limiter.close()
             if hub is not None:

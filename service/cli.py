@@ -134,6 +134,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=30,
+            # uvicorn would take X-Forwarded-For from 127.0.0.1 by default; the app decides whom
+            # to believe (server.trusted_proxies).
+            proxy_headers=False,
         )
     )
     server.run()

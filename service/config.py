@@ -6,6 +6,7 @@ succeeds: any problem raises ConfigError naming the option (and where its value 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ class ServerSettings(_Section):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
 
 class DatabaseSettings(_Section):
@@ -315,6 +317,14 @@ def _option_from_msgspec_path(message: str) -> tuple[str, str]:
 
 
 def _check_semantics(settings: Settings) -> None:
+    for index, proxy in enumerate(settings.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{index}]: '{proxy}' is not an IP address or CIDR network "
+                "(e.g. 10.0.0.0/8, 192.0.2.1, fd00::/8)"
+            ) from None
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
     url = settings.database.url

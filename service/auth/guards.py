@@ -38,7 +38,11 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
-        client = connection.client.host if connection.client is not None else None
+        # The TCP peer, or what a trusted reverse proxy says the client is (server.trusted_proxies).
+        client = authenticator.client_address.resolve(
+            connection.client.host if connection.client is not None else None,
+            connection.headers.getall("x-forwarded-for", []),
+        )
         return AuthenticationResult(user=await authenticator.authenticate(token, client), auth=None)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from pgvector.asyncpg import register_vector
 from service.config import DatabaseSettings
 from service.db.embedded import EmbeddedPostgres
 from service.db.migrate import head_revision, known_revisions, upgrade_to_head
+from service.errors import is_database_outage
 
 log = logging.getLogger("vectorhive.db")
 
@@ -28,6 +29,10 @@ TENANT_GROUP = "vectorhive_tenant"
 # Created by the service's login and granted to the group, so whichever tenant role the connection
 # takes on may use them; ON COMMIT DELETE ROWS empties them at the end of every transaction.
 _STAGING_TABLES = {"vector": "vh_staging_vector", "halfvec": "vh_staging_halfvec"}
+
+# What graceful shutdown gives one of its last database writes (usage counts, last-used times,
+# interrupted imports) and the check that the database still answers. A pod has 30 s in all.
+SHUTDOWN_DATABASE_SECONDS = 5.0
 
 
 async def set_local(conn: Any, settings: Mapping[str, str]) -> None:
@@ -76,6 +81,9 @@ class Database:
         self.database_name = ""
         self._pool: asyncpg.Pool | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        # Set when shutdown finds the database unreachable: nothing after that waits for it.
+        self.unreachable_at_shutdown = False
+        self._overrun: set[asyncio.Future[Any]] = set()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -84,6 +92,7 @@ class Database:
         return self._pool
 
     async def start(self, *, migrate: bool | None = None) -> None:
+        self.unreachable_at_shutdown = False
         if self.url is None:
             self.embedded = EmbeddedPostgres(Path(self.settings.data_dir))
             self.url = await asyncio.to_thread(self.embedded.start)
@@ -159,6 +168,73 @@ class Database:
                 log.warning("could not restart the embedded PostgreSQL yet; retrying", exc_info=True)
                 delay = min(delay * 2, 10.0)
 
+    async def check_before_shutdown(self) -> bool:
+        """Whether the database answers now; if not, shutdown's last writes are skipped (logged)
+        instead of each waiting for a connection or a statement timeout (a partition answers nothing)."""
+        if self._pool is None or self.url is None:
+            return False
+        url = self.url
+
+        async def probe() -> None:
+            conn = await asyncpg.connect(url, timeout=SHUTDOWN_DATABASE_SECONDS)
+            try:
+                await conn.fetchval("SELECT 1", timeout=SHUTDOWN_DATABASE_SECONDS)
+            finally:
+                conn.terminate()  # no polite goodbye: it could wait for an answer
+
+        try:
+            await self._bounded(probe)
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or is_database_outage(exc)):
+                raise
+            self._unreachable(exc)
+            return False
+        return True
+
+    async def final_write(self, what: str, work: Callable[[], Awaitable[object]]) -> bool:
+        """One of shutdown's last writes, bounded; skipped once the database proved unreachable.
+
+        `what` says what is skipped when it cannot be written ("writing usage counts (lost)")."""
+        if not self.unreachable_at_shutdown:
+            try:
+                await self._bounded(work)
+                return True
+            except Exception as exc:
+                if not (isinstance(exc, TimeoutError) or is_database_outage(exc)):
+                    log.exception(f"shutdown failed at {what}")
+                    return False
+                self._unreachable(exc)
+        log.warning(f"database unreachable at shutdown; skipped {what}", extra={"skipped": what})
+        return False
+
+    async def _bounded(self, work: Callable[[], Awaitable[object]]) -> None:
+        """work(), for at most SHUTDOWN_DATABASE_SECONDS.
+
+        Not asyncio.wait_for: that waits for the cancelled work to wind down, and a pooled
+        connection whose statement was cancelled waits for the server to confirm the cancellation,
+        which a partition never does. Work that overruns is cancelled and left to end when stop()
+        terminates the pool's connections."""
+        task = asyncio.ensure_future(work())
+        done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_DATABASE_SECONDS)
+        if not done:
+            task.cancel()
+            self._overrun.add(task)
+            raise TimeoutError
+        task.result()
+
+    def abandon(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Cancelled work still waiting for the database at shutdown: stop() lets it end."""
+        self._overrun.update(tasks)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if not self.unreachable_at_shutdown:
+            self.unreachable_at_shutdown = True
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning(
+                "database unreachable at shutdown; not waiting for it",
+                extra={"error": error, "timeout_seconds": SHUTDOWN_DATABASE_SECONDS},
+            )
+
     async def stop(self) -> None:
         if self._supervisor is not None:
             supervisor, self._supervisor = self._supervisor, None
@@ -167,11 +243,20 @@ class Database:
                 await supervisor
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            try:
-                await asyncio.wait_for(pool.close(), timeout=10)
-            except TimeoutError:
-                log.warning("database pool did not close in 10 s; terminating connections")
-                pool.terminate()
+            if self.unreachable_at_shutdown:
+                pool.terminate()  # closing politely would wait for answers that cannot come
+                overrun, self._overrun = self._overrun, set()
+                if overrun:  # they end now that their connections are gone
+                    await asyncio.wait(overrun, timeout=SHUTDOWN_DATABASE_SECONDS)
+                    for task in overrun:
+                        if task.done() and not task.cancelled():
+                            task.exception()  # seen: the skipped write was logged already
+            else:
+                try:
+                    await asyncio.wait_for(pool.close(), timeout=10)
+                except TimeoutError:
+                    log.warning("database pool did not close in 10 s; terminating connections")
+                    pool.terminate()
         await self._stop_embedded()
 
     async def _stop_embedded(self) -> None:
