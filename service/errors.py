@@ -418,3 +418,19 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
 
 
 AUTHENTICATED = (400, 401, 403)
+
+
+def problem_of(exc: Exception) -> Problem:
+    """The problem an exception renders as, outside Litestar's handlers (MCP tool errors use it so
+    that a tool fails with the same code and detail as the REST operation it mirrors)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, ServiceError):
+        return _from_service_error(exc)
+    if isinstance(exc, HTTPException):
+        return _from_http_exception(exc)
+    if isinstance(exc, asyncpg.DataError):
+        return _from_database_data_error(exc)
+    if isinstance(exc, asyncpg.TransactionRollbackError):
+        return _from_transaction_rollback(exc)
+    return _from_unexpected(exc)
