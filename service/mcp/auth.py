@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import mcp_types as types
 import msgspec
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
@@ -47,9 +48,20 @@ def transport_security(settings: McpSettings) -> TransportSecuritySettings:
     )
 
 
+def _wants_jsonrpc(scope: Scope) -> bool:
+    """MCP clients accept application/json (and text/event-stream), not problem+json: they get the
+    refusal as a JSON-RPC error, which their SDKs surface with its message ("The API key has been
+    revoked.") instead of a bare HTTP status. Anyone else gets problem+json."""
+    accept = ",".join(
+        value.decode("latin-1").lower() for name, value in scope.get("headers", []) if name == b"accept"
+    )
+    return "application/json" in accept and PROBLEM_MEDIA_TYPE not in accept
+
+
 async def send_problem(
     scope: Scope, send: Send, exc: Exception, extra_headers: dict[str, str] | None = None
 ) -> None:
+    """The app's problem document; for MCP clients inside a JSON-RPC error (as its data)."""
     problem = problem_of(exc)
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_PREFIX + problem.code,
@@ -65,6 +77,13 @@ async def send_problem(
     if problem.errors:
         body["errors"] = problem.errors
     body.update(problem.members)
+    media_type = PROBLEM_MEDIA_TYPE
+    if _wants_jsonrpc(scope):
+        media_type = "application/json"
+        code = types.INTERNAL_ERROR if problem.status_code >= 500 else types.INVALID_REQUEST
+        # id null: the request is refused before its body is read (JSON-RPC 2.0, section 5).
+        error = {"code": code, "message": problem.detail, "data": body}
+        body = {"jsonrpc": "2.0", "id": None, "error": error}
     encoded = msgspec.json.encode(body)
     headers = {**(problem.headers or {}), **(extra_headers or {})}
     await send(
@@ -72,7 +91,7 @@ async def send_problem(
             "type": "http.response.start",
             "status": problem.status_code,
             "headers": [
-                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-type", media_type.encode()),
                 (b"content-length", str(len(encoded)).encode()),
                 *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
             ],

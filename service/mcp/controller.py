@@ -44,6 +44,8 @@ def route_handlers(endpoint: McpEndpoint) -> list[Any]:
         resource = resource_url(settings, request.url.scheme, request.headers.get("host"))
         return ProtectedResourceMetadata(
             resource=resource,
+            bearer_methods_supported=["header"],  # the only way MCP allows
+            resource_name="vectorhive MCP server",
             authorization_servers=list(settings.authorization_servers) or None,
         )
 

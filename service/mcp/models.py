@@ -59,7 +59,6 @@ class ProtectedResourceMetadata(msgspec.Struct, kw_only=True, omit_defaults=True
     """RFC 9728 OAuth 2.0 protected resource metadata of the MCP endpoint."""
 
     resource: str
+    bearer_methods_supported: list[str]
+    resource_name: str
     authorization_servers: list[str] | None = None
-    bearer_methods_supported: list[str] = msgspec.field(default_factory=lambda: ["header"])
-    resource_name: str = "vectorhive MCP server"
-    resource_documentation: str | None = None
