@@ -95,7 +95,9 @@ def build_server(service: McpService) -> Server[Any]:
         outcome = await service.call(principal, tool, params.arguments or {}, _request_id(ctx))
         return types.CallToolResult(
             content=[types.TextContent(text=outcome.text)],
-            structured_content=outcome.data,
+            # An error's problem document is the text only: clients check structured content
+            # against the tool's outputSchema even on errors (the TypeScript SDK does).
+            structured_content=None if outcome.is_error else outcome.data,
             is_error=outcome.is_error,
         )
 
