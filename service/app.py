@@ -213,7 +213,9 @@ def create_app(settings: Settings) -> Litestar:
         McpEndpoint(
             settings,
             state["authenticator"],
-            McpService(McpServices(collections=state["collection_service"]), quotas, meter),
+            McpService(
+                McpServices(collections=collections, documents=state["document_service"]), quotas, meter
+            ),
         )
         if settings.mcp.enabled
         else None

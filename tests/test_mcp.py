@@ -26,8 +26,8 @@ from service.db import Database
 from tests.conftest import LiveServer, TenantKeys, assert_problem, bearer, run_live_server
 
 MODES = ["auto", "legacy"]  # protocol 2026-07-28, and the initialize handshake of earlier revisions
-READ_TOOLS = {"list_collections", "describe_collection", "search"}
-WRITE_TOOLS = {"upsert_vectors", "delete"}
+READ_TOOLS = {"list_collections", "describe_collection", "search", "get_documents"}
+WRITE_TOOLS = {"upsert_vectors", "delete", "add_documents"}
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,8 @@ async def test_discovery_and_tools_per_permission(
         assert annotations is not None
         assert annotations.read_only_hint is False and annotations.destructive_hint is True
     search = tools["search"].input_schema
-    assert search["type"] == "object" and set(search["required"]) == {"collection", "vector"}
+    assert search["type"] == "object" and search["required"] == ["collection"]
+    assert {"vector", "text", "mode", "filter", "top_k"} <= set(search["properties"])
     assert search["properties"]["top_k"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10}
     assert search["additionalProperties"] is False
     assert tools["delete"].input_schema["properties"]["dry_run"]["type"] == "boolean"

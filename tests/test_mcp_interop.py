@@ -55,7 +55,15 @@ async def test_typescript_sdk_client(live_server: LiveServer, make_tenant: Calla
         assert out["server"]["name"] == "vectorhive"
         assert out["protocolVersion"] == "2025-11-25"
         tools = {t["name"]: t["annotations"] for t in out["tools"]}
-        assert set(tools) == {"list_collections", "describe_collection", "search", "upsert_vectors", "delete"}
+        assert set(tools) == {
+            "list_collections",
+            "describe_collection",
+            "search",
+            "get_documents",
+            "upsert_vectors",
+            "delete",
+            "add_documents",
+        }
         assert tools["search"]["readOnlyHint"] is True and tools["delete"]["destructiveHint"] is True
 
         assert out["upsert"]["structuredContent"] == {"upserted": 2} and not out["upsert"].get("isError")

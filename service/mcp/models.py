@@ -13,6 +13,7 @@ import msgspec
 
 from service.auth.models import CollectionName
 from service.collections.models import DeleteRequest, SearchRequest, UpsertRequest
+from service.documents.models import AddDocumentsRequest, Document, DocumentId, DocumentSummary
 
 Cursor = Annotated[str, msgspec.Meta(description="next_cursor of the previous page")]
 
@@ -53,6 +54,32 @@ class DeleteToolResult(msgspec.Struct, kw_only=True):
     dry_run: bool
     matched: int
     deleted: int
+
+
+class AddDocumentsArgs(AddDocumentsRequest, kw_only=True, forbid_unknown_fields=True):
+    """POST /collections/{name}/documents's body, with the collection."""
+
+    collection: CollectionName
+
+
+class GetDocumentsArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """ids: those documents in full (text, metadata, chunks); none: a page of the collection's
+    documents without their text (pass next_cursor back as cursor)."""
+
+    collection: CollectionName
+    ids: Annotated[list[DocumentId], msgspec.Meta(min_length=1, max_length=100)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000, description="Documents per page")] = 100
+    cursor: Cursor | None = None
+
+
+class GetDocumentsResult(msgspec.Struct, kw_only=True):
+    """With ids: `documents` (in the order asked) and `not_found` (ids the collection does not
+    have). Without: `listed` and `next_cursor`."""
+
+    documents: list[Document] = msgspec.field(default_factory=list)
+    not_found: list[str] = msgspec.field(default_factory=list)
+    listed: list[DocumentSummary] = msgspec.field(default_factory=list)
+    next_cursor: str | None = None
 
 
 class ProtectedResourceMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -24,10 +24,16 @@ from service.collections.models import (
     UpsertResult,
 )
 from service.collections.service import CollectionService
+from service.documents.models import AddDocumentsResult, Document
+from service.documents.service import DocumentService
+from service.errors import NotFound
 from service.mcp.models import (
+    AddDocumentsArgs,
     CollectionArgs,
     DeleteArgs,
     DeleteToolResult,
+    GetDocumentsArgs,
+    GetDocumentsResult,
     ListCollectionsArgs,
     SearchArgs,
     UpsertArgs,
@@ -39,6 +45,7 @@ class Services:
     """The services tools call (built in create_app, like every provider)."""
 
     collections: CollectionService
+    documents: DocumentService
 
 
 Runner = Callable[[Services, Principal, Any], Awaitable[msgspec.Struct]]
@@ -110,6 +117,27 @@ async def _delete(s: Services, p: Principal, a: DeleteArgs) -> DeleteToolResult:
     return DeleteToolResult(dry_run=False, matched=deleted, deleted=deleted)
 
 
+async def _get_documents(s: Services, p: Principal, a: GetDocumentsArgs) -> GetDocumentsResult:
+    if a.ids is None:
+        page = await s.documents.list_page(p, a.collection, cursor=a.cursor, limit=a.limit)
+        return GetDocumentsResult(listed=page.items, next_cursor=page.next_cursor)
+    # The collection first: one outside the caller's reach fails the call as not found, whatever
+    # the ids (the same answer as for a collection that does not exist).
+    await s.collections.get(p, a.collection)
+    documents: list[Document] = []
+    not_found: list[str] = []
+    for document_id in dict.fromkeys(a.ids):
+        try:
+            documents.append(await s.documents.get(p, a.collection, document_id))
+        except NotFound:
+            not_found.append(document_id)
+    return GetDocumentsResult(documents=documents, not_found=not_found)
+
+
+async def _add_documents(s: Services, p: Principal, a: AddDocumentsArgs) -> AddDocumentsResult:
+    return await s.documents.add(p, a.collection, a)
+
+
 TOOLS: dict[str, Tool] = {
     tool.name: tool
     for tool in (
@@ -136,13 +164,42 @@ TOOLS: dict[str, Tool] = {
             name="search",
             title="Search a collection",
             description=(
-                "Nearest neighbours of a query vector in a collection (its dimension, see "
-                "describe_collection), optionally under a metadata filter such as "
-                '{"lang": "en"} or {"year": {"$gte": 2020}}. Higher score is better for every metric.'
+                "Search a collection. By text (a collection bound to an embedding model, see "
+                "describe_collection's embedding): mode vector (meaning), keyword (exact words; "
+                'websearch syntax: words, "phrases", or, -not) or hybrid (both, fused); hits of '
+                "documents carry document_id, chunk_index and the chunk's text. Or by vector (of the "
+                "collection's dimension). Optionally under a metadata filter such as "
+                '{"lang": "en"} or {"year": {"$gte": 2020}}. Higher score is better.'
             ),
             args=SearchArgs,
             result=SearchResult,
             run=_search,
+        ),
+        Tool(
+            name="get_documents",
+            title="Get documents",
+            description=(
+                "Documents of a collection bound to an embedding model: with ids, those documents "
+                "in full (text, metadata, chunk ranges) and the ids not found; without ids, a page "
+                "of the collection's documents without their text."
+            ),
+            args=GetDocumentsArgs,
+            result=GetDocumentsResult,
+            run=_get_documents,
+        ),
+        Tool(
+            name="add_documents",
+            title="Add documents",
+            description=(
+                "Store documents (id, text, optional metadata) in a collection bound to an embedding "
+                "model: each is split into chunks, embedded and made searchable by text. A document "
+                "sent again replaces the old one whole. All or nothing."
+            ),
+            args=AddDocumentsArgs,
+            result=AddDocumentsResult,
+            run=_add_documents,
+            writes=True,
+            destructive=True,  # a document with an existing id replaces it
         ),
         Tool(
             name="upsert_vectors",
