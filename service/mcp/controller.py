@@ -32,7 +32,7 @@ def route_handlers(endpoint: McpEndpoint) -> list[Any]:
         METADATA_PATH,
         operation_id="getMcpProtectedResourceMetadata",
         opt=_PUBLIC,
-        security=[],
+        security=[{}],  # public: clients read it to learn how to authenticate
         tags=["mcp"],
         responses=problem_responses(400),
         summary="OAuth protected resource metadata of the MCP endpoint (RFC 9728)",
