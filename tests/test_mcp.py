@@ -23,6 +23,8 @@ from service.auth.keys import parse_key
 from service.auth.service import KeyService
 from service.config import Settings
 from service.db import Database
+from service.tenants.models import TenantStatus
+from service.tenants.service import TenantService
 from tests.conftest import LiveServer, TenantKeys, assert_problem, bearer, run_live_server
 
 MODES = ["auto", "legacy"]  # protocol 2026-07-28, and the initialize handshake of earlier revisions
@@ -216,7 +218,8 @@ async def test_tool_calls_are_metered_by_tool_name(
             tenant.tenant_id,
         )
         usage = {(r["metric"], r["operation"]): r["q"] for r in rows}
-        if usage.get(("requests", "mcp.upsert_vectors")) == 1:
+        # A flush may fall between a call's request count and what its service meters after.
+        if usage.get(("requests", "mcp.upsert_vectors")) == 1 and usage.get(("vectors_written", "")) == 4:
             break
         assert asyncio.get_running_loop().time() < deadline, usage
         await asyncio.sleep(0.2)
@@ -507,12 +510,17 @@ async def test_host_and_origin_checks(
     headers = {**MCP_ACCEPT, **bearer(tenant.key("mcp"))}
     ok = await rest.post("/mcp", json={**JSONRPC_LIST}, headers=headers)
     assert ok.status_code == 200, ok.text
-    rebinding = await rest.post("/mcp", json=JSONRPC_LIST, headers={**headers, "Host": "evil.example"})
-    assert rebinding.status_code == 421
-    foreign = await rest.post(
-        "/mcp", json=JSONRPC_LIST, headers={**headers, "Origin": "https://evil.example"}
+    plain = {k: v for k, v in headers.items() if k != "Accept"}  # so that the answer is problem+json
+    rebinding = await rest.post("/mcp", json=JSONRPC_LIST, headers={**plain, "Host": "evil.example"})
+    assert_problem(rebinding, 421, "misdirected_request")
+    assert (
+        "'evil.example'" in rebinding.json()["detail"] and "mcp.allowed_hosts" in rebinding.json()["detail"]
     )
-    assert foreign.status_code == 403
+    foreign = await rest.post("/mcp", json=JSONRPC_LIST, headers={**plain, "Origin": "https://evil.example"})
+    assert_problem(foreign, 403, "origin_not_allowed")
+    # Checked before the credential: a foreign Host learns nothing, not even the challenge.
+    anonymous = await rest.post("/mcp", json=JSONRPC_LIST, headers={"Host": "evil.example"})
+    assert anonymous.status_code == 421 and "www-authenticate" not in anonymous.headers
     local = await rest.post("/mcp", json=JSONRPC_LIST, headers={**headers, "Origin": "http://localhost:6274"})
     assert local.status_code == 200
 
@@ -522,3 +530,57 @@ async def test_disabled_mcp_has_no_endpoint(make_settings: Callable[..., Setting
     async with AsyncTestClient(app) as client:
         assert_problem(await client.post("/mcp", json=JSONRPC_LIST), 404, "not_found")
         assert_problem(await client.get("/.well-known/oauth-protected-resource/mcp"), 404, "not_found")
+
+
+async def test_suspended_tenant_is_refused(
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], db: Database
+) -> None:
+    tenant: TenantKeys = await make_tenant("mcp")
+    async with connect(server, tenant.key("mcp")) as client:
+        await call(client, "list_collections", {})
+        await TenantService(db).set_status(tenant.tenant_id, TenantStatus.SUSPENDED)
+        deadline = asyncio.get_running_loop().time() + 5
+        with pytest.raises(MCPError) as refused:
+            while True:
+                await call(client, "list_collections", {})
+                assert asyncio.get_running_loop().time() < deadline, "suspended tenant still served"
+                await asyncio.sleep(0.1)
+        assert refused.value.message == f"Tenant '{tenant.tenant_id}' is suspended."
+        assert refused.value.data["status"] == 403 and refused.value.data["code"] == "tenant_suspended"
+
+
+async def test_token_bucket_and_listing_limits(
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], operator_key: str
+) -> None:
+    tenant: TenantKeys = await make_tenant("mcp")
+    await make_collection(rest, tenant.admin, "bucket")
+    # A bucket of 5 tokens, refilled slowly: upserting 100 vectors costs 10 (cost_upsert_vector 0.1).
+    limited = await rest.put(
+        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
+        json={"token_bucket_capacity": 5, "token_refill_per_second": 0.01},
+        headers=bearer(operator_key),
+    )
+    assert limited.status_code == 200, limited.text
+    before = await snapshot(rest, tenant.admin, "bucket")
+    vectors = [{"id": f"b{i}", "vector": [1, 0, i]} for i in range(100)]
+    async with connect(server, tenant.key("mcp")) as client:
+        problem = await fails(
+            client, "upsert_vectors", {"collection": "bucket", "vectors": vectors}, "rate_limited"
+        )
+        assert problem["limit"] == "token_bucket" and problem["retry_after"] >= 1
+        assert "costs 10 tokens, more than tenant" in problem["detail"]
+    assert await snapshot(rest, tenant.admin, "bucket") == before
+
+    # tools/list is a request too: past the window it is a JSON-RPC error with the same words.
+    windows = await rest.put(
+        f"/api/v1/admin/tenants/{tenant.tenant_id}/quotas",
+        json={"requests_per_minute": 1},
+        headers=bearer(operator_key),
+    )
+    assert windows.status_code == 200
+    async with connect(server, tenant.key("mcp"), "legacy") as client:
+        with pytest.raises(MCPError) as refused:
+            for _ in range(3):
+                await client.list_tools()
+    assert refused.value.message.startswith("Rate limit exceeded: 1 requests per minute")
+    assert refused.value.data == {"code": "rate_limited", "status": 429}

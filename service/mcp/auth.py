@@ -20,7 +20,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.auth.principal import Principal
 from service.auth.service import Authenticator
 from service.config import McpSettings
-from service.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, Forbidden, Unauthorized, problem_of
+from service.errors import (
+    PROBLEM_MEDIA_TYPE,
+    PROBLEM_TYPE_PREFIX,
+    Forbidden,
+    ServiceError,
+    Unauthorized,
+    problem_of,
+)
 
 METADATA_PATH = "/.well-known/oauth-protected-resource/mcp"
 ENDPOINT_PATH = "/mcp"
@@ -128,7 +135,7 @@ class McpAuthentication:
         request = Request(scope, receive)
         refused = await self.security.validate_request(request, is_post=False)
         if refused is not None:
-            await refused(scope, receive, send)
+            await send_problem(scope, send, self._refusal(refused.status_code, request))
             return
         try:
             principal = await self._authenticate(scope, request)
@@ -141,6 +148,23 @@ class McpAuthentication:
             return
         scope["user"] = principal
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _refusal(status: int, request: Request) -> ServiceError:
+        """The SDK's verdict (421 for the Host, 403 for the Origin) in the app's words and shape."""
+        if status == 421:
+            error = ServiceError(
+                f"This server does not answer MCP requests for the host "
+                f"'{request.headers.get('host', '')}' (not in mcp.allowed_hosts).",
+                code="misdirected_request",
+            )
+            error.status, error.title = 421, "Misdirected request"
+            return error
+        return Forbidden(
+            f"Requests from the origin '{request.headers.get('origin', '')}' may not use the MCP "
+            "endpoint (not in mcp.allowed_origins).",
+            code="origin_not_allowed",
+        )
 
     async def _authenticate(self, scope: Scope, request: Request) -> Principal:
         header = request.headers.get("authorization")
