@@ -584,3 +584,21 @@ async def test_token_bucket_and_listing_limits(
                 await client.list_tools()
     assert refused.value.message.startswith("Rate limit exceeded: 1 requests per minute")
     assert refused.value.data == {"code": "rate_limited", "status": 429}
+
+
+async def test_single_tenant_mode_needs_no_key_and_is_logged(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Local development without keys: the default tenant over MCP too; the access log names the
+    tenant of an MCP request like any other (the mount shares the request's scope)."""
+    caplog.set_level("INFO", logger="vectorhive.access")
+    settings = make_settings(auth={"require_authentication": False})
+    with run_live_server(settings) as live:
+        async with connect(live, None) as client:
+            assert {t.name for t in (await client.list_tools()).tools} == READ_TOOLS | WRITE_TOOLS
+            await call(client, "list_collections", {})
+    mcp_lines = [
+        r for r in caplog.records if r.name == "vectorhive.access" and getattr(r, "route", "") == "/mcp"
+    ]
+    assert mcp_lines and all(r.__dict__["status"] == 200 for r in mcp_lines)
+    assert {r.__dict__["tenant_id"] for r in mcp_lines} == {settings.auth.default_tenant_id}

@@ -26,6 +26,9 @@ def route_handlers(endpoint: McpEndpoint) -> list[Any]:
     @asgi(ENDPOINT_PATH, is_mount=True, copy_scope=False, opt=_PUBLIC)
     async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
         """MCP over streamable HTTP (protocol 2026-07-28 and the earlier handshake revisions)."""
+        # Litestar leaves a mount's requests without a route template; the access log and the
+        # latency histogram label requests by it.
+        scope["path_template"] = ENDPOINT_PATH
         await endpoint.app(scope, receive, send)  # type: ignore[arg-type]
 
     @get(
