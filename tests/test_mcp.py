@@ -521,6 +521,11 @@ async def test_host_and_origin_checks(
     # Checked before the credential: a foreign Host learns nothing, not even the challenge.
     anonymous = await rest.post("/mcp", json=JSONRPC_LIST, headers={"Host": "evil.example"})
     assert anonymous.status_code == 421 and "www-authenticate" not in anonymous.headers
+    huge = await rest.post(
+        "/mcp", content=b" " * (16 * 1024 * 1024 + 1), headers={**plain, "Content-Type": "application/json"}
+    )
+    assert_problem(huge, 413, "payload_too_large")
+    assert huge.json()["detail"] == "The request body is larger than the limit of 16,777,216 bytes."
     local = await rest.post("/mcp", json=JSONRPC_LIST, headers={**headers, "Origin": "http://localhost:6274"})
     assert local.status_code == 200
 

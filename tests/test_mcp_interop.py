@@ -70,6 +70,8 @@ async def test_typescript_sdk_client(live_server: LiveServer, make_tenant: Calla
         hits = out["search"]["structuredContent"]["results"]
         assert [(h["id"], h["metadata"]) for h in hits] == [("ts-1", {"from": "typescript"})]
         assert out["dryRun"]["structuredContent"] == {"dry_run": True, "matched": 1, "deleted": 0}
+        assert [c["name"] for c in out["listed"]["structuredContent"]["items"]] == ["ts"]
+        assert out["described"]["structuredContent"]["vector_count"] == 2
         assert out["missing"]["isError"] is True
         problem = json.loads(out["missing"]["content"][0]["text"])
         assert problem["code"] == "not_found" and problem["detail"] == "Collection 'no-such' does not exist."

@@ -111,10 +111,13 @@ class McpAuthentication:
     """ASGI: Host/Origin checks, then the bearer credential; the Principal goes into scope["user"]
     (where the access log and the tools find it)."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, settings: McpSettings) -> None:
+    def __init__(
+        self, app: ASGIApp, authenticator: Authenticator, settings: McpSettings, max_body_bytes: int
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.settings = settings
+        self.max_body_bytes = max_body_bytes
         # The SDK checks these again inside its transport; checking first means that a request for a
         # foreign Host learns nothing, not even the shape of our challenge.
         self.security = TransportSecurityMiddleware(transport_security(settings))
@@ -136,6 +139,16 @@ class McpAuthentication:
         refused = await self.security.validate_request(request, is_post=False)
         if refused is not None:
             await send_problem(scope, send, self._refusal(refused.status_code, request))
+            return
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            # The SDK would refuse it too (in plain text); REST's words and shape instead.
+            too_large = ServiceError(
+                f"The request body is larger than the limit of {self.max_body_bytes:,} bytes.",
+                code="payload_too_large",
+            )
+            too_large.status, too_large.title = 413, "The request body is too large"
+            await send_problem(scope, send, too_large)
             return
         try:
             principal = await self._authenticate(scope, request)

@@ -133,7 +133,12 @@ class McpEndpoint:
             # An upsert as large as REST accepts.
             max_request_body_size=settings.collections.max_batch_bytes,
         )
-        self.app = McpAuthentication(self.manager.handle_request, authenticator, settings.mcp)
+        self.app = McpAuthentication(
+            self.manager.handle_request,
+            authenticator,
+            settings.mcp,
+            max_body_bytes=settings.collections.max_batch_bytes,
+        )
 
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:

@@ -28,6 +28,8 @@ out.upsert = await client.callTool({
 });
 out.search = await client.callTool({ name: "search", arguments: { collection, vector: [1, 0.1, 0], top_k: 1 } });
 out.dryRun = await client.callTool({ name: "delete", arguments: { collection, ids: ["ts-2"], dry_run: true } });
+out.listed = await client.callTool({ name: "list_collections", arguments: {} });
+out.described = await client.callTool({ name: "describe_collection", arguments: { collection } });
 out.missing = await client.callTool({ name: "describe_collection", arguments: { collection: "no-such" } });
 await client.close();
 console.log(JSON.stringify(out));
