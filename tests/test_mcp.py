@@ -607,3 +607,24 @@ async def test_single_tenant_mode_needs_no_key_and_is_logged(
     ]
     assert mcp_lines and all(r.__dict__["status"] == 200 for r in mcp_lines)
     assert {r.__dict__["tenant_id"] for r in mcp_lines} == {settings.auth.default_tenant_id}
+
+
+def test_every_tool_mirrors_a_rest_operation() -> None:
+    """Each tool names the REST operation it is a twin of; a renamed or removed one fails here."""
+    from pathlib import Path
+
+    from service.mcp.tools import TOOLS
+
+    document = json.loads((Path(__file__).resolve().parent.parent / "openapi" / "openapi.json").read_text())
+    operations = {
+        operation["operationId"]
+        for path in document["paths"].values()
+        for operation in path.values()
+        if isinstance(operation, dict) and "operationId" in operation
+    }
+    assert {tool.mirrors for tool in TOOLS.values()} <= operations
+    assert set(TOOLS) == READ_TOOLS | WRITE_TOOLS
+    # No ADMIN-only operation has a tool.
+    assert not {"createCollection", "deleteCollection", "createKey", "revokeKey"} & {
+        tool.mirrors for tool in TOOLS.values()
+    }

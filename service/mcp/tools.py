@@ -74,6 +74,7 @@ class Tool:
     args: type[msgspec.Struct]
     result: type[msgspec.Struct]
     run: Runner
+    mirrors: str  # the REST operation_id it is a thin twin of (same service call, same rules)
     writes: bool = False  # needs write access (see service.may_write)
     destructive: bool = False
     idempotent: bool = True
@@ -151,6 +152,7 @@ TOOLS: dict[str, Tool] = {
             args=ListCollectionsArgs,
             result=CollectionPage,
             run=_list_collections,
+            mirrors="listCollections",
         ),
         Tool(
             name="describe_collection",
@@ -159,6 +161,7 @@ TOOLS: dict[str, Tool] = {
             args=CollectionArgs,
             result=Collection,
             run=_describe_collection,
+            mirrors="getCollection",
         ),
         Tool(
             name="search",
@@ -174,6 +177,7 @@ TOOLS: dict[str, Tool] = {
             args=SearchArgs,
             result=SearchResult,
             run=_search,
+            mirrors="searchCollection",
         ),
         Tool(
             name="get_documents",
@@ -186,6 +190,7 @@ TOOLS: dict[str, Tool] = {
             args=GetDocumentsArgs,
             result=GetDocumentsResult,
             run=_get_documents,
+            mirrors="getDocument",
         ),
         Tool(
             name="add_documents",
@@ -198,6 +203,7 @@ TOOLS: dict[str, Tool] = {
             args=AddDocumentsArgs,
             result=AddDocumentsResult,
             run=_add_documents,
+            mirrors="addDocuments",
             writes=True,
             destructive=True,  # a document with an existing id replaces it
         ),
@@ -211,6 +217,7 @@ TOOLS: dict[str, Tool] = {
             args=UpsertArgs,
             result=UpsertResult,
             run=_upsert_vectors,
+            mirrors="upsertVectors",
             writes=True,
             destructive=True,  # an existing id's vector and metadata are replaced
         ),
@@ -224,6 +231,7 @@ TOOLS: dict[str, Tool] = {
             args=DeleteArgs,
             result=DeleteToolResult,
             run=_delete,
+            mirrors="deleteVectors",
             writes=True,
             destructive=True,
         ),
