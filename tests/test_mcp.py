@@ -628,3 +628,50 @@ def test_every_tool_mirrors_a_rest_operation() -> None:
     assert not {"createCollection", "deleteCollection", "createKey", "revokeKey"} & {
         tool.mirrors for tool in TOOLS.values()
     }
+
+
+def test_mcp_settings_from_the_environment(tmp_path: Any) -> None:
+    from service.config import ConfigError, load_settings
+
+    settings = load_settings(
+        environ={
+            "VECTORHIVE_MCP__ENABLED": "false",
+            "VECTORHIVE_MCP__ALLOWED_HOSTS": '["vectors.example.com", "vectors.example.com:*"]',
+            "VECTORHIVE_MCP__RESOURCE_URL": "https://vectors.example.com/mcp",
+        },
+        cwd=tmp_path,
+    )
+    assert settings.mcp.enabled is False
+    assert settings.mcp.allowed_hosts == ["vectors.example.com", "vectors.example.com:*"]
+    assert settings.mcp.resource_url == "https://vectors.example.com/mcp"
+    with pytest.raises(ConfigError, match=r"mcp\.resource_url: must be an http:// or https:// URL"):
+        load_settings(environ={"VECTORHIVE_MCP__RESOURCE_URL": "vectors.example.com"}, cwd=tmp_path)
+
+
+async def test_configured_resource_url_and_authorization_servers(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Behind a proxy the public URL is configured; an OAuth authorization server, when one issues
+    tokens this server accepts, is published for clients to find."""
+    app = create_app(
+        make_settings(
+            mcp={
+                "allowed_hosts": ["testserver.local"],
+                "resource_url": "https://vectors.example.com/tenant-a/mcp",
+                "authorization_servers": ["https://auth.example.com"],
+            }
+        )
+    )
+    async with AsyncTestClient(app) as client:
+        document = await client.get("/.well-known/oauth-protected-resource/mcp")
+        assert document.json() == {
+            "resource": "https://vectors.example.com/tenant-a/mcp",
+            "bearer_methods_supported": ["header"],
+            "resource_name": "vectorhive MCP server",
+            "authorization_servers": ["https://auth.example.com"],
+        }
+        challenge = (await client.post("/mcp", json=JSONRPC_LIST)).headers["www-authenticate"]
+        assert (
+            'resource_metadata="https://vectors.example.com/.well-known/oauth-protected-resource/tenant-a/mcp"'
+            in challenge
+        )
