@@ -47,6 +47,10 @@ from service.imports.controller import ImportsController
 from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
 from service.inference.registry import ModelRegistry
+from service.mcp import controller as mcp_controller
+from service.mcp.server import McpEndpoint
+from service.mcp.service import McpService
+from service.mcp.tools import Services as McpServices
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
@@ -205,6 +209,19 @@ def create_app(settings: Settings) -> Litestar:
         }
     )
 
+    # MCP tools call the same services as REST (service/mcp); the SDK's manager runs in the lifespan.
+    mcp = (
+        McpEndpoint(
+            settings,
+            state["authenticator"],
+            McpService(
+                McpServices(collections=collections, documents=state["document_service"]), quotas, meter
+            ),
+        )
+        if settings.mcp.enabled
+        else None
+    )
+
     async def flush_usage() -> None:
         await meter.flush()
         await audit_buffer.flush(db.pool)
@@ -287,6 +304,7 @@ def create_app(settings: Settings) -> Litestar:
             ClusterController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
+            *(mcp_controller.route_handlers(mcp) if mcp is not None else []),
         ],
         dependencies=DEPENDENCIES,
         middleware=[
@@ -295,7 +313,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         before_request=check_request,
         plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],
-        lifespan=[lifespan],
+        lifespan=[lifespan, *([mcp.lifespan] if mcp is not None else [])],
         state=state,
         openapi_config=openapi_config(),
         logging_config=None,

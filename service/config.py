@@ -178,6 +178,28 @@ class DocumentsSettings(_Section):
     hybrid_candidates: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
 
 
+def _loopback_hosts() -> list[str]:
+    return ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
+
+
+def _loopback_origins() -> list[str]:
+    return ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+class McpSettings(_Section):
+    """The MCP server (streamable HTTP at /mcp on the API port)."""
+
+    enabled: bool = True
+    # DNS-rebinding protection of the MCP SDK's transport security: Host and Origin headers.
+    dns_rebinding_protection: bool = True
+    allowed_hosts: list[str] = msgspec.field(default_factory=_loopback_hosts)
+    allowed_origins: list[str] = msgspec.field(default_factory=_loopback_origins)
+    # The public URL of the endpoint (e.g. https://vectors.example.com/mcp), named by the OAuth
+    # protected resource metadata and WWW-Authenticate; null: derived from each request's Host.
+    resource_url: str | None = None
+    authorization_servers: list[str] = msgspec.field(default_factory=list)
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -191,6 +213,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     s5: S5Settings = msgspec.field(default_factory=S5Settings)
     embeddings: EmbeddingsSettings = msgspec.field(default_factory=EmbeddingsSettings)
     documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
 
     @property
     def single_tenant(self) -> bool:
@@ -365,6 +388,12 @@ def _check_semantics(settings: Settings) -> None:
         )
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
+    mcp = settings.mcp
+    for option, url in [("resource_url", mcp.resource_url)] + [
+        (f"authorization_servers[{i}]", u) for i, u in enumerate(mcp.authorization_servers)
+    ]:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"mcp.{option}: must be an http:// or https:// URL")
 
 
 def load_settings(

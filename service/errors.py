@@ -443,3 +443,19 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
 # before it runs argon2 or by the tenant's rate limits (429), and needs the database for a key not
 # yet cached, as does every operation behind it (503 database_unavailable).
 AUTHENTICATED = (400, 401, 403, 429, 503)
+
+
+def problem_of(exc: Exception) -> Problem:
+    """The problem an exception renders as, outside Litestar's handlers (MCP tool errors use it so
+    that a tool fails with the same code and detail as the REST operation it mirrors)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, ServiceError):
+        return _from_service_error(exc)
+    if isinstance(exc, HTTPException):
+        return _from_http_exception(exc)
+    if isinstance(exc, asyncpg.DataError):
+        return _from_database_data_error(exc)
+    if isinstance(exc, asyncpg.TransactionRollbackError):
+        return _from_transaction_rollback(exc)
+    return _from_unexpected(exc)
