@@ -2,14 +2,15 @@
 client other than our own SDK's, against a live server. It speaks the handshake revisions
 (2025-11-25), so this also proves the server still answers clients of the previous revision.
 
-Skipped, with the reason, when node or the npm package is absent: `npm ci --prefix tests/interop`
-(or `npm install --prefix tests/interop`) installs it."""
+The pinned package is installed by the test itself (`npm ci --prefix tests/interop`); skipped,
+with the reason, where node or npm is missing."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,29 @@ INTEROP = Path(__file__).parent / "interop"
 SDK = INTEROP / "node_modules" / "@modelcontextprotocol" / "sdk" / "package.json"
 
 
-def _skip_reason() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
+@pytest.fixture(scope="module")
+def typescript_sdk() -> Path:
+    """The pinned SDK (tests/interop/package-lock.json), installed with npm on first use; skipped,
+    with the reason, where node or npm is missing or the npm registry cannot be reached."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed: the TypeScript client cannot run here")
     if not SDK.is_file():
-        return f"the MCP TypeScript SDK is not installed: run `npm ci --prefix {INTEROP}`"
-    return None
+        installed = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(INTEROP)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if installed.returncode != 0 or not SDK.is_file():
+            last = (installed.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"npm ci --prefix {INTEROP} failed: {last}")
+    return SDK
 
 
-@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
-async def test_typescript_sdk_client(live_server: LiveServer, make_tenant: Callable[..., Any]) -> None:
+async def test_typescript_sdk_client(
+    live_server: LiveServer, make_tenant: Callable[..., Any], typescript_sdk: Path
+) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     async with httpx.AsyncClient(base_url=live_server.url) as rest:
         made = await rest.post(
