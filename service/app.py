@@ -46,6 +46,7 @@ from service.health import HealthController
 from service.imports.controller import ImportsController
 from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
+from service.inference.generators import GeneratorRegistry
 from service.inference.registry import ModelRegistry
 from service.mcp import controller as mcp_controller
 from service.mcp.server import McpEndpoint
@@ -59,6 +60,9 @@ from service.quota.limiter import Limiter
 from service.quota.middleware import TenantLimitsMiddleware
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter, UsageReporter, UsageService
+from service.rag.answers import RagService
+from service.rag.controller import AnswersController, ChatController
+from service.rag.service import GenerationService
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
@@ -162,6 +166,7 @@ def create_app(settings: Settings) -> Litestar:
     jobs = BackgroundJobs()
     metrics_port = settings.metrics.port if settings.metrics.enabled else None
     import_runner = ImportRunner(db, settings, indexer, quotas=quotas, meter=meter)
+    generators = GeneratorRegistry(settings.generation)
     models = ModelRegistry(settings.embeddings)
     embeddings = EmbeddingService(models, settings.embeddings, quotas=quotas, meter=meter)
     collections = CollectionService(
@@ -173,6 +178,8 @@ def create_app(settings: Settings) -> Litestar:
         embeddings=embeddings,
         documents=settings.documents,
     )
+    generation = GenerationService(generators, settings.generation, quotas=quotas, meter=meter)
+    rag = RagService(db, collections, embeddings, generation, settings.rag)
     state = State(
         {
             "settings": settings,
@@ -206,6 +213,9 @@ def create_app(settings: Settings) -> Litestar:
             "usage_service": UsageService(db, meter),
             "audit_buffer": audit_buffer,
             "jobs": jobs,
+            "generators": generators,
+            "generation_service": generation,
+            "rag_service": rag,
         }
     )
 
@@ -255,6 +265,7 @@ def create_app(settings: Settings) -> Litestar:
         jobs.start("last-used-recorder", recorder.interval, recorder.flush)
         jobs.start("usage-flush", settings.usage.flush_interval, flush_usage)
         jobs.start("retention", 3600.0, prune_old_rows)
+        jobs.start("rag-cache-prune", 60.0, rag.prune_cache)
         if reporter is not None:
             jobs.start("usage-report", reporter.interval, reporter.report_all)
         metrics_server = None
@@ -266,9 +277,11 @@ def create_app(settings: Settings) -> Litestar:
         # Models load in the background (the default one is prepared on first start): the server
         # answers at once, and model endpoints say 503 model_loading until their model is ready.
         models.start()
+        generators.start()  # chat models likewise
         try:
             yield
         finally:
+            await generators.close()
             await models.close()
             # An unreachable database (down, or a partition that answers nothing) must not hold
             # the shutdown: checked once, and every database step below is bounded or skipped.
@@ -302,6 +315,8 @@ def create_app(settings: Settings) -> Litestar:
             QuotasAdminController,
             UsageController,
             ClusterController,
+            ChatController,
+            AnswersController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
             *(mcp_controller.route_handlers(mcp) if mcp is not None else []),

@@ -15,6 +15,8 @@ from service.embeddings.service import EmbeddingService
 from service.imports.service import ImportService
 from service.quota.service import QuotaService
 from service.quota.usage import UsageService
+from service.rag.answers import RagService
+from service.rag.service import GenerationService
 from service.tenants.service import TenantService
 
 
@@ -63,6 +65,16 @@ def _usage(request: Request[Any, Any, Any]) -> UsageService:
     return service
 
 
+def _generation(request: Request[Any, Any, Any]) -> GenerationService:
+    service: GenerationService = request.app.state.generation_service
+    return service
+
+
+def _rag(request: Request[Any, Any, Any]) -> RagService:
+    service: RagService = request.app.state.rag_service
+    return service
+
+
 DEPENDENCIES = {
     "quotas": Provide(_quotas, sync_to_thread=False),
     "usage": Provide(_usage, sync_to_thread=False),
@@ -73,4 +85,6 @@ DEPENDENCIES = {
     "imports": Provide(_imports, sync_to_thread=False),
     "embeddings": Provide(_embeddings, sync_to_thread=False),
     "documents": Provide(_documents, sync_to_thread=False),
+    "generation": Provide(_generation, sync_to_thread=False),
+    "rag": Provide(_rag, sync_to_thread=False),
 }

@@ -69,12 +69,21 @@ def embedded_home(prefix: str = "vectorhive-test-") -> Path:
 def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
     """Settings on the test database; keyword overrides as {"section": {"key": value}}."""
 
+    from tests.support.tiny_chat_model import build
+
+    tiny_chat_model = build(tmp_path_factory.mktemp("models") / "tiny-chat.gguf")
+
     def make(**sections: dict[str, Any]) -> Settings:
         settings = load_settings(environ={}, cwd=tmp_path_factory.mktemp("cwd"))
         data = msgspec.to_builtins(settings)
         data["database"].update(url=pg_url, pool_min_size=1, pool_max_size=5)
         data["embeddings"]["cache_dir"] = str(MODEL_CACHE)
         data["server"]["access_log"] = True
+        # Chat: the tiny deterministic model (tests/support/tiny_chat_model.py) answers, fast and
+        # exactly; a test that wants the real default model asks for it (prepared once per machine).
+        data["generation"]["cache_dir"] = str(MODEL_CACHE)
+        data["generation"]["default_model"] = "tiny"
+        data["generation"]["models"] = {"tiny": {"path": str(tiny_chat_model), "n_ctx": 512}}
         for section, values in sections.items():
             data[section].update(values)
         return msgspec.convert(data, Settings)
