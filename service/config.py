@@ -198,6 +198,8 @@ class McpSettings(_Section):
     # protected resource metadata and WWW-Authenticate; null: derived from each request's Host.
     resource_url: str | None = None
     authorization_servers: list[str] = msgspec.field(default_factory=list)
+
+
 class GenerationModelSettings(_Section):
     """One chat model: a local GGUF file run by llama.cpp, or a remote OpenAI-compatible server."""
 
