@@ -50,6 +50,10 @@ from service.quota.limiter import Limiter
 from service.quota.middleware import TenantLimitsMiddleware
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter, UsageReporter, UsageService
+from service.sessions.controller import SessionKeysAdminController, SessionsController
+from service.sessions.service import SessionService
+from service.sessions.signing import KeyRing
+from service.sessions.verifier import SessionVerifier
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
@@ -188,6 +192,25 @@ def create_app(settings: Settings) -> Litestar:
         }
     )
 
+    # Sessions: their tokens are accepted on every bearer path (the Authenticator hands them to the
+    # verifier), and end with their session, parent key or tenant through the notification hub.
+    keyring = KeyRing(db, settings.sessions)
+    session_verifier = SessionVerifier(db, settings.sessions, keyring)
+    session_verifier.attach(notifications, cache)
+    state.authenticator.sessions = session_verifier
+    session_service = SessionService(
+        db,
+        settings.sessions,
+        keyring,
+        session_verifier,
+        state.collection_service,
+        state.key_service,
+        state.tenant_service,
+        quotas,
+    )
+    session_service.attach(notifications)
+    state.session_service = session_service
+
     async def flush_usage() -> None:
         await meter.flush()
         await audit_buffer.flush(db.pool)
@@ -227,6 +250,8 @@ def create_app(settings: Settings) -> Litestar:
         if metrics_port is not None:
             jobs.start("storage-gauges", 30.0, lambda: refresh_storage_gauges(db))
             metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
+        await keyring.start()
+        jobs.start("session-sweep", settings.sessions.sweep_interval_seconds, session_service.sweep)
         await indexer.recover()
         await import_runner.start()
         try:
@@ -259,6 +284,8 @@ def create_app(settings: Settings) -> Litestar:
             QuotasAdminController,
             UsageController,
             ClusterController,
+            SessionsController,
+            SessionKeysAdminController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
         ],

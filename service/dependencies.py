@@ -13,6 +13,7 @@ from service.collections.service import CollectionService
 from service.imports.service import ImportService
 from service.quota.service import QuotaService
 from service.quota.usage import UsageService
+from service.sessions.service import SessionService
 from service.tenants.service import TenantService
 
 
@@ -51,6 +52,11 @@ def _usage(request: Request[Any, Any, Any]) -> UsageService:
     return service
 
 
+def _sessions(request: Request[Any, Any, Any]) -> SessionService:
+    service: SessionService = request.app.state.session_service
+    return service
+
+
 DEPENDENCIES = {
     "quotas": Provide(_quotas, sync_to_thread=False),
     "usage": Provide(_usage, sync_to_thread=False),
@@ -59,4 +65,5 @@ DEPENDENCIES = {
     "tenants": Provide(_tenants, sync_to_thread=False),
     "collections": Provide(_collections, sync_to_thread=False),
     "imports": Provide(_imports, sync_to_thread=False),
+    "sessions": Provide(_sessions, sync_to_thread=False),
 }

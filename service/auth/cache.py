@@ -44,6 +44,12 @@ class KeyCache:
         self._evicted: dict[str, float] = {}
         # Whether changes made elsewhere reach this cache (see attach); True when nothing is attached.
         self._live: Callable[[], bool] = lambda: True
+        # Told of every eviction ("key:<id>", "tenant:<id>", "all"), local or notified: other
+        # credentials derived from keys (session tokens) end at the same moment.
+        self._listeners: list[Callable[[str], None]] = []
+
+    def add_eviction_listener(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
 
     def attach(self, hub: NotificationHub) -> None:
         """Evict on the other processes' changes; bypass the cache while they cannot reach us."""
@@ -132,6 +138,8 @@ class KeyCache:
             self._bad_ids.popitem(last=False)
 
     def _mark_evicted(self, subject: str) -> None:
+        for listener in self._listeners:
+            listener(subject)
         now = self._clock()
         self._evicted[subject] = now
         if len(self._evicted) > self.max_size:
