@@ -130,6 +130,10 @@ class KeyRing:
                 await self.reload()
         return self._public.get(kid)
 
+    def current(self) -> tuple[str, Ed25519PrivateKey] | None:
+        """The key this process signs with now, if it has one in memory."""
+        return (self._signing[0], self._signing[1]) if self._signing is not None else None
+
     async def signer(self) -> tuple[str, Ed25519PrivateKey]:
         if self._signing is None:
             await self.reload()
