@@ -37,11 +37,16 @@ from service.config import Settings
 from service.db import Database
 from service.db.notify import NotificationHub
 from service.dependencies import DEPENDENCIES
+from service.documents.controller import DocumentsController
+from service.documents.service import DocumentService
+from service.embeddings.controller import EmbeddingsController
+from service.embeddings.service import EmbeddingService
 from service.errors import problem_details_plugin
 from service.health import HealthController
 from service.imports.controller import ImportsController
 from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
+from service.inference.registry import ModelRegistry
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
@@ -157,6 +162,17 @@ def create_app(settings: Settings) -> Litestar:
     jobs = BackgroundJobs()
     metrics_port = settings.metrics.port if settings.metrics.enabled else None
     import_runner = ImportRunner(db, settings, indexer, quotas=quotas, meter=meter)
+    models = ModelRegistry(settings.embeddings)
+    embeddings = EmbeddingService(models, settings.embeddings, quotas=quotas, meter=meter)
+    collections = CollectionService(
+        db,
+        settings.collections,
+        indexer,
+        quotas=quotas,
+        meter=meter,
+        embeddings=embeddings,
+        documents=settings.documents,
+    )
     state = State(
         {
             "settings": settings,
@@ -176,9 +192,9 @@ def create_app(settings: Settings) -> Litestar:
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),
             "indexer": indexer,
-            "collection_service": CollectionService(
-                db, settings.collections, indexer, quotas=quotas, meter=meter
-            ),
+            "collection_service": collections,
+            "embedding_service": embeddings,
+            "document_service": DocumentService(collections, embeddings, settings.documents),
             "import_runner": import_runner,
             "import_service": ImportService(db, settings.s5, import_runner),
             "hivehub": hub,
@@ -254,9 +270,13 @@ def create_app(settings: Settings) -> Litestar:
         jobs.start("session-sweep", settings.sessions.sweep_interval_seconds, session_service.sweep)
         await indexer.recover()
         await import_runner.start()
+        # Models load in the background (the default one is prepared on first start): the server
+        # answers at once, and model endpoints say 503 model_loading until their model is ready.
+        models.start()
         try:
             yield
         finally:
+            await models.close()
             await import_runner.close()
             await indexer.close()
             await jobs.stop()
@@ -279,6 +299,8 @@ def create_app(settings: Settings) -> Litestar:
             MeController,
             KeysController,
             CollectionsController,
+            DocumentsController,
+            EmbeddingsController,
             ImportsController,
             AdminController,
             QuotasAdminController,

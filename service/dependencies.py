@@ -10,6 +10,8 @@ from litestar.di import Provide
 from service.auth.principal import Principal
 from service.auth.service import KeyService
 from service.collections.service import CollectionService
+from service.documents.service import DocumentService
+from service.embeddings.service import EmbeddingService
 from service.imports.service import ImportService
 from service.quota.service import QuotaService
 from service.quota.usage import UsageService
@@ -29,6 +31,16 @@ def _keys(request: Request[Any, Any, Any]) -> KeyService:
 
 def _collections(request: Request[Any, Any, Any]) -> CollectionService:
     service: CollectionService = request.app.state.collection_service
+    return service
+
+
+def _embeddings(request: Request[Any, Any, Any]) -> EmbeddingService:
+    service: EmbeddingService = request.app.state.embedding_service
+    return service
+
+
+def _documents(request: Request[Any, Any, Any]) -> DocumentService:
+    service: DocumentService = request.app.state.document_service
     return service
 
 
@@ -65,5 +77,7 @@ DEPENDENCIES = {
     "tenants": Provide(_tenants, sync_to_thread=False),
     "collections": Provide(_collections, sync_to_thread=False),
     "imports": Provide(_imports, sync_to_thread=False),
+    "embeddings": Provide(_embeddings, sync_to_thread=False),
+    "documents": Provide(_documents, sync_to_thread=False),
     "sessions": Provide(_sessions, sync_to_thread=False),
 }

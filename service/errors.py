@@ -26,6 +26,8 @@ from litestar.plugins.problem_details import (
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:vectorhive:problem:"
+# Route option (opt={OPENAI_COMPATIBLE: True}) of endpoints that OpenAI's clients call.
+OPENAI_COMPATIBLE = "openai_compatible"
 
 log = logging.getLogger("vectorhive.errors")
 
@@ -194,6 +196,16 @@ class Problem(ProblemDetailsException):
         if self.errors:
             body["errors"] = self.errors
         body.update(self.members)
+        handler = request.scope.get("route_handler")
+        if handler is not None and handler.opt.get(OPENAI_COMPATIBLE):
+            # OpenAI's clients show error.message (and nothing of a problem document): the same
+            # problem, also in the shape they read.
+            body["error"] = {
+                "message": self.detail,
+                "type": self.code,
+                "code": self.code,
+                "param": self.errors[0].get("field") if self.errors else None,
+            }
         return Response(
             body, status_code=self.status_code, headers=self.headers, media_type=PROBLEM_MEDIA_TYPE
         )
@@ -391,6 +403,8 @@ class ProblemDocument(msgspec.Struct, kw_only=True):
     instance: str
     request_id: str | None = None
     errors: list[dict[str, str]] | None = None
+    # On OpenAI-compatible endpoints only: {message, type, code, param}, as OpenAI's clients read it.
+    error: dict[str, str | None] | None = None
 
 
 _STATUS_TEXT = {

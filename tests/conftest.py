@@ -3,6 +3,7 @@ Alembic by the app itself; isolation between tests comes from fresh tenants, not
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -24,7 +25,21 @@ from service.auth.service import KeyService
 from service.config import Settings, load_settings
 from service.db import Database
 from service.db.embedded import EmbeddedPostgres
+from service.inference.minilm import prepare_default
 from service.tenants.service import TenantService
+
+# The default embedding model, prepared once per machine and shared by every test and every server
+# process the tests start (their environment carries the folder).
+MODEL_CACHE = Path(
+    os.environ.get("VECTORHIVE_TEST_MODEL_CACHE", Path.home() / ".cache" / "vectorhive-test-models")
+)
+os.environ["VECTORHIVE_EMBEDDINGS__CACHE_DIR"] = str(MODEL_CACHE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_embedding_model() -> Path:
+    """Prepared before any server starts, so that servers never race to download it."""
+    return prepare_default(MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +62,7 @@ def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Call
         settings = load_settings(environ={}, cwd=tmp_path_factory.mktemp("cwd"))
         data = msgspec.to_builtins(settings)
         data["database"].update(url=pg_url, pool_min_size=1, pool_max_size=5)
+        data["embeddings"]["cache_dir"] = str(MODEL_CACHE)
         data["server"]["access_log"] = True
         for section, values in sections.items():
             data[section].update(values)

@@ -548,3 +548,45 @@ async def test_private_keys_are_sealed_in_the_database(db: Database, client: Any
     for row in rows:
         # nonce (12) + 32-byte key + tag (16): encrypted, and not the raw key bytes.
         assert len(row["private_sealed"]) == 12 + 32 + 16
+
+
+async def test_a_session_searches_documents_by_text(client: Any, make_tenant: Callable[..., Any]) -> None:
+    from tests.test_documents import add, make_text_collection, paragraphs
+
+    tenant = await make_tenant()
+    await make_text_collection(client, tenant.admin, "kb")
+    added = await add(
+        client, tenant.admin, {"travel": paragraphs(8), "other": "Bread and butter."}, name="kb"
+    )
+    assert added.status_code in (200, 201), added.text
+    created = await open_session(client, tenant.admin, collections=["kb"])
+    token = bearer(created["token"])
+    sid = created["session_id"]
+
+    by_text = await client.post(
+        f"/api/v1/sessions/{sid}/search", json={"query": "glacier letters"}, headers=token
+    )
+    assert by_text.status_code == 200, by_text.text
+    hits = by_text.json()["results"]
+    assert hits and hits[0]["document_id"] == "travel" and "glacier" in hits[0]["text"]
+    keyword = await client.get(
+        f"/api/v1/sessions/{sid}/search", params={"q": "butter", "mode": "keyword"}, headers=token
+    )
+    assert keyword.status_code == 200, keyword.text
+    assert [h["document_id"] for h in keyword.json()["results"]] == ["other"]
+    # The token on the collection's own endpoints: search by text, read a document.
+    direct = await client.post("/api/v1/collections/kb/search", json={"text": "orchard"}, headers=token)
+    assert direct.status_code == 200 and direct.json()["results"], direct.text
+    document = await client.get("/api/v1/collections/kb/documents/other", headers=token)
+    assert document.status_code == 200 and document.json()["text"] == "Bread and butter."
+    # Neither or both of vector and query: 400, and nothing counted against the session.
+    both = await client.post(
+        f"/api/v1/sessions/{sid}/search", json={"query": "x", "vector": [0.0] * 384}, headers=token
+    )
+    assert_problem(both, 400)
+    assert_problem(await client.post(f"/api/v1/sessions/{sid}/search", json={}, headers=token), 400)
+    # Writing documents is not reading.
+    write = await client.post(
+        "/api/v1/collections/kb/documents", json={"documents": [{"id": "x", "text": "y"}]}, headers=token
+    )
+    assert_problem(write, 403)

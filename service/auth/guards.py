@@ -29,7 +29,9 @@ PUBLIC_PATHS = [
 # The operations a session token may call: reads and searches of its own collections (the
 # collection service limits it to them). Handlers of other features opt in with
 # opt={"session_access": True}. Everything else answers 403 session_token_not_allowed.
-SESSION_OPERATIONS = frozenset({"getCollection", "getVector", "searchCollection", "searchCollectionBatch"})
+SESSION_OPERATIONS = frozenset(
+    {"getCollection", "getVector", "getDocument", "searchCollection", "searchCollectionBatch"}
+)
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):

@@ -38,6 +38,12 @@ class Principal:
     def is_operator(self) -> bool:
         return self.kind is KeyKind.OPERATOR
 
+    def require_tenant(self) -> str:
+        """The tenant of a tenant principal (the permission guards admit no other on tenant routes)."""
+        if self.tenant_id is None:
+            raise RuntimeError("a tenant route was reached without a tenant principal")
+        return self.tenant_id
+
     def allows(self, required: Permission) -> bool:
         """Whether this principal's REST permission includes `required` (READ_ONLY < READ_WRITE < ADMIN)."""
         if self.permission is None or self.permission is Permission.MCP:

@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import operator_only, requires
 from service.auth.principal import Permission, Principal
+from service.collections.models import SearchMode
 from service.errors import AUTHENTICATED, InvalidRequest, problem_responses
 from service.sessions.models import (
     CreateDelegationRequest,
@@ -161,14 +162,25 @@ class SessionsController(Controller):
         guards=READ,
         opt=OWN_SESSION,
         responses=problem_responses(*AUTHENTICATED, 404, 409),
-        summary="The same search with a query string: ?vector=0.1,0.2,...&top_k=10",
+        summary="The same search with a query string: ?q=...&top_k=10 or ?vector=0.1,0.2,...",
     )
     async def search_get(
         self,
         principal: Caller,
         sessions: Service,
         session_id: SessionId,
-        vector: Annotated[str, QueryParameter(description="Comma-separated numbers", max_length=200_000)],
+        text: Annotated[
+            str | None,
+            QueryParameter(
+                query="q", description="Text (the POST form's query)", min_length=1, max_length=32768
+            ),
+        ] = None,
+        vector: Annotated[
+            str | None, QueryParameter(description="Comma-separated numbers", max_length=200_000)
+        ] = None,
+        mode: Annotated[
+            SearchMode, QueryParameter(description="vector | keyword | hybrid")
+        ] = SearchMode.VECTOR,
         collection: Annotated[
             str | None, QueryParameter(description="Required with several collections")
         ] = None,
@@ -176,7 +188,12 @@ class SessionsController(Controller):
         threshold: Annotated[float | None, QueryParameter(description="Minimum score")] = None,
     ) -> SessionSearchResult:
         request = SessionSearchRequest(
-            vector=_vector(vector), collection=collection, top_k=top_k, threshold=threshold
+            vector=_vector(vector) if vector is not None else None,
+            query=text,
+            mode=mode,
+            collection=collection,
+            top_k=top_k,
+            threshold=threshold,
         )
         return await sessions.search(principal, session_id, request)
 

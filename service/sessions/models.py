@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from service.auth.models import CollectionName
-from service.collections.models import SearchHit
+from service.collections.models import SearchHit, SearchMode
 
 Collections = Annotated[list[CollectionName], msgspec.Meta(min_length=1, max_length=100)]
 MaxQueries = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
@@ -87,9 +87,13 @@ class SessionPage(msgspec.Struct, kw_only=True):
 
 
 class SessionSearchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """vector: the query vector. collection: required when the session has several."""
+    """Give `vector`, or `query` (text, on a collection bound to a model); mode as for a
+    collection's search (vector | keyword | hybrid). collection: required when the session has
+    several."""
 
-    vector: list[float]
+    vector: list[float] | None = None
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=32768)] | None = None
+    mode: SearchMode = SearchMode.VECTOR
     collection: CollectionName | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     threshold: float | None = None

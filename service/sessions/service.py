@@ -407,6 +407,8 @@ class SessionService:
             collection,
             SearchRequest(
                 vector=request.vector,
+                text=request.query,
+                mode=request.mode,
                 top_k=request.top_k,
                 threshold=request.threshold,
                 filter=request.filter,
