@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> Litestar:
         ttl=settings.auth.api_key_cache_ttl,
         max_size=settings.auth.api_key_cache_size,
         negative_ttl=settings.auth.api_key_negative_cache_ttl,
+        max_per_tenant=settings.auth.api_key_cache_per_tenant,
     )
     # Changes committed by any process on the database (revocations, suspensions, quotas) reach
     # this one's caches through LISTEN/NOTIFY; features subscribe here before the app starts.

@@ -51,6 +51,7 @@ class AuthSettings(_Section):
     require_authentication: bool = True
     api_key_cache_ttl: Seconds = 300.0
     api_key_cache_size: PositiveInt = 10_000
+    api_key_cache_per_tenant: PositiveInt = 1000
     api_key_negative_cache_ttl: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_concurrent_hash_checks: PositiveInt = 4
     max_queued_hash_checks: PositiveInt = 64

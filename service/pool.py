@@ -18,6 +18,9 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
 import msgspec
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -48,7 +51,9 @@ class TenantPool(Generic[K, V]):
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
         register: bool = True,
+        on_remove: Callable[[K, V], None] | None = None,
     ) -> None:
+        """on_remove(key, value): told of every entry that leaves (evicted, expired, replaced, popped)."""
         if max_size < 1 or max_per_tenant < 1 or ttl <= 0:
             raise ValueError("a pool needs max_size >= 1, max_per_tenant >= 1 and ttl > 0")
         self.name = name
@@ -56,6 +61,7 @@ class TenantPool(Generic[K, V]):
         self.max_per_tenant = min(max_per_tenant, max_size)
         self.ttl = ttl
         self._clock = clock
+        self._on_remove = on_remove
         # key -> (tenant, value, expires at); per tenant: its keys in LRU order (oldest first).
         self._entries: dict[K, tuple[str, V, float]] = {}
         self._by_tenant: dict[str, OrderedDict[K, None]] = {}
@@ -124,8 +130,8 @@ class TenantPool(Generic[K, V]):
         return self.evict_where(lambda _t, _v: True, tenant=tenant)
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._by_tenant.clear()
+        for key in list(self._entries):
+            self._remove(key)
 
     def items(self) -> Iterator[tuple[K, V]]:
         for key, (_, value, _) in list(self._entries.items()):
@@ -153,11 +159,13 @@ class TenantPool(Generic[K, V]):
         self.evictions += 1
 
     def _remove(self, key: K) -> None:
-        tenant, _, _ = self._entries.pop(key)
+        tenant, value, _ = self._entries.pop(key)
         keys = self._by_tenant[tenant]
         del keys[key]
         if not keys:
             del self._by_tenant[tenant]
+        if self._on_remove is not None:
+            self._on_remove(key, value)
 
 
 _REGISTRY: dict[str, TenantPool[Any, Any]] = {}
@@ -166,3 +174,36 @@ _REGISTRY: dict[str, TenantPool[Any, Any]] = {}
 def pools() -> list[PoolStats]:
     """Statistics of the pools of this process, by name (the latest pool made under each name)."""
     return [pool.stats() for _, pool in sorted(_REGISTRY.items())]
+
+
+class _PoolCollector(Collector):
+    """Every registered pool's statistics, read at scrape time (no per-operation metric cost)."""
+
+    def collect(self) -> Iterator[Metric]:
+        stats = pools()
+        size = GaugeMetricFamily(
+            "vectorhive_pool_entries", "Entries held by a tenant-aware pool", labels=["pool"]
+        )
+        tenants = GaugeMetricFamily(
+            "vectorhive_pool_tenants", "Tenants with entries in a pool", labels=["pool"]
+        )
+        counters = {
+            name: CounterMetricFamily(f"vectorhive_pool_{name}", help_text, labels=["pool"])
+            for name, help_text in (
+                ("hits", "Lookups answered by a pool"),
+                ("misses", "Lookups a pool could not answer (absent or expired)"),
+                ("evictions", "Entries a pool dropped to stay within its bounds"),
+                ("expirations", "Entries a pool dropped because their TTL had passed"),
+            )
+        }
+        for s in stats:
+            size.add_metric([s.name], s.size)
+            tenants.add_metric([s.name], s.tenants)
+            for name, family in counters.items():
+                family.add_metric([s.name], getattr(s, name))
+        yield size
+        yield tenants
+        yield from counters.values()
+
+
+REGISTRY.register(_PoolCollector())
