@@ -224,6 +224,7 @@ def create_app(settings: Settings) -> Litestar:
         state.key_service,
         state.tenant_service,
         quotas,
+        state.import_service,
     )
     session_service.attach(notifications)
     state.session_service = session_service

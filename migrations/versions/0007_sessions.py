@@ -8,7 +8,8 @@ as associated data). A key signs until it is retired (rotation) and verifies unt
 sessions: one row per session, from creation to well after its end (sessions.retention_days), so
 expiry is durable: whichever replica sweeps next ends a session whose time is up, whether or not
 the process that created it still runs. delegation_jti is unique: a delegation token is exchanged
-at most once.
+at most once. A session backed by an S5 database owns a temporary collection, which the sweep
+drops once the session has ended (deleted, expired, or its import failed), crash or not.
 
 Neither table is visible to tenant roles: the service reads them as itself, always filtered by
 tenant.
@@ -54,13 +55,21 @@ def upgrade() -> None:
             created_at     timestamptz NOT NULL DEFAULT now(),
             expires_at     timestamptz NOT NULL,
             ended_at       timestamptz,
-            end_reason     text CHECK (end_reason IN ('deleted', 'expired'))
+            end_reason     text CHECK (end_reason IN ('deleted', 'expired', 'failed')),
+            -- 'collections': existing collections; 's5': a temporary collection (named after the
+            -- session) loaded by import_id, dropped (dropped_at) once the session has ended.
+            source         text NOT NULL DEFAULT 'collections' CHECK (source IN ('collections', 's5')),
+            import_id      uuid,
+            dropped_at     timestamptz
         )
         """
     )
     op.execute("CREATE INDEX sessions_live ON sessions (expires_at) WHERE ended_at IS NULL")
     op.execute("CREATE INDEX sessions_tenant ON sessions (tenant_id, id)")
     op.execute("CREATE INDEX sessions_ended ON sessions (ended_at) WHERE ended_at IS NOT NULL")
+    op.execute(
+        "CREATE INDEX sessions_s5_pending ON sessions (created_at) WHERE source = 's5' AND dropped_at IS NULL"
+    )
 
 
 def downgrade() -> None:

@@ -9,6 +9,7 @@ import msgspec
 
 from service.auth.models import CollectionName
 from service.collections.models import SearchHit, SearchMode
+from service.imports.models import Import, ImportRequest
 
 Collections = Annotated[list[CollectionName], msgspec.Meta(min_length=1, max_length=100)]
 MaxQueries = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
@@ -16,11 +17,32 @@ Seconds = Annotated[int, msgspec.Meta(ge=1, le=31_536_000)]
 Mode = Literal["read_only"]
 
 
-class CreateSessionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """ttl_seconds: within sessions.min_ttl_seconds..max_ttl_seconds (default
-    sessions.default_ttl_seconds). Sessions are read-only: mode is "read_only"."""
+class S5Source(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An S5 vector database, loaded through the import pipeline into a temporary collection
+    (named after the session) that is dropped when the session ends, expires or fails."""
 
-    collections: Collections
+    type: Literal["s5"]
+    manifest_path: Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f]+$")]
+    user_address: Annotated[str, msgspec.Meta(pattern=r"^0[xX][0-9a-fA-F]{40}$")]
+    encryption_key: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+
+    def as_import(self) -> ImportRequest:
+        return ImportRequest(
+            source="s5",
+            manifest_path=self.manifest_path,
+            user_address=self.user_address,
+            encryption_key=self.encryption_key,
+            create_collection=True,
+        )
+
+
+class CreateSessionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Give `collections` (existing ones) or `source` (an S5 database to load). ttl_seconds:
+    within sessions.min_ttl_seconds..max_ttl_seconds (default sessions.default_ttl_seconds).
+    Sessions are read-only: mode is "read_only"."""
+
+    collections: Collections | None = None
+    source: S5Source | None = None
     ttl_seconds: Seconds | None = None
     mode: Mode = "read_only"
     max_queries: MaxQueries | None = None
@@ -58,11 +80,14 @@ class Delegation(msgspec.Struct, kw_only=True):
 
 
 class Session(msgspec.Struct, kw_only=True):
-    """status: active, or ended (end_reason deleted | expired); an expired session not yet swept
-    already shows ended/expired."""
+    """status: active (a session of existing collections) or, backed by S5, loading | ready |
+    error (`load` has the import's progress and error code); ended once it has ended
+    (end_reason deleted | expired | failed; an expired session not yet swept already shows
+    ended/expired)."""
 
     session_id: str
-    status: Literal["active", "ended"]
+    status: Literal["active", "loading", "ready", "error", "ended"]
+    source: Literal["collections", "s5"]
     mode: Mode
     collections: list[str]
     parent_key_id: str | None
@@ -71,7 +96,8 @@ class Session(msgspec.Struct, kw_only=True):
     created_at: datetime
     expires_at: datetime
     ended_at: datetime | None
-    end_reason: Literal["deleted", "expired"] | None
+    end_reason: Literal["deleted", "expired", "failed"] | None
+    load: Import | None = None
 
 
 class CreatedSession(Session, kw_only=True):

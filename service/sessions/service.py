@@ -5,9 +5,12 @@ parent key may read, never writes, and ends when its parent key is revoked.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import secrets
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +23,18 @@ from service.collections.service import CollectionService
 from service.config import SessionsSettings
 from service.db import Database
 from service.db.notify import NotificationHub, notify
-from service.errors import Conflict, Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized
+from service.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
+from service.imports.models import Import, ImportStatus
+from service.imports.service import ImportService
 from service.pagination import decode_cursor, split_page
 from service.quota.service import QuotaService
 from service.sessions import store
@@ -32,6 +46,7 @@ from service.sessions.models import (
     ExchangeDelegationRequest,
     JsonWebKey,
     JsonWebKeySet,
+    S5Source,
     Session,
     SessionPage,
     SessionSearchRequest,
@@ -68,6 +83,7 @@ class SessionService:
         keys: KeyService,
         tenants: TenantService,
         quotas: QuotaService | None = None,
+        imports: ImportService | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -77,6 +93,7 @@ class SessionService:
         self.keys = keys
         self.tenants = tenants
         self.quotas = quotas
+        self.imports = imports
         # Sessions this process created that are still live: id -> expiry (epoch seconds), for
         # sessions.max_sessions_per_process (the seed's sessions per host).
         self._here: dict[str, float] = {}
@@ -138,6 +155,11 @@ class SessionService:
     async def create(self, principal: Principal, request: CreateSessionRequest) -> CreatedSession:
         tenant_id = self._as_parent(principal)
         ttl = self._ttl(request.ttl_seconds, "ttl_seconds")
+        if (request.collections is None) == (request.source is None):
+            raise _field_problem("collections", "give exactly one of 'collections' and 'source'")
+        if request.source is not None:
+            return await self._create_from_s5(principal, tenant_id, request.source, ttl, request.max_queries)
+        assert request.collections is not None
         names = sorted(set(request.collections))
         await self._check_collections(principal, names)
         return await self._open(
@@ -149,6 +171,76 @@ class SessionService:
             delegation_jti=None,
             actor=principal,
         )
+
+    async def _create_from_s5(
+        self, principal: Principal, tenant_id: str, source: S5Source, ttl: int, max_queries: int | None
+    ) -> CreatedSession:
+        """Load the S5 database through the import pipeline into a collection named after the
+        session; the session is `loading` until the import has committed."""
+        if self.imports is None:
+            raise ServiceUnavailable("Imports from S5 are not available here.", code="imports_not_configured")
+        if not principal.allows(Permission.READ_WRITE):
+            raise Forbidden(
+                "Loading an S5 database into a session stores its vectors: that needs a READ_WRITE "
+                "or ADMIN key.",
+                code="insufficient_permission",
+            )
+        if principal.collections is not None:
+            raise Forbidden(
+                "A key limited to some collections cannot load an S5 database into a new one.",
+                code="insufficient_scope",
+            )
+        self._check_process_limit()
+        session_id = new_session_id()
+        loader = self._owner(tenant_id, session_id, principal.key_id)
+        accepted = await self.imports.submit(loader, session_id, source.as_import())
+        try:
+            return await self._open(
+                tenant_id,
+                parent_key_id=principal.key_id,
+                collections=[session_id],
+                ttl=ttl,
+                max_queries=max_queries,
+                delegation_jti=None,
+                actor=principal,
+                session_id=session_id,
+                import_id=uuid.UUID(accepted.import_id),
+            )
+        except BaseException:
+            with contextlib.suppress(ServiceError):
+                await self.imports.cancel(loader, accepted.import_id)
+            raise
+
+    @staticmethod
+    def _owner(tenant_id: str, collection: str, key_id: str | None = None) -> Principal:
+        """The service acting for the tenant on a session's own temporary collection only."""
+        return Principal(
+            kind=KeyKind.TENANT,
+            key_id=key_id,
+            tenant_id=tenant_id,
+            permission=Permission.ADMIN,
+            collections=frozenset({collection}),
+        )
+
+    async def _load(self, row: SessionRow) -> Import | None:
+        if row.import_id is None or self.imports is None:
+            return None
+        try:
+            return await self.imports.get(self._owner(row.tenant_id, row.collections[0]), str(row.import_id))
+        except NotFound:
+            return None
+
+    async def _drop(self, row: SessionRow) -> None:
+        """Cancel the session's import (if still running) and drop its temporary collection."""
+        owner = self._owner(row.tenant_id, row.collections[0])
+        if self.imports is not None and row.import_id is not None:
+            with contextlib.suppress(Conflict, NotFound):
+                await self.imports.cancel(owner, str(row.import_id))
+        with contextlib.suppress(NotFound):
+            await self.collections.delete(owner, row.collections[0])
+        async with self.db.transaction() as conn:
+            await store.mark_dropped(conn, row.id)
+        log.info("session collection dropped", extra={"session_id": row.id, "tenant_id": row.tenant_id})
 
     async def delegate(self, principal: Principal, request: CreateDelegationRequest) -> Delegation:
         tenant_id = self._as_parent(principal)
@@ -260,10 +352,12 @@ class SessionService:
         max_queries: int | None,
         delegation_jti: str | None,
         actor: Principal,
+        session_id: str | None = None,
+        import_id: uuid.UUID | None = None,
     ) -> CreatedSession:
         self._check_process_limit()
         kid, private = await self.keyring.signer()
-        session_id = new_session_id()
+        session_id = session_id or new_session_id()
         limit = self.settings.max_sessions_per_tenant
         async with self.db.transaction() as conn:
             await store.lock_tenant(conn, tenant_id)
@@ -288,6 +382,7 @@ class SessionService:
                 delegation_jti=delegation_jti,
                 kid=kid,
                 ttl_seconds=ttl,
+                import_id=import_id,
             )
             if row is None:
                 raise Conflict("This delegation token has already been exchanged.", code="delegation_used")
@@ -302,6 +397,7 @@ class SessionService:
                     "ttl_seconds": ttl,
                     "max_queries": max_queries,
                     "delegation": delegation_jti,
+                    "import_id": str(import_id) if import_id else None,
                 },
             )
         claims = Claims(
@@ -318,7 +414,8 @@ class SessionService:
         )
         self._here[session_id] = row.expires_at.timestamp()
         log.info("session created", extra={"session_id": session_id, "tenant_id": tenant_id})
-        return CreatedSession(**_fields(row), token=sign(claims, private, kid))
+        load = await self._load(row)
+        return CreatedSession(**_fields(row, load), token=sign(claims, private, kid))
 
     # -- reading and ending ---------------------------------------------------------------------------
 
@@ -338,7 +435,8 @@ class SessionService:
         return row
 
     async def get(self, principal: Principal, session_id: str) -> Session:
-        return Session(**_fields(await self._row(principal, session_id)))
+        row = await self._row(principal, session_id)
+        return Session(**_fields(row, await self._load(row)))
 
     async def list_page(
         self, principal: Principal, *, cursor: str | None, limit: int, live_only: bool
@@ -356,7 +454,9 @@ class SessionService:
                 break
             after = rows[-1].id
         items, next_cursor = split_page(found, limit, lambda r: r.id)
-        return SessionPage(items=[Session(**_fields(r)) for r in items], next_cursor=next_cursor)
+        return SessionPage(
+            items=[Session(**_fields(r, await self._load(r))) for r in items], next_cursor=next_cursor
+        )
 
     async def delete(self, principal: Principal, session_id: str) -> None:
         """End the session now, here and (within a second) on every replica. Idempotent."""
@@ -375,6 +475,11 @@ class SessionService:
                 )
         self.verifier.evict(f"session:{session_id}")
         self._here.pop(session_id, None)
+        if row.source == "s5" and row.dropped_at is None:
+            try:
+                await self._drop(dataclasses.replace(row, ended_at=datetime.now(UTC)))
+            except Exception:  # the sweep drops it
+                log.warning("could not drop a session's collection yet", exc_info=True)
 
     # -- searching ------------------------------------------------------------------------------------
 
@@ -384,6 +489,20 @@ class SessionService:
         row = await self._row(principal, session_id)
         if row.ended_at is not None or row.expires_at <= datetime.now(UTC):
             raise Conflict(f"Session '{session_id}' has ended.", code="session_ended")
+        if row.source == "s5":
+            load = await self._load(row)
+            if load is None or load.status in (ImportStatus.PENDING, ImportStatus.LOADING):
+                raise Conflict(
+                    f"Session '{session_id}' is still loading its S5 database; retry when "
+                    "GET /api/v1/sessions/{id} says ready.",
+                    code="session_loading",
+                    headers={"Retry-After": "1"},
+                )
+            if load.status is not ImportStatus.LOADED:
+                code = load.error.code if load.error is not None else load.status.value
+                raise Conflict(
+                    f"Session '{session_id}' could not load its S5 database ({code}).", code="session_failed"
+                )
         if request.collection is None:
             if len(row.collections) > 1:
                 raise _field_problem("collection", "required: this session reads several collections")
@@ -470,12 +589,41 @@ class SessionService:
             ended += len(rows)
             if len(rows) < 500:
                 break
+        await self._check_s5_sessions()
         await self._flush_uses()
         async with self.db.transaction() as conn:
             await store.prune_ended(conn, self.settings.retention_days)
         await self.keyring.prune()
         await self.keyring.rotate_if_old()
         return ended
+
+    async def _check_s5_sessions(self) -> None:
+        """End S5-backed sessions whose import failed; drop the collections of ended ones."""
+        for row in await store.s5_to_check(self.db.pool, 200):
+            try:
+                if row.ended_at is None:
+                    load = await self._load(row)
+                    if load is None or load.status not in (ImportStatus.ERROR, ImportStatus.CANCELLED):
+                        continue
+                    async with self.db.transaction() as conn:
+                        ended = await store.end(conn, row.tenant_id, row.id, "failed")
+                        if ended is None:
+                            continue
+                        await notify(conn, SESSION_CHANNEL, f"session:{row.id}")
+                        await audit.write(
+                            conn,
+                            action="session.fail",
+                            tenant_id=row.tenant_id,
+                            actor=None,
+                            target=row.id,
+                            details={"error": load.error.code if load.error else load.status.value},
+                        )
+                    self.verifier.evict(f"session:{row.id}")
+                    self._here.pop(row.id, None)
+                    row = ended
+                await self._drop(row)
+            except Exception:
+                log.warning("could not settle an S5-backed session; will retry", exc_info=True)
 
     async def _flush_uses(self) -> None:
         unlimited, uses = self.verifier.take_uses()
@@ -504,11 +652,28 @@ class SessionService:
             raise
 
 
-def _fields(row: SessionRow) -> dict[str, Any]:
+_LOAD_STATUS = {
+    ImportStatus.PENDING: "loading",
+    ImportStatus.LOADING: "loading",
+    ImportStatus.LOADED: "ready",
+    ImportStatus.ERROR: "error",
+    ImportStatus.CANCELLED: "error",
+}
+
+
+def _fields(row: SessionRow, load: Import | None = None) -> dict[str, Any]:
     expired = row.ended_at is None and row.expires_at <= datetime.now(UTC)
+    if row.ended_at is not None or expired:
+        status = "ended"
+    elif row.source == "s5":
+        status = _LOAD_STATUS[load.status] if load is not None else "loading"
+    else:
+        status = "active"
     return {
         "session_id": row.id,
-        "status": "active" if row.ended_at is None and not expired else "ended",
+        "status": status,
+        "source": row.source,
+        "load": load,
         "mode": "read_only",
         "collections": row.collections,
         "parent_key_id": row.parent_key_id,

@@ -8,7 +8,7 @@ from typing import Any
 
 _SESSION_COLUMNS = (
     "id, tenant_id, parent_key_id, collections, mode, max_queries, queries_used, delegation_jti, kid, "
-    "created_at, expires_at, ended_at, end_reason"
+    "created_at, expires_at, ended_at, end_reason, source, import_id, dropped_at"
 )
 
 
@@ -27,6 +27,9 @@ class SessionRow:
     expires_at: datetime
     ended_at: datetime | None
     end_reason: str | None
+    source: str = "collections"
+    import_id: Any = None  # uuid.UUID for S5-backed sessions
+    dropped_at: datetime | None = None
 
 
 def _session(row: Any) -> SessionRow:
@@ -115,12 +118,14 @@ async def insert(
     delegation_jti: str | None,
     kid: str,
     ttl_seconds: int,
+    import_id: Any = None,
 ) -> SessionRow | None:
-    """None when the delegation token was already exchanged."""
+    """None when the delegation token was already exchanged. import_id: an S5-backed session."""
     row = await conn.fetchrow(
         f"""INSERT INTO sessions (id, tenant_id, parent_key_id, collections, mode, max_queries,
-                                  delegation_jti, kid, expires_at)
-            VALUES ($1, $2, $3, $4, 'read_only', $5, $6, $7, now() + make_interval(secs => $8))
+                                  delegation_jti, kid, expires_at, source, import_id)
+            VALUES ($1, $2, $3, $4, 'read_only', $5, $6, $7, now() + make_interval(secs => $8),
+                    CASE WHEN $9::uuid IS NULL THEN 'collections' ELSE 's5' END, $9)
             ON CONFLICT (delegation_jti) DO NOTHING
             RETURNING {_SESSION_COLUMNS}""",
         session_id,
@@ -131,6 +136,7 @@ async def insert(
         delegation_jti,
         kid,
         float(ttl_seconds),
+        import_id,
     )
     return _session(row) if row is not None else None
 
@@ -246,3 +252,20 @@ async def prune_ended(conn: Any, retention_days: int) -> int:
         retention_days,
     )
     return int(result.split()[-1])
+
+
+async def s5_to_check(conn: Any, limit: int) -> list[SessionRow]:
+    """S5-backed sessions whose temporary collection is still there: live ones (has the import
+    failed?) and ended ones (drop it)."""
+    rows = await conn.fetch(
+        f"""SELECT {_SESSION_COLUMNS} FROM sessions WHERE source = 's5' AND dropped_at IS NULL
+            ORDER BY created_at LIMIT $1""",
+        limit,
+    )
+    return [_session(r) for r in rows]
+
+
+async def mark_dropped(conn: Any, session_id: str) -> None:
+    await conn.execute(
+        "UPDATE sessions SET dropped_at = now() WHERE id = $1 AND ended_at IS NOT NULL", session_id
+    )
