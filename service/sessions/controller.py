@@ -162,6 +162,7 @@ class SessionsController(Controller):
         guards=READ,
         opt=OWN_SESSION,
         responses=problem_responses(*AUTHENTICATED, 404, 409),
+        # URLs stay well under the server's 16 KiB request head: longer queries use the POST form.
         summary="The same search with a query string: ?q=...&top_k=10 or ?vector=0.1,0.2,...",
     )
     async def search_get(
@@ -176,7 +177,7 @@ class SessionsController(Controller):
             ),
         ] = None,
         vector: Annotated[
-            str | None, QueryParameter(description="Comma-separated numbers", max_length=200_000)
+            str | None, QueryParameter(description="Comma-separated numbers", max_length=8000)
         ] = None,
         mode: Annotated[
             SearchMode, QueryParameter(description="vector | keyword | hybrid")
