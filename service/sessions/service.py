@@ -315,6 +315,17 @@ class SessionService:
             return None
 
     async def _parent(self, claims: Claims) -> Principal:
+        if claims.pkid is not None and claims.pkid.startswith(store.HUB_KEY_PREFIX):
+            # A HiveHub key: not stored here, so its current state cannot be read; the delegation
+            # was signed while it was valid and carries no more than it could read.
+            return Principal(
+                kind=KeyKind.TENANT,
+                key_id=claims.pkid,
+                tenant_id=claims.tid,
+                permission=Permission.READ_ONLY,
+                collections=frozenset(claims.col),
+                source="hivehub",
+            )
         if claims.pkid is None:  # minted by the keyless default tenant of single-tenant mode
             return Principal(
                 kind=KeyKind.TENANT, key_id=None, tenant_id=claims.tid, permission=Permission.ADMIN

@@ -71,6 +71,8 @@ class KeyRing:
         self._signing: tuple[str, Ed25519PrivateKey, datetime] | None = None
         self._last_reload = float("-inf")
         self._reloading: asyncio.Lock | None = None
+        # The public JWKS (anyone may ask): read at most once a second, and afresh after a rotation.
+        self._jwks: tuple[float, list[dict[str, Any]]] | None = None
 
     @property
     def max_token_lifetime(self) -> float:
@@ -101,11 +103,13 @@ class KeyRing:
                     signing = (row.kid, private, row.created_at)
         self._public, self._signing = public, signing
         self._last_reload = time.monotonic()
+        self._jwks = None  # keys changed or may have: the next JWKS request reads them
 
     def on_notification(self, payload: str) -> None:
         if payload == "keys":
             # Another process rotated: forget when we last read, so the next use reloads.
             self._last_reload = float("-inf")
+            self._jwks = None
             asyncio.get_running_loop().create_task(self._safe_reload())
 
     async def _safe_reload(self) -> None:
@@ -193,8 +197,13 @@ class KeyRing:
 
     async def jwks(self) -> list[dict[str, Any]]:
         """Every public key that still verifies, read from the database (other replicas' too)."""
+        now = time.monotonic()
+        if self._jwks is not None and now - self._jwks[0] < 1.0:
+            return self._jwks[1]
         rows = await store.usable_keys(self.db.pool)
-        return [jwk(row.kid, bytes(row.public_key)) for row in rows]
+        keys = [jwk(row.kid, bytes(row.public_key)) for row in rows]
+        self._jwks = (now, keys)
+        return keys
 
     async def prune(self) -> int:
         async with self.db.transaction() as conn:

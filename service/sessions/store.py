@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# Keys HiveHub validated are named "hub_<hash>" (service.auth.service) and have no row here.
+HUB_KEY_PREFIX = "hub_"
+
 _SESSION_COLUMNS = (
     "id, tenant_id, parent_key_id, collections, mode, max_queries, queries_used, delegation_jti, kid, "
     "created_at, expires_at, ended_at, end_reason, source, import_id, dropped_at"
@@ -152,7 +155,7 @@ async def get(conn: Any, tenant_id: str, session_id: str) -> SessionRow | None:
 class SessionForAuth:
     session: SessionRow
     tenant_active: bool
-    parent_state: str  # active | revoked | expired | missing | none (keyless default principal)
+    parent_state: str  # active | revoked | expired | missing | hivehub | none (keyless default principal)
 
 
 async def for_auth(conn: Any, session_id: str) -> SessionForAuth | None:
@@ -172,6 +175,8 @@ async def for_auth(conn: Any, session_id: str) -> SessionForAuth | None:
     key_id, revoked, key_expires = data.pop("key_id"), data.pop("key_revoked_at"), data.pop("key_expires_at")
     if row["parent_key_id"] is None:
         parent = "none"
+    elif key_id is None and row["parent_key_id"].startswith(HUB_KEY_PREFIX):
+        parent = "hivehub"  # validated by HiveHub, not stored here: nothing to check locally
     elif key_id is None:
         parent = "missing"
     elif revoked is not None:
