@@ -160,3 +160,50 @@ async def test_a_session_outlives_a_sigkill_only_until_its_ttl(
         assert actions[0] == "session.create" and "session.expire" in actions
     finally:
         survivor.stop(signal.SIGTERM)
+
+
+async def test_an_s5_sessions_collection_is_dropped_after_its_server_is_killed(
+    tmp_path: Path,
+    pg_url: str,
+    make_tenant: Callable[..., Any],
+    db: Database,
+    unique_id: Callable[[str], str],
+) -> None:
+    from tests.fake_s5 import FakePortal, serve
+    from tests.s5_fixtures import build
+
+    with serve(FakePortal()) as portal:
+        s5db = build(name=unique_id("db"), n=60, dimensions=4, chunk_size=30)
+        portal.files.update(s5db.files)
+        env = {
+            "VECTORHIVE_SESSIONS__MIN_TTL_SECONDS": "1",
+            "VECTORHIVE_SESSIONS__SWEEP_INTERVAL_SECONDS": "0.5",
+            "VECTORHIVE_S5__PORTAL_URL": portal.url,
+        }
+        doomed = start(tmp_path, pg_url, **env)
+        tenant = await make_tenant()
+        source = {"type": "s5", "manifest_path": s5db.manifest_path, "user_address": s5db.user_address}
+        async with httpx.AsyncClient(base_url=doomed.base, headers=bearer(tenant.admin), timeout=30) as http:
+            created = await http.post("/api/v1/sessions", json={"source": source, "ttl_seconds": 4})
+            assert created.status_code == 201, created.text
+            sid = created.json()["session_id"]
+
+            async def ready() -> bool:
+                return (await http.get(f"/api/v1/sessions/{sid}")).json()["status"] == "ready"
+
+            await until(ready, "S5 session loaded")
+        assert await db.pool.fetchval("SELECT count(*) FROM collections WHERE name = $1", sid) == 1
+        doomed.process.send_signal(signal.SIGKILL)
+        assert doomed.process.wait(timeout=30) == -signal.SIGKILL
+
+        survivor = start(tmp_path, pg_url, **env)
+        try:
+
+            async def dropped() -> bool:
+                row = await db.pool.fetchrow("SELECT end_reason, dropped_at FROM sessions WHERE id = $1", sid)
+                return row["end_reason"] == "expired" and row["dropped_at"] is not None
+
+            await until(dropped, "the killed server's S5 session expired and its collection dropped")
+            assert await db.pool.fetchval("SELECT count(*) FROM collections WHERE name = $1", sid) == 0
+        finally:
+            survivor.stop(signal.SIGTERM)
