@@ -4,6 +4,7 @@ stored all or nothing, found by text, by keywords and by both fused; never acros
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -167,8 +168,8 @@ async def test_a_long_document_is_split_in_the_models_tokens_with_overlap(
         for i in range(chunk["start"], chunk["end"]):
             covered[i] = True
     assert all(covered[i] for i, ch in enumerate(text) if not ch.isspace())
-    assert all(a["start"] < b["start"] for a, b in zip(chunks, chunks[1:], strict=False))
-    assert sum(b["start"] < a["end"] for a, b in zip(chunks, chunks[1:], strict=False)) >= len(chunks) // 2
+    assert all(a["start"] < b["start"] for a, b in pairwise(chunks))
+    assert sum(b["start"] < a["end"] for a, b in pairwise(chunks)) >= len(chunks) // 2
     # No chunk exceeds the collection's size in the model's own tokens (specials included).
     model = client.app.state.embedding_service.model(MODEL)
     counts = await model.count_tokens([text[c["start"] : c["end"]] for c in chunks])

@@ -213,3 +213,29 @@ async def test_sixteen_concurrent_requests_are_all_served(live_server: LiveServe
         again = await http.post(EMBED, json=bodies[5], headers=bearer(tenant.admin))
     first = np.array([d["embedding"] for d in responses[5].json()["data"]])
     assert np.abs(first - np.array([d["embedding"] for d in again.json()["data"]])).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+async def small_queue_client(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    settings = make_settings(embeddings={"queue_max_texts": 8})
+    async with AsyncTestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+async def test_a_full_queue_answers_503_with_retry_after_and_metrics_show_the_model(
+    small_queue_client: AsyncTestClient[Litestar], make_tenant: Any, operator_key: str
+) -> None:
+    tenant = await make_tenant()
+    await wait_for_model(small_queue_client, tenant.admin)
+    key = bearer(tenant.admin)
+    fits = await small_queue_client.post(EMBED, json={"input": ["a text"] * 8}, headers=key)
+    assert fits.status_code == 200, fits.text
+    response = await small_queue_client.post(EMBED, json={"input": ["a text"] * 9}, headers=key)
+    problem = assert_problem(response, 503, "model_busy")
+    assert "embeddings.queue_max_texts" in problem["detail"] and int(response.headers["retry-after"]) >= 1
+    metrics = (await small_queue_client.get("/metrics", headers=bearer(operator_key))).text
+    assert f'vectorhive_model_rejected_total{{model="{MODEL}",reason="queue_full"}}' in metrics
+    assert f'vectorhive_model_queue_texts{{model="{MODEL}"}} 0.0' in metrics
+    assert f'vectorhive_model_embeddings_total{{model="{MODEL}"}}' in metrics

@@ -211,8 +211,10 @@ class CollectionService(SearchOperations):
         binding = request.embedding
         if binding is None:
             if request.dimension is None:
-                raise _problem_at(
-                    "dimension", 'is required (or bind a model with "embedding": {"model": ...})'
+                # Worded as the schema's own "required" errors (a plain collection must give it).
+                raise InvalidRequest(
+                    "dimension is required",
+                    errors=[{"source": "body", "message": "is required", "field": "dimension"}],
                 )
             return request.dimension, None
         if self.embeddings is None:
