@@ -282,6 +282,7 @@ def create_app(settings: Settings) -> Litestar:
             await import_runner.close()
             await indexer.close()
             await jobs.stop()
+            await session_service.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()

@@ -636,6 +636,13 @@ class SessionService:
             except Exception:
                 log.warning("could not settle an S5-backed session; will retry", exc_info=True)
 
+    async def close(self) -> None:
+        """At shutdown: uses counted in memory reach the database (best effort)."""
+        try:
+            await self._flush_uses()
+        except Exception:
+            log.warning("could not record session uses at shutdown", exc_info=True)
+
     async def _flush_uses(self) -> None:
         unlimited, uses = self.verifier.take_uses()
         if not unlimited and not uses:

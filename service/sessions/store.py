@@ -260,11 +260,11 @@ async def prune_ended(conn: Any, retention_days: int) -> int:
 
 
 async def s5_to_check(conn: Any, limit: int) -> list[SessionRow]:
-    """S5-backed sessions whose temporary collection is still there: live ones (has the import
-    failed?) and ended ones (drop it)."""
+    """S5-backed sessions whose temporary collection is still there: ended ones first (drop it),
+    then live ones (has the import failed?)."""
     rows = await conn.fetch(
         f"""SELECT {_SESSION_COLUMNS} FROM sessions WHERE source = 's5' AND dropped_at IS NULL
-            ORDER BY created_at LIMIT $1""",
+            ORDER BY (ended_at IS NULL), created_at LIMIT $1""",
         limit,
     )
     return [_session(r) for r in rows]
