@@ -186,13 +186,13 @@ async def test_an_s5_sessions_collection_is_dropped_after_its_server_is_killed(
         async with httpx.AsyncClient(base_url=doomed.base, headers=bearer(tenant.admin), timeout=30) as http:
             created = await http.post("/api/v1/sessions", json={"source": source, "ttl_seconds": 4})
             assert created.status_code == 201, created.text
-            sid = created.json()["session_id"]
+            sid, name = created.json()["session_id"], created.json()["collections"][0]
 
             async def ready() -> bool:
                 return (await http.get(f"/api/v1/sessions/{sid}")).json()["status"] == "ready"
 
             await until(ready, "S5 session loaded")
-        assert await db.pool.fetchval("SELECT count(*) FROM collections WHERE name = $1", sid) == 1
+        assert await db.pool.fetchval("SELECT count(*) FROM collections WHERE name = $1", name) == 1
         doomed.process.send_signal(signal.SIGKILL)
         assert doomed.process.wait(timeout=30) == -signal.SIGKILL
 
@@ -204,6 +204,6 @@ async def test_an_s5_sessions_collection_is_dropped_after_its_server_is_killed(
                 return row["end_reason"] == "expired" and row["dropped_at"] is not None
 
             await until(dropped, "the killed server's S5 session expired and its collection dropped")
-            assert await db.pool.fetchval("SELECT count(*) FROM collections WHERE name = $1", sid) == 0
+            assert await db.pool.fetchval("SELECT count(*) FROM collections WHERE name = $1", name) == 0
         finally:
             survivor.stop(signal.SIGTERM)

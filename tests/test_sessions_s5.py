@@ -89,7 +89,8 @@ async def test_an_s5_session_loads_then_serves_then_leaves_nothing(
     assert created.status_code == 201, created.text
     session = created.json()
     sid, token = session["session_id"], bearer(session["token"])
-    assert session["source"] == "s5" and session["collections"] == [sid]
+    (name,) = session["collections"]
+    assert session["source"] == "s5" and name.startswith("s5-")
     assert session["status"] == "loading" and session["load"]["status"] in ("pending", "loading")
     early = await s5_client.post(
         f"/api/v1/sessions/{sid}/search", json={"vector": [1, 0, 0, 0]}, headers=token
@@ -105,18 +106,51 @@ async def test_an_s5_session_loads_then_serves_then_leaves_nothing(
     )
     assert found.status_code == 200, found.text
     assert found.json()["results"][0]["score"] > 0.999
-    direct = await s5_client.post(f"/api/v1/collections/{sid}/search", json={"vector": query}, headers=token)
+    direct = await s5_client.post(f"/api/v1/collections/{name}/search", json={"vector": query}, headers=token)
     assert direct.status_code == 200
-    assert await collection_exists(db, tenant.tenant_id, sid)
+    assert await collection_exists(db, tenant.tenant_id, name)
 
-    # Deleting the session drops the collection with it.
+    # A second session of the same database is ready at once: the import's cache answers (after
+    # checking the key on the manifest), and the two share the collection.
+    second = await s5_client.post(
+        "/api/v1/sessions",
+        json={"source": source(s5db, encryption_key=KEY.hex())},
+        headers=bearer(tenant.admin),
+    )
+    assert second.status_code == 201, second.text
+    assert second.json()["collections"] == [name]
+    other = await wait_status(s5_client, tenant.admin, second.json()["session_id"], {"ready", "error"})
+    assert other["status"] == "ready" and other["load"]["cached"] is True, other
+    # The wrong key gets nothing from the loaded copy.
+    wrong = await s5_client.post(
+        "/api/v1/sessions",
+        json={"source": source(s5db, encryption_key=bytes(32).hex())},
+        headers=bearer(tenant.admin),
+    )
+    failed = await wait_status(s5_client, tenant.admin, wrong.json()["session_id"], {"error", "ended"})
+    assert failed["load"]["error"]["code"] == "decryption_failed", failed
+
+    # Deleting one session keeps the collection for the other; deleting the last drops it.
     assert (
         await s5_client.delete(f"/api/v1/sessions/{sid}", headers=bearer(tenant.admin))
     ).status_code == 204
-    assert not await collection_exists(db, tenant.tenant_id, sid)
-    assert await db.pool.fetchval("SELECT dropped_at IS NOT NULL FROM sessions WHERE id = $1", sid)
-    assert_problem(
-        await s5_client.post(f"/api/v1/collections/{sid}/search", json={"vector": query}, headers=token), 401
+    assert await collection_exists(db, tenant.tenant_id, name)
+    gone = await s5_client.post(f"/api/v1/collections/{name}/search", json={"vector": query}, headers=token)
+    assert_problem(gone, 401)
+    still = bearer(second.json()["token"])
+    kept = await s5_client.post(f"/api/v1/collections/{name}/search", json={"vector": query}, headers=still)
+    assert kept.status_code == 200, kept.text
+    last = second.json()["session_id"]
+    assert (
+        await s5_client.delete(f"/api/v1/sessions/{last}", headers=bearer(tenant.admin))
+    ).status_code == 204
+    # (the failed session counts until the sweep has ended it; then the last release drops it)
+    deadline = time.monotonic() + 10
+    while await collection_exists(db, tenant.tenant_id, name):
+        assert time.monotonic() < deadline, "the shared collection outlived its last session"
+        await asyncio.sleep(0.1)
+    assert await db.pool.fetchval(
+        "SELECT bool_and(dropped_at IS NOT NULL) FROM sessions WHERE id = ANY($1)", [sid, last]
     )
 
 
@@ -134,7 +168,7 @@ async def test_a_failed_load_ends_the_session_and_an_expired_one_is_dropped(
         "/api/v1/sessions", json={"source": source(s5db, encryption_key=wrong)}, headers=bearer(tenant.admin)
     )
     assert created.status_code == 201, created.text
-    sid = created.json()["session_id"]
+    sid, name = created.json()["session_id"], created.json()["collections"][0]
     failed = await wait_status(s5_client, tenant.admin, sid, {"error", "ended"})
     if failed["status"] == "error":
         assert failed["load"]["error"]["code"] == "decryption_failed"
@@ -148,7 +182,7 @@ async def test_a_failed_load_ends_the_session_and_an_expired_one_is_dropped(
     while not await db.pool.fetchval("SELECT dropped_at IS NOT NULL FROM sessions WHERE id = $1", sid):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
-    assert not await collection_exists(db, tenant.tenant_id, sid)
+    assert not await collection_exists(db, tenant.tenant_id, name)
 
     # A short session: loaded, then expired, then its collection is gone.
     plain = published(portal, unique_id)
@@ -156,13 +190,13 @@ async def test_a_failed_load_ends_the_session_and_an_expired_one_is_dropped(
         "/api/v1/sessions", json={"source": source(plain), "ttl_seconds": 3}, headers=bearer(tenant.admin)
     )
     assert short.status_code == 201, short.text
-    sid = short.json()["session_id"]
+    sid, name = short.json()["session_id"], short.json()["collections"][0]
     await wait_status(s5_client, tenant.admin, sid, {"ready", "ended"})
     deadline = time.monotonic() + 15
     while not await db.pool.fetchval("SELECT dropped_at IS NOT NULL FROM sessions WHERE id = $1", sid):
         assert time.monotonic() < deadline, "the expired session's collection was not dropped"
         await asyncio.sleep(0.1)
-    assert not await collection_exists(db, tenant.tenant_id, sid)
+    assert not await collection_exists(db, tenant.tenant_id, name)
     assert await db.pool.fetchval("SELECT end_reason FROM sessions WHERE id = $1", sid) == "expired"
 
 
@@ -204,6 +238,11 @@ async def test_who_may_load_and_bad_input_changes_nothing(
     )
     assert made.status_code == 201, made.text
     other = await make_tenant()
-    sid = made.json()["session_id"]
+    sid, name = made.json()["session_id"], made.json()["collections"][0]
     assert_problem(await s5_client.get(f"/api/v1/sessions/{sid}", headers=bearer(other.admin)), 404)
-    assert_problem(await s5_client.get(f"/api/v1/collections/{sid}", headers=bearer(other.admin)), 404)
+    assert_problem(await s5_client.get(f"/api/v1/collections/{name}", headers=bearer(other.admin)), 404)
+    # The other tenant's session of the same database gets a collection of its own.
+    theirs = await s5_client.post(
+        "/api/v1/sessions", json={"source": source(s5db)}, headers=bearer(other.admin)
+    )
+    assert theirs.status_code == 201 and theirs.json()["collections"] != [name], theirs.text

@@ -19,7 +19,8 @@ Mode = Literal["read_only"]
 
 class S5Source(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An S5 vector database, loaded through the import pipeline into a temporary collection
-    (named after the session) that is dropped when the session ends, expires or fails."""
+    (s5-<hash of tenant, manifest and owner>, shared by the tenant's sessions of the same
+    database) that is dropped when the last of them ends, expires or fails."""
 
     type: Literal["s5"]
     manifest_path: Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f]+$")]

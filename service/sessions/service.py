@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,6 +73,15 @@ def _field_problem(field: str, message: str) -> InvalidRequest:
 
 def new_session_id() -> str:
     return "ses_" + secrets.token_hex(12)
+
+
+def s5_collection_name(tenant_id: str, source: S5Source) -> str:
+    """One collection per S5 database (and tenant): a second session of the same database finds
+    it loaded, and the import's cache answers at once (after checking the key on the manifest)."""
+    digest = hashlib.blake2b(
+        f"{tenant_id}|{source.manifest_path}|{source.user_address.lower()}".encode(), digest_size=12
+    ).hexdigest()
+    return f"s5-{digest}"
 
 
 class SessionService:
@@ -192,24 +204,39 @@ class SessionService:
             )
         self._check_process_limit()
         session_id = new_session_id()
-        loader = self._owner(tenant_id, session_id, principal.key_id)
-        accepted = await self.imports.submit(loader, session_id, source.as_import())
-        try:
-            return await self._open(
-                tenant_id,
-                parent_key_id=principal.key_id,
-                collections=[session_id],
-                ttl=ttl,
-                max_queries=max_queries,
-                delegation_jti=None,
-                actor=principal,
-                session_id=session_id,
-                import_id=uuid.UUID(accepted.import_id),
-            )
-        except BaseException:
-            with contextlib.suppress(ServiceError):
-                await self.imports.cancel(loader, accepted.import_id)
-            raise
+        collection = s5_collection_name(tenant_id, source)
+        loader = self._owner(tenant_id, collection, principal.key_id)
+        # Held until the session row exists, so that no other session's drop removes the shared
+        # collection between this import's acceptance and this session's row.
+        async with self._collection_lock(tenant_id, collection):
+            accepted = await self.imports.submit(loader, collection, source.as_import())
+            try:
+                return await self._open(
+                    tenant_id,
+                    parent_key_id=principal.key_id,
+                    collections=[collection],
+                    ttl=ttl,
+                    max_queries=max_queries,
+                    delegation_jti=None,
+                    actor=principal,
+                    session_id=session_id,
+                    import_id=uuid.UUID(accepted.import_id),
+                )
+            except BaseException:
+                with contextlib.suppress(ServiceError):
+                    await self.imports.cancel(loader, accepted.import_id)
+                raise
+
+    @asynccontextmanager
+    async def _collection_lock(self, tenant_id: str, collection: str) -> AsyncIterator[None]:
+        """Serialises creating and dropping S5 sessions of one collection (all replicas)."""
+        key = f"vectorhive:s5-session:{tenant_id}:{collection}"
+        async with self.db.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
 
     @staticmethod
     def _owner(tenant_id: str, collection: str, key_id: str | None = None) -> Principal:
@@ -231,16 +258,24 @@ class SessionService:
             return None
 
     async def _drop(self, row: SessionRow) -> None:
-        """Cancel the session's import (if still running) and drop its temporary collection."""
-        owner = self._owner(row.tenant_id, row.collections[0])
-        if self.imports is not None and row.import_id is not None:
-            with contextlib.suppress(Conflict, NotFound):
-                await self.imports.cancel(owner, str(row.import_id))
-        with contextlib.suppress(NotFound):
-            await self.collections.delete(owner, row.collections[0])
-        async with self.db.transaction() as conn:
-            await store.mark_dropped(conn, row.id)
-        log.info("session collection dropped", extra={"session_id": row.id, "tenant_id": row.tenant_id})
+        """Cancel the session's import (if still running) and drop its collection unless another
+        live session of the same S5 database still reads it."""
+        name = row.collections[0]
+        owner = self._owner(row.tenant_id, name)
+        async with self._collection_lock(row.tenant_id, name):
+            if self.imports is not None and row.import_id is not None:
+                with contextlib.suppress(Conflict, NotFound):
+                    await self.imports.cancel(owner, str(row.import_id))
+            shared = await store.live_sharing(self.db.pool, row.tenant_id, name, row.id)
+            if not shared:
+                with contextlib.suppress(NotFound):
+                    await self.collections.delete(owner, name)
+            async with self.db.transaction() as conn:
+                await store.mark_dropped(conn, row.id)
+        log.info(
+            "session collection released",
+            extra={"session_id": row.id, "tenant_id": row.tenant_id, "dropped": not shared},
+        )
 
     async def delegate(self, principal: Principal, request: CreateDelegationRequest) -> Delegation:
         tenant_id = self._as_parent(principal)

@@ -274,3 +274,15 @@ async def mark_dropped(conn: Any, session_id: str) -> None:
     await conn.execute(
         "UPDATE sessions SET dropped_at = now() WHERE id = $1 AND ended_at IS NOT NULL", session_id
     )
+
+
+async def live_sharing(conn: Any, tenant_id: str, collection: str, except_id: str) -> int:
+    """Other sessions not yet ended that read the S5-loaded collection."""
+    found: int = await conn.fetchval(
+        """SELECT count(*) FROM sessions WHERE tenant_id = $1 AND source = 's5' AND ended_at IS NULL
+              AND collections = ARRAY[$2]::text[] AND id <> $3""",
+        tenant_id,
+        collection,
+        except_id,
+    )
+    return found
