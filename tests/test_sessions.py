@@ -389,6 +389,11 @@ async def test_max_queries_and_limits(client: Any, make_tenant: Callable[..., An
     assert first.status_code == 200
     second = await client.post(f"/api/v1/sessions/{created['session_id']}/search", json=SEARCH, headers=token)
     assert second.status_code == 200 and second.json()["queries_used"] == 2
+    # A batch would count as one query: refused to a session with max_queries (nothing counted).
+    batch = await client.post(
+        "/api/v1/collections/docs/search/batch", json={"queries": [SEARCH] * 5}, headers=token
+    )
+    assert_problem(batch, 403, "session_batch_not_allowed")
     third = await client.post("/api/v1/collections/docs/search", json=SEARCH, headers=token)
     assert_problem(third, 403, "session_queries_exhausted")
     # Reads that are not queries still work; the count is what was allowed.

@@ -211,6 +211,13 @@ class SessionVerifier:
         if principal.session_id is None or operation not in QUERY_OPERATIONS:
             return
         assert principal.tenant_id is not None
+        if operation == "searchCollectionBatch" and self._limited(principal.session_id):
+            # One request, up to 100 searches: it would count as one against max_queries.
+            raise Forbidden(
+                "A session with max_queries searches one query per request; batch search is not "
+                "available to it.",
+                code="session_batch_not_allowed",
+            )
         await self.count_query(
             principal.session_id, tenant_id=principal.tenant_id, parent_key_id=principal.key_id
         )
