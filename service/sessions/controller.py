@@ -173,7 +173,7 @@ class SessionsController(Controller):
         text: Annotated[
             str | None,
             QueryParameter(
-                query="q", description="Text (the POST form's query)", min_length=1, max_length=4000
+                name="q", description="Text (the POST form's query)", min_length=1, max_length=4000
             ),
         ] = None,
         vector: Annotated[
