@@ -63,6 +63,10 @@ from service.quota.usage import UsageMeter, UsageReporter, UsageService
 from service.rag.answers import RagService
 from service.rag.controller import AnswersController, ChatController
 from service.rag.service import GenerationService
+from service.sessions.controller import SessionKeysAdminController, SessionsController
+from service.sessions.service import SessionService
+from service.sessions.signing import KeyRing
+from service.sessions.verifier import SessionVerifier
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
@@ -139,6 +143,7 @@ def create_app(settings: Settings) -> Litestar:
         ttl=settings.auth.api_key_cache_ttl,
         max_size=settings.auth.api_key_cache_size,
         negative_ttl=settings.auth.api_key_negative_cache_ttl,
+        max_per_tenant=settings.auth.api_key_cache_per_tenant,
     )
     # Changes committed by any process on the database (revocations, suspensions, quotas) reach
     # this one's caches through LISTEN/NOTIFY; features subscribe here before the app starts.
@@ -231,6 +236,25 @@ def create_app(settings: Settings) -> Litestar:
         if settings.mcp.enabled
         else None
     )
+    # Sessions: their tokens are accepted on every bearer path (the Authenticator hands them to the
+    # verifier), and end with their session, parent key or tenant through the notification hub.
+    keyring = KeyRing(db, settings.sessions)
+    session_verifier = SessionVerifier(db, settings.sessions, keyring)
+    session_verifier.attach(notifications, cache)
+    state.authenticator.sessions = session_verifier
+    session_service = SessionService(
+        db,
+        settings.sessions,
+        keyring,
+        session_verifier,
+        state.collection_service,
+        state.key_service,
+        state.tenant_service,
+        quotas,
+        state.import_service,
+    )
+    session_service.attach(notifications)
+    state.session_service = session_service
 
     async def flush_usage() -> None:
         await meter.flush()
@@ -272,6 +296,8 @@ def create_app(settings: Settings) -> Litestar:
         if metrics_port is not None:
             jobs.start("storage-gauges", 30.0, lambda: refresh_storage_gauges(db))
             metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
+        await keyring.start()
+        jobs.start("session-sweep", settings.sessions.sweep_interval_seconds, session_service.sweep)
         await indexer.recover()
         await import_runner.start()
         # Models load in the background (the default one is prepared on first start): the server
@@ -289,6 +315,7 @@ def create_app(settings: Settings) -> Litestar:
             await import_runner.close()
             await indexer.close()
             db.abandon(await jobs.stop(grace=1.0 if db.unreachable_at_shutdown else 10.0))
+            await session_service.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
@@ -317,6 +344,8 @@ def create_app(settings: Settings) -> Litestar:
             ClusterController,
             ChatController,
             AnswersController,
+            SessionsController,
+            SessionKeysAdminController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
             *(mcp_controller.route_handlers(mcp) if mcp is not None else []),

@@ -53,6 +53,7 @@ class AuthSettings(_Section):
     require_authentication: bool = True
     api_key_cache_ttl: Seconds = 300.0
     api_key_cache_size: PositiveInt = 10_000
+    api_key_cache_per_tenant: PositiveInt = 1000
     api_key_negative_cache_ttl: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_concurrent_hash_checks: PositiveInt = 4
     max_queued_hash_checks: PositiveInt = 64
@@ -242,6 +243,25 @@ class RagSettings(_Section):
     cache_max_entries_per_tenant: PositiveInt = 10_000
 
 
+class SessionsSettings(_Section):
+    issuer: str = "vectorhive"
+    default_ttl_seconds: PositiveInt = 1800
+    min_ttl_seconds: PositiveInt = 60
+    max_ttl_seconds: PositiveInt = 86_400
+    delegation_default_ttl_seconds: PositiveInt = 600
+    delegation_max_ttl_seconds: PositiveInt = 3600
+    max_sessions_per_tenant: PositiveInt = 100
+    max_sessions_per_process: PositiveInt = 1000
+    sweep_interval_seconds: Seconds = 5.0
+    retention_days: PositiveInt = 7
+    signing_key_secret: str | None = None
+    signing_key_secret_file: str = "./data/session-signing.secret"  # noqa: S105 (a path, not a secret)
+    signing_key_rotation_days: PositiveInt = 30
+    verified_cache_size: PositiveInt = 10_000
+    verified_cache_per_tenant: PositiveInt = 1000
+    verified_cache_ttl: Seconds = 300.0
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -258,6 +278,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mcp: McpSettings = msgspec.field(default_factory=McpSettings)
     generation: GenerationSettings = msgspec.field(default_factory=GenerationSettings)
     rag: RagSettings = msgspec.field(default_factory=RagSettings)
+    sessions: SessionsSettings = msgspec.field(default_factory=SessionsSettings)
 
     @property
     def single_tenant(self) -> bool:
@@ -431,6 +452,21 @@ def _check_semantics(settings: Settings) -> None:
             "documents.text_search_config: a PostgreSQL text search configuration such as english"
         )
     _check_generation(settings.generation)
+    sessions = settings.sessions
+    if not sessions.min_ttl_seconds <= sessions.default_ttl_seconds <= sessions.max_ttl_seconds:
+        raise ConfigError(
+            "sessions.default_ttl_seconds: must lie between sessions.min_ttl_seconds and "
+            "sessions.max_ttl_seconds"
+        )
+    if sessions.delegation_default_ttl_seconds > sessions.delegation_max_ttl_seconds:
+        raise ConfigError(
+            "sessions.delegation_default_ttl_seconds: must not exceed sessions.delegation_max_ttl_seconds"
+        )
+    if sessions.signing_key_secret is not None and len(sessions.signing_key_secret) < 32:
+        # Never echo the value: it is a secret.
+        raise ConfigError("sessions.signing_key_secret: must be at least 32 characters (e.g. 64 hex digits)")
+    if not re.fullmatch(r"[A-Za-z0-9._:/-]{1,200}", sessions.issuer):
+        raise ConfigError("sessions.issuer: letters, digits and . _ : / - (1 to 200 characters)")
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
     mcp = settings.mcp
@@ -499,6 +535,9 @@ def load_settings(
     cache_dir = Path(settings.embeddings.cache_dir).expanduser()
     if not cache_dir.is_absolute():
         settings.embeddings.cache_dir = str((cwd / cache_dir).resolve())
+    secret_file = Path(settings.sessions.signing_key_secret_file).expanduser()
+    if not secret_file.is_absolute():
+        settings.sessions.signing_key_secret_file = str((cwd / secret_file).resolve())
     for model in settings.embeddings.models.values():
         if model.url is None and model.path != "default" and not Path(model.path).expanduser().is_absolute():
             model.path = str((cwd / Path(model.path).expanduser()).resolve())
