@@ -183,6 +183,7 @@ def create_app(settings: Settings) -> Litestar:
         embeddings=embeddings,
         documents=settings.documents,
     )
+    collections.attach(notifications)
     generation = GenerationService(generators, settings.generation, quotas=quotas, meter=meter)
     rag = RagService(db, collections, embeddings, generation, settings.rag)
     state = State(

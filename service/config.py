@@ -121,6 +121,9 @@ class CollectionsSettings(_Section):
     max_concurrent_index_builds: PositiveInt = 1
     default_ef_search: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
     filtered_exact_scan_limit: Annotated[int, msgspec.Meta(ge=0)] = 20_000
+    metadata_cache_size: PositiveInt = 10_000
+    metadata_cache_per_tenant: PositiveInt = 1_000
+    metadata_cache_ttl_seconds: Seconds = 300.0
 
 
 class S5Settings(_Section):
