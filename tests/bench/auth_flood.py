@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import multiprocessing
 import secrets
 import statistics
@@ -84,7 +85,10 @@ def _victim(
         )
         first.append((time.perf_counter() - started) * 1000)
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-        while time.monotonic() < round_end:
+        for n in itertools.count():
+            # At least a few cached requests per round, however long the first request took.
+            if n >= 5 and time.monotonic() >= round_end:
+                break
             started = time.perf_counter()
             response = http.get(
                 "/api/v1/me", headers={"Authorization": f"Bearer {cached_key}", "X-Forwarded-For": VICTIM}
