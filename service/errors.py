@@ -26,6 +26,8 @@ from litestar.plugins.problem_details import (
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:vectorhive:problem:"
+# Route option (opt={OPENAI_COMPATIBLE: True}) of endpoints that OpenAI's clients call.
+OPENAI_COMPATIBLE = "openai_compatible"
 
 log = logging.getLogger("vectorhive.errors")
 
@@ -194,6 +196,16 @@ class Problem(ProblemDetailsException):
         if self.errors:
             body["errors"] = self.errors
         body.update(self.members)
+        handler = request.scope.get("route_handler")
+        if handler is not None and handler.opt.get(OPENAI_COMPATIBLE):
+            # OpenAI's clients show error.message (and nothing of a problem document): the same
+            # problem, also in the shape they read.
+            body["error"] = {
+                "message": self.detail,
+                "type": self.code,
+                "code": self.code,
+                "param": self.errors[0].get("field") if self.errors else None,
+            }
         return Response(
             body, status_code=self.status_code, headers=self.headers, media_type=PROBLEM_MEDIA_TYPE
         )
@@ -391,6 +403,8 @@ class ProblemDocument(msgspec.Struct, kw_only=True):
     instance: str
     request_id: str | None = None
     errors: list[dict[str, str]] | None = None
+    # On OpenAI-compatible endpoints only: {message, type, code, param}, as OpenAI's clients read it.
+    error: dict[str, str | None] | None = None
 
 
 _STATUS_TEXT = {
@@ -429,3 +443,19 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
 # before it runs argon2 or by the tenant's rate limits (429), and needs the database for a key not
 # yet cached, as does every operation behind it (503 database_unavailable).
 AUTHENTICATED = (400, 401, 403, 429, 503)
+
+
+def problem_of(exc: Exception) -> Problem:
+    """The problem an exception renders as, outside Litestar's handlers (MCP tool errors use it so
+    that a tool fails with the same code and detail as the REST operation it mirrors)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, ServiceError):
+        return _from_service_error(exc)
+    if isinstance(exc, HTTPException):
+        return _from_http_exception(exc)
+    if isinstance(exc, asyncpg.DataError):
+        return _from_database_data_error(exc)
+    if isinstance(exc, asyncpg.TransactionRollbackError):
+        return _from_transaction_rollback(exc)
+    return _from_unexpected(exc)

@@ -3,6 +3,7 @@ Alembic by the app itself; isolation between tests comes from fresh tenants, not
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -24,7 +25,21 @@ from service.auth.service import KeyService
 from service.config import Settings, load_settings
 from service.db import Database
 from service.db.embedded import EmbeddedPostgres
+from service.inference.minilm import prepare_default
 from service.tenants.service import TenantService
+
+# The default embedding model, prepared once per machine and shared by every test and every server
+# process the tests start (their environment carries the folder).
+MODEL_CACHE = Path(
+    os.environ.get("VECTORHIVE_TEST_MODEL_CACHE", Path.home() / ".cache" / "vectorhive-test-models")
+)
+os.environ["VECTORHIVE_EMBEDDINGS__CACHE_DIR"] = str(MODEL_CACHE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_embedding_model() -> Path:
+    """Prepared before any server starts, so that servers never race to download it."""
+    return prepare_default(MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +69,21 @@ def embedded_home(prefix: str = "vectorhive-test-") -> Path:
 def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
     """Settings on the test database; keyword overrides as {"section": {"key": value}}."""
 
+    from tests.support.tiny_chat_model import build
+
+    tiny_chat_model = build(tmp_path_factory.mktemp("models") / "tiny-chat.gguf")
+
     def make(**sections: dict[str, Any]) -> Settings:
         settings = load_settings(environ={}, cwd=tmp_path_factory.mktemp("cwd"))
         data = msgspec.to_builtins(settings)
         data["database"].update(url=pg_url, pool_min_size=1, pool_max_size=5)
+        data["embeddings"]["cache_dir"] = str(MODEL_CACHE)
         data["server"]["access_log"] = True
+        # Chat: the tiny deterministic model (tests/support/tiny_chat_model.py) answers, fast and
+        # exactly; a test that wants the real default model asks for it (prepared once per machine).
+        data["generation"]["cache_dir"] = str(MODEL_CACHE)
+        data["generation"]["default_model"] = "tiny"
+        data["generation"]["models"] = {"tiny": {"path": str(tiny_chat_model), "n_ctx": 512}}
         for section, values in sections.items():
             data[section].update(values)
         return msgspec.convert(data, Settings)

@@ -51,6 +51,7 @@ def build(
     name: str = "notes",
     seed: int = 0,
     manifest_overrides: dict[str, Any] | None = None,
+    id_format: str = "doc-{i}",
 ) -> S5Database:
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(n, dimensions)).astype(np.float32)
@@ -58,7 +59,7 @@ def build(
     chunks = []
     for chunk_id, start in enumerate(range(0, n, chunk_size)):
         part = [
-            {"id": f"doc-{i}", "vector": vectors[i].tolist(), "metadata": {"i": i, "source": "s5"}}
+            {"id": id_format.format(i=i), "vector": vectors[i].tolist(), "metadata": {"i": i, "source": "s5"}}
             for i in range(start, min(start + chunk_size, n))
         ]
         path = f"{db.folder}/chunk-{chunk_id}.json"

@@ -23,7 +23,7 @@ from service.auth.service import KeyService
 from service.config import Settings
 from service.db import Database
 from service.tenants.service import TenantService
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, set_quotas
 
 DOCUMENT = json.loads((Path(__file__).resolve().parent.parent / "openapi" / "openapi.json").read_text())
 schema = schemathesis.openapi.from_dict(DOCUMENT)
@@ -34,6 +34,11 @@ async def fuzz_keys(db: Database, operator_key: str, live_server: LiveServer) ->
     """A tenant of its own with an ADMIN key and a collection 'docs' (dimension 4) holding one vector."""
     await TenantService(db).create("fuzz-tenant")
     admin = (await KeyService(db).create("fuzz-tenant", CreateKeyRequest(permission=Permission.ADMIN))).key
+    async with httpx.AsyncClient(base_url=live_server.url) as operator:
+        # Every operation is tried many times a minute: the fuzzer tests answers, not the rate limits.
+        limits = {"requests_per_minute": 1_000_000, "requests_per_hour": 10_000_000,
+                  "token_bucket_capacity": 1_000_000, "token_refill_per_second": 100_000}  # fmt: skip
+        await set_quotas(operator, operator_key, "fuzz-tenant", **limits)
     async with httpx.AsyncClient(
         base_url=live_server.url, headers={"Authorization": f"Bearer {admin}"}
     ) as http:
@@ -42,6 +47,14 @@ async def fuzz_keys(db: Database, operator_key: str, live_server: LiveServer) ->
         ).status_code == 201
         upsert = {"vectors": [{"id": "v1", "vector": [1, 0, 0, 0], "metadata": {"n": 1}}]}
         assert (await http.put("/api/v1/collections/docs/vectors", json=upsert)).status_code == 200
+    # Every operation's examples in about a minute exceed the default 1,000 requests a minute: the
+    # fuzz tenant's windows are raised so that answers are about the input, not the rate limit.
+    async with httpx.AsyncClient(
+        base_url=live_server.url, headers={"Authorization": f"Bearer {operator_key}"}
+    ) as http:
+        quotas = {"requests_per_minute": 1_000_000, "requests_per_hour": 10_000_000}
+        raised = await http.put("/api/v1/admin/tenants/fuzz-tenant/quotas", json=quotas)
+        assert raised.status_code == 200, raised.text
     return {"admin": admin, "operator": operator_key}
 
 

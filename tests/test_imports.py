@@ -745,3 +745,37 @@ async def test_a_graceful_shutdown_ends_running_and_waiting_imports_as_interrupt
         [running["import_id"], waiting["import_id"]],
     )
     assert [(r["status"], r["error_code"]) for r in rows] == [("error", "interrupted")] * 2
+
+
+async def test_imports_into_a_text_collection_leave_its_documents_alone(
+    ic: AsyncTestClient[Litestar], portal: FakePortal, make_tenant: Any, unique_id: Callable[[str], str]
+) -> None:
+    from tests.test_embeddings_api import MODEL, wait_for_model
+
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    await wait_for_model(ic, tenant.admin)
+    made = await ic.post(
+        "/api/v1/collections", json={"name": "kb", "embedding": {"model": MODEL}}, headers=key
+    )
+    assert made.status_code == 201, made.text
+    stored = await ic.post(
+        "/api/v1/collections/kb/documents",
+        json={"documents": [{"id": "doc", "text": "Sourdough rises slowly overnight."}]},
+        headers=key,
+    )
+    assert stored.status_code == 200, stored.text
+    before = await all_vectors(ic, tenant.admin, "kb")
+    # Ids shaped like chunk ids would overwrite the document's chunks: refused, nothing written.
+    chunk_like = publish(portal, unique_db(unique_id, n=20, dimensions=384, id_format="doc#{i}"))
+    failed = await import_and_wait(ic, tenant.admin, "kb", chunk_like)
+    assert failed["status"] == "error" and failed["error"]["code"] == "invalid_manifest", failed
+    assert await all_vectors(ic, tenant.admin, "kb") == before
+    # Plain vectors live beside the chunks; text search still finds the document.
+    plain = publish(portal, unique_db(unique_id, n=20, dimensions=384))
+    assert (await import_and_wait(ic, tenant.admin, "kb", plain))["status"] == "loaded"
+    assert (await ic.get("/api/v1/collections/kb", headers=key)).json()["vector_count"] == 21
+    found = await ic.post(
+        "/api/v1/collections/kb/search", json={"text": "bread dough", "top_k": 1}, headers=key
+    )
+    assert found.json()["results"][0]["document_id"] == "doc"

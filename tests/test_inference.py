@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,11 +17,7 @@ import pytest
 from service.config import EmbeddingModelSettings, EmbeddingsSettings
 from service.inference.base import ModelUnavailable, TextTooLong
 from service.inference.registry import ModelRegistry, UnknownModel
-
-# Shared across test runs on one machine, so the model is downloaded and converted once.
-MODEL_CACHE = Path(
-    os.environ.get("VECTORHIVE_TEST_MODEL_CACHE", Path.home() / ".cache" / "vectorhive-test-models")
-)
+from tests.conftest import MODEL_CACHE
 
 
 @pytest.fixture(scope="module")

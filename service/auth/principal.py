@@ -29,11 +29,20 @@ class Principal:
     collections: frozenset[str] | None = None  # None: every collection of the tenant
     tenant_active: bool = True
     expires_at: datetime | None = None
-    source: str = "local"  # "hivehub" for keys HiveHub validated
+    source: str = "local"  # "hivehub" for keys HiveHub validated, "session" for session tokens
+    # Set for a session token: read-only, limited to the session's collections, accepted only on
+    # the read endpoints of those collections (service.auth.guards.SESSION_OPERATIONS).
+    session_id: str | None = None
 
     @property
     def is_operator(self) -> bool:
         return self.kind is KeyKind.OPERATOR
+
+    def require_tenant(self) -> str:
+        """The tenant of a tenant principal (the permission guards admit no other on tenant routes)."""
+        if self.tenant_id is None:
+            raise RuntimeError("a tenant route was reached without a tenant principal")
+        return self.tenant_id
 
     def allows(self, required: Permission) -> bool:
         """Whether this principal's REST permission includes `required` (READ_ONLY < READ_WRITE < ADMIN)."""

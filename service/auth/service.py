@@ -8,7 +8,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -294,6 +294,19 @@ class KeyStatus(msgspec.Struct, kw_only=True):
     expires_at: datetime | None = None
 
 
+class SessionTokens(Protocol):
+    """Session tokens (service.sessions.verifier): every bearer path accepts them too."""
+
+    def accepts(self, token: str) -> bool:
+        """Whether the token has the form of a session token (cheap, no verification)."""
+
+    async def authenticate(self, token: str) -> Principal:
+        """A read-only principal limited to the session's collections, or Unauthorized."""
+
+    async def note_use(self, principal: Principal, operation: str) -> None:
+        """Count a use of a session token (max_queries, audit); raise when it is used up."""
+
+
 class Authenticator:
     def __init__(
         self,
@@ -307,12 +320,14 @@ class Authenticator:
         audit_buffer: audit.AuditBuffer | None = None,
         limiter: Limiter | None = None,
         trusted_proxies: Sequence[str] = (),
+        sessions: SessionTokens | None = None,
     ) -> None:
         self.db = db
         # Whose address a request is from, for the per-address limit (service/auth/proxies.py).
         self.client_address = ClientAddress(trusted_proxies)
         self.settings = settings
         self.cache = cache
+        self.sessions = sessions
         self.recorder = recorder
         self.hub = hub
         self.quotas = quotas
@@ -339,7 +354,10 @@ class Authenticator:
         )
 
     async def authenticate(self, token: str, client: str | None = None) -> Principal:
-        """token: the bearer key; client: the caller's address (for the pre-authentication limits)."""
+        """token: the bearer key or session token; client: the caller's address (for the
+        pre-authentication limits)."""
+        if self.sessions is not None and self.sessions.accepts(token):
+            return await self.sessions.authenticate(token)
         fp = fingerprint(token)
         principal = self.cache.get(fp)
         if principal is not None:

@@ -51,22 +51,53 @@ class IndexParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ef_construction: Annotated[int, msgspec.Meta(ge=4, le=1000)] = 64
 
 
+TEXT_SEARCH_CONFIG_RULE = (
+    "a PostgreSQL text search configuration: 1 to 63 of a-z and _ (english, simple, ...)"
+)
+
+
+class EmbeddingBinding(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Binds a collection to an embedding model: it then stores documents (split into chunks that
+    the model embeds) and answers searches by text. Chunk sizes are in the model's own tokens
+    (special tokens included); by default a chunk fills the model's window."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    chunk_tokens: Annotated[int, msgspec.Meta(ge=8, le=32768)] | None = None
+    chunk_overlap: Annotated[int, msgspec.Meta(ge=0, le=32767)] | None = None
+    text_search_config: (
+        Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,63}$", extra={"rule": TEXT_SEARCH_CONFIG_RULE})]
+        | None
+    ) = None
+
+
+class EmbeddingState(msgspec.Struct, kw_only=True):
+    model: str
+    chunk_tokens: int
+    chunk_overlap: int
+    text_search_config: str
+
+
 class CreateCollectionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: CollectionName
     # The limit depends on storage (MAX_DIMENSION), checked by the service so that the error can
     # name the limit that applies; the schema states the largest.
-    dimension: Annotated[
-        int,
-        msgspec.Meta(
-            ge=1,
-            description="At most 2,000 for float32 storage, 4,000 for float16",
-            extra_json_schema={"maximum": 4000},
-        ),
-    ]
+    dimension: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                description="At most 2,000 for float32 storage, 4,000 for float16. Required unless "
+                "`embedding` names a model, whose dimension it then must equal.",
+                extra_json_schema={"maximum": 4000},
+            ),
+        ]
+        | None
+    ) = None
     metric: Metric = Metric.COSINE
     index: IndexParams = msgspec.field(default_factory=IndexParams)
     storage: Storage = Storage.FLOAT32
     description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    embedding: EmbeddingBinding | None = None
 
 
 class IndexState(msgspec.Struct, kw_only=True):
@@ -94,6 +125,7 @@ class Collection(msgspec.Struct, kw_only=True):
     size_bytes: int
     description: str | None
     created_at: datetime
+    embedding: EmbeddingState | None = None
 
 
 class CollectionPage(msgspec.Struct, kw_only=True):
@@ -137,8 +169,22 @@ class DeleteResult(msgspec.Struct, kw_only=True):
     deleted: int
 
 
+class SearchMode(StrEnum):
+    VECTOR = "vector"
+    HYBRID = "hybrid"
+    KEYWORD = "keyword"
+
+
 class SearchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    vector: list[float]
+    """Give `vector`, or `text` on a collection bound to a model (the text is embedded with it).
+    mode vector: nearest vectors; keyword: full-text ranking of the chunks' text
+    (websearch_to_tsquery syntax: words, "phrases", or, -not); hybrid: both rankings fused by
+    reciprocal rank fusion (score = sum of weight / (documents.rrf_k + rank)); `text` is then
+    required and `vector`, if given, replaces the embedded text for the vector half."""
+
+    vector: list[float] | None = None
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=32768)] | None = None
+    mode: SearchMode = SearchMode.VECTOR
     top_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     threshold: float | None = None
     filter: dict[str, Any] | None = None
@@ -148,16 +194,22 @@ class SearchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class SearchHit(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """document_id, chunk_index and text: for a chunk of a document (collections bound to a model)."""
+
     id: str
     score: float
     metadata: Metadata | None = None
     vector: list[float] | None = None
+    document_id: str | None = None
+    chunk_index: int | None = None
+    text: str | None = None
 
 
 class SearchResult(msgspec.Struct, kw_only=True):
     """score: higher is better for every metric (cosine similarity, inner product, negative L2
     distance). strategy: how it was answered: exact (scan), hnsw, or hnsw_filtered (iterative
-    index scan with the filter)."""
+    index scan with the filter); keyword (full-text index) or hybrid+<the vector half's strategy>.
+    In keyword mode the score is PostgreSQL's ts_rank_cd, in hybrid mode the fused RRF score."""
 
     results: list[SearchHit]
     took_ms: float

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,27 +20,24 @@ from service.collections.filters import compile_filter
 from service.collections.indexer import IndexBuilder
 from service.collections.models import (
     MAX_DIMENSION,
-    BatchSearchResult,
     Collection,
     CollectionPage,
     CreateCollectionRequest,
     DeleteRequest,
     DeleteResult,
+    EmbeddingState,
     IndexState,
-    IndexStatus,
     Metric,
-    SearchHit,
-    SearchRequest,
-    SearchResult,
     UpsertRequest,
     UpsertResult,
     VectorPage,
     VectorRecord,
 )
-from service.collections.store import CollectionRow
-from service.config import CollectionsSettings
+from service.collections.search import SearchOperations, _as_list
+from service.collections.store import CollectionRow, TextBinding
+from service.config import CollectionsSettings, DocumentsSettings
 from service.db import Database
-from service.db.database import set_local
+from service.embeddings.service import EmbeddingService
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.pagination import decode_cursor, split_page
 from service.quota.service import Operation, QuotaService
@@ -60,47 +57,21 @@ def _problem_at(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
+def _not_a_text_collection(name: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Collection '{name}' is not bound to an embedding model, so it has no documents or texts; "
+        'create a collection with "embedding": {"model": ...} for text, or search it by vector.',
+        code="not_a_text_collection",
+    )
+
+
 # Squared lengths pgvector can add up in float32 without losing them: above FLT_MIN (so no
 # underflow to zero), and at most FLT_MAX / 4 (so |a - b|^2 <= 2|a|^2 + 2|b|^2 stays finite).
 _MIN_SQUARED_LENGTH = float(np.finfo(np.float32).tiny)
 _MAX_SQUARED_LENGTH = float(np.finfo(np.float32).max) / 4
 
 
-def _as_list(value: Any) -> list[float]:
-    converted: list[float] = value.to_list() if hasattr(value, "to_list") else list(value)
-    return converted
-
-
-# A float in a JSON response ("-0.12345678," and the like); a hit's id, score and punctuation.
-_JSON_BYTES_PER_FLOAT = 12
-_HIT_OVERHEAD_BYTES = 48
-
-
-class _ResponseBudget:
-    """The bytes a search response is growing to; refuses past collections.max_search_response_bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def add(self, hit_bytes: int) -> None:
-        self.used += hit_bytes + _HIT_OVERHEAD_BYTES
-        if self.used > self.limit:
-            raise InvalidRequest(
-                f"The response would exceed {self.limit} bytes (collections.max_search_response_bytes); "
-                "ask for a smaller top_k, fewer queries, or include_metadata/include_vector false.",
-                code="response_too_large",
-                extra={"limit": "max_search_response_bytes", "value": self.limit},
-            )
-
-    @property
-    def mib(self) -> int:
-        """Whole MiB of the response beyond its first, for the token bucket (small answers cost
-        what a search always cost)."""
-        return self.used // (1024 * 1024)
-
-
-class CollectionService:
+class CollectionService(SearchOperations):
     def __init__(
         self,
         db: Database,
@@ -109,12 +80,16 @@ class CollectionService:
         *,
         quotas: QuotaService | None = None,
         meter: UsageMeter | None = None,
+        embeddings: EmbeddingService | None = None,
+        documents: DocumentsSettings | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.indexer = indexer
         self.quotas = quotas
         self.meter = meter
+        self.embeddings = embeddings
+        self.documents = documents or DocumentsSettings()
 
     def _record(self, tenant_id: str, metric: Metric_, quantity: int) -> None:
         if self.meter is not None:
@@ -146,6 +121,14 @@ class CollectionService:
             size_bytes=size_bytes,
             description=row.description,
             created_at=row.created_at,
+            embedding=EmbeddingState(
+                model=row.embedding_model,
+                chunk_tokens=row.chunk_tokens or 0,
+                chunk_overlap=row.chunk_overlap or 0,
+                text_search_config=row.text_search_config or "",
+            )
+            if row.embedding_model is not None
+            else None,
         )
 
     async def _require(self, conn: Any, principal: Principal, name: str) -> CollectionRow:
@@ -168,6 +151,49 @@ class CollectionService:
         async with self._in_collection(principal, name) as (_, row):
             return row
 
+    async def text_collection(self, principal: Principal, name: str) -> CollectionRow:
+        """The collection, which must be bound to an embedding model (400 otherwise)."""
+        row = await self._lookup(principal, name)
+        if not row.has_text:
+            raise _not_a_text_collection(name)
+        return row
+
+    def in_collection(
+        self, principal: Principal, name: str
+    ) -> contextlib.AbstractAsyncContextManager[tuple[Any, CollectionRow]]:
+        """A tenant transaction on the collection, for features that write into it (documents)."""
+        return self._in_collection(principal, name)
+
+    async def check_storage(
+        self,
+        conn: Any,
+        tenant_id: str,
+        row: CollectionRow,
+        ids: list[str],
+        metadata_json: list[str],
+        extra: int = 0,
+    ) -> None:
+        await self._check_storage(conn, tenant_id, row, ids, metadata_json, extra)
+
+    async def count_write(self, conn: Any, row: CollectionRow, delta: int) -> CollectionRow:
+        """Last statement of a write to the collection: its vector count and data version."""
+        return await store.record_write(conn, row.id, delta)
+
+    def check_vectors(self, row: CollectionRow, vectors: Any, field: Callable[[int], str]) -> Any:
+        """The vectors as a float32 matrix the collection can store and score (400 naming the field)."""
+        return self._vectors_matrix(row, vectors, field)
+
+    async def charge_upsert(self, tenant_id: str, vectors: int) -> None:
+        await self._charge(tenant_id, "upsert", vectors)
+
+    def deleted(self, tenant_id: str, vectors: int) -> None:
+        self._record(tenant_id, "vectors_deleted", vectors)
+
+    def written(self, tenant_id: str, updated: CollectionRow, vectors: int) -> None:
+        """After a committed write: meter it and consider building the index."""
+        self.indexer.consider(updated)
+        self._record(tenant_id, "vectors_written", vectors)
+
     @asynccontextmanager
     async def _in_collection(
         self, principal: Principal, name: str, settings: dict[str, str] | None = None
@@ -180,15 +206,55 @@ class CollectionService:
         ):
             yield conn, await self._require(conn, principal, name)
 
+    def _text_binding(self, request: CreateCollectionRequest) -> tuple[int, TextBinding | None]:
+        """The collection's dimension, and its binding to a model if it names one."""
+        binding = request.embedding
+        if binding is None:
+            if request.dimension is None:
+                # Worded as the schema's own "required" errors (a plain collection must give it).
+                raise InvalidRequest(
+                    "dimension is required",
+                    errors=[{"source": "body", "message": "is required", "field": "dimension"}],
+                )
+            return request.dimension, None
+        if self.embeddings is None:
+            raise InvalidRequest("This server has no embedding models.", code="embeddings_disabled")
+        model = self.embeddings.describe(binding.model)
+        if request.dimension is not None and request.dimension != model.dimension:
+            raise _problem_at(
+                "dimension",
+                f"{request.dimension} does not match model '{model.name}', which makes {model.dimension}-d "
+                "vectors (omit dimension to take the model's)",
+            )
+        chunk_tokens = binding.chunk_tokens or model.max_tokens
+        if chunk_tokens > model.max_tokens:
+            raise _problem_at(
+                "embedding.chunk_tokens",
+                f"{chunk_tokens} exceeds model '{model.name}''s window of {model.max_tokens} tokens",
+            )
+        overlap = binding.chunk_overlap if binding.chunk_overlap is not None else chunk_tokens // 8
+        if overlap >= chunk_tokens // 2:
+            raise _problem_at(
+                "embedding.chunk_overlap",
+                f"{overlap} must be less than half of chunk_tokens ({chunk_tokens})",
+            )
+        return model.dimension, TextBinding(
+            model=model.name,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=overlap,
+            text_search_config=binding.text_search_config or self.documents.text_search_config,
+        )
+
     async def create(self, principal: Principal, request: CreateCollectionRequest) -> Collection:
         assert principal.tenant_id is not None
         if not is_collection_name(request.name):
             raise _problem_at("name", f"must be {COLLECTION_NAME_RULE}")
+        dimension, text = self._text_binding(request)
         limit = MAX_DIMENSION[request.storage]
-        if request.dimension > limit:
+        if dimension > limit:
             raise _problem_at(
                 "dimension",
-                f"{request.dimension} exceeds the HNSW limit of {limit} for {request.storage} storage",
+                f"{dimension} exceeds the HNSW limit of {limit} for {request.storage} storage",
             )
         if not principal.may_see_collection(request.name):
             raise InvalidRequest(
@@ -196,15 +262,22 @@ class CollectionService:
                 errors=[{"field": "name", "message": "outside the key's collections"}],
             )
         async with self.db.transaction() as conn:
+            if text is not None and not await store.text_search_config_exists(conn, text.text_search_config):
+                raise _problem_at(
+                    "embedding.text_search_config",
+                    f"'{text.text_search_config}' is not a text search configuration of this database "
+                    "(english, simple, german, ...: see pg_ts_config)",
+                )
             if self.quotas is not None:
-                await self.quotas.check_collections(conn, principal.tenant_id, request.dimension)
+                await self.quotas.check_collections(conn, principal.tenant_id, dimension)
             await self.db.ensure_tenant_role(conn, principal.tenant_id)
             row = await store.create(
                 conn,
                 tenant_role=self.db.tenant_role(principal.tenant_id),
                 tenant_id=principal.tenant_id,
                 name=request.name,
-                dimension=request.dimension,
+                text=text,
+                dimension=dimension,
                 metric=request.metric,
                 storage=request.storage,
                 m=request.index.m,
@@ -322,6 +395,14 @@ class CollectionService:
         assert principal.tenant_id is not None
         await self._charge(principal.tenant_id, "upsert", len(items))
         async with self._in_collection(principal, name) as (conn, row):
+            if row.has_text:
+                reserved = next((i for i, item in enumerate(items) if "#" in item.id), None)
+                if reserved is not None:
+                    raise _problem_at(
+                        f"vectors[{reserved}].id",
+                        "contains '#', which this collection keeps for its documents' chunks "
+                        "(<document id>#<chunk index>); store documents through .../documents",
+                    )
             matrix = self._vectors_matrix(
                 row, [item.vector for item in items], lambda i: f"vectors[{i}].vector"
             )
@@ -336,14 +417,23 @@ class CollectionService:
         return UpsertResult(upserted=len(items))
 
     async def _check_storage(
-        self, conn: Any, tenant_id: str, row: CollectionRow, ids: list[str], metadata_json: list[str]
+        self,
+        conn: Any,
+        tenant_id: str,
+        row: CollectionRow,
+        ids: list[str],
+        metadata_json: list[str],
+        extra: int = 0,
     ) -> None:
-        """Before writing: 403 quota_exceeded if the new ids or their estimated bytes do not fit."""
+        """Before writing: 403 quota_exceeded if the new ids or their estimated bytes (plus `extra`,
+        such as documents' text) do not fit."""
         if self.quotas is None or not (await self.quotas.limits_for(tenant_id)).has_storage_limits:
             return
         new = await store.count_new_ids(conn, row, ids)
         per_vector = row.dimension * (2 if row.storage == "float16" else 4) + 8 + _ROW_OVERHEAD
-        estimate = len(ids) * per_vector + sum(len(m) for m in metadata_json) + sum(len(i) for i in ids)
+        estimate = (
+            len(ids) * per_vector + sum(len(m) for m in metadata_json) + sum(len(i) for i in ids) + extra
+        )
         await self.quotas.check_vectors(conn, tenant_id, new, estimate)
 
     async def get_vector(self, principal: Principal, name: str, vector_id: str) -> VectorRecord:
@@ -400,117 +490,34 @@ class CollectionService:
         async with self._in_collection(principal, name) as (conn, row):
             deleted = await store.delete_where(conn, row, where, params)
             if deleted:
+                if row.has_text:
+                    await store.drop_documents_without_chunks(conn, row)
                 await store.record_write(conn, row.id, -deleted)
         assert principal.tenant_id is not None
         self._record(principal.tenant_id, "vectors_deleted", deleted)
         return DeleteResult(deleted=deleted)
 
-    # -- search -----------------------------------------------------------------------------------
+    # -- counting (MCP's delete with dry_run) -------------------------------------------------------
 
-    def _search_settings(self, request: SearchRequest) -> dict[str, str]:
-        return {
-            "hnsw.ef_search": str(max(request.ef_search or self.settings.default_ef_search, request.top_k)),
-            "hnsw.iterative_scan": "off",
-            # asyncpg prepares statements; a generic plan would not know LIMIT $2 (nor the filter's
-            # values) and would sort the whole table instead of walking the HNSW index.
-            "plan_cache_mode": "force_custom_plan",
-        }
-
-    async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResult:
-        started = time.perf_counter()
-        assert principal.tenant_id is not None
-        await self._charge(principal.tenant_id, "search", 1)
-        settings = self._search_settings(request)
-        budget = _ResponseBudget(self.settings.max_search_response_bytes)
-        async with self._in_collection(principal, name, settings) as (conn, row):
-            hits, strategy = await self._search_one(conn, row, request, "", dict(settings), budget)
-        self._record(principal.tenant_id, "searches", 1)
-        await self._charge(principal.tenant_id, "search_mib", budget.mib)
-        return SearchResult(
-            results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3), strategy=strategy
-        )
-
-    async def search_batch(
-        self, principal: Principal, name: str, queries: list[SearchRequest]
-    ) -> BatchSearchResult:
-        started = time.perf_counter()
-        assert principal.tenant_id is not None
-        await self._charge(principal.tenant_id, "search", len(queries))
-        results = []
-        settings = self._search_settings(queries[0])
-        budget = _ResponseBudget(self.settings.max_search_response_bytes)
-        async with self._in_collection(principal, name, settings) as (conn, row):
-            for i, query in enumerate(queries):
-                hits, _ = await self._search_one(conn, row, query, f"queries[{i}].", settings, budget)
-                results.append(hits)
-        self._record(principal.tenant_id, "searches", len(queries))
-        await self._charge(principal.tenant_id, "search_mib", budget.mib)
-        return BatchSearchResult(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
-
-    @staticmethod
-    async def _apply(conn: Any, wanted: dict[str, str], applied: dict[str, str]) -> None:
-        """Set the transaction-local parameters in `wanted` that differ from `applied` (one round trip)."""
-        changed = {k: v for k, v in wanted.items() if applied.get(k) != v}
-        if changed:
-            await set_local(conn, changed)
-            applied.update(changed)
-
-    async def _search_one(
-        self,
-        conn: Any,
-        row: CollectionRow,
-        request: SearchRequest,
-        where: str,
-        applied: dict[str, str],
-        budget: _ResponseBudget,
-    ) -> tuple[list[SearchHit], str]:
-        query = self._vectors_matrix(row, [request.vector], lambda _: f"{where}vector")[0]
-        strategy = await self._choose_strategy(conn, row, request)
-        wanted = self._search_settings(request)
-        if strategy == "hnsw_filtered":
-            wanted["hnsw.iterative_scan"] = "relaxed_order"
-        await self._apply(conn, wanted, applied)
-        compiled = compile_filter(request.filter, first_param=3) if request.filter else None
-        records = await store.nearest(
-            conn,
-            row,
-            self._encoder(row)(query),
-            top_k=request.top_k,
-            where=compiled.sql if compiled else None,
-            params=compiled.params if compiled else [],
-            include_metadata=request.include_metadata,
-            include_vector=request.include_vector,
-            exact=strategy == "exact",
-        )
-        hits = []
-        for record in records:
-            score = float(record["score"])
-            if request.threshold is not None and not score >= request.threshold:
-                continue
-            # Counted before the hit is built: a request never holds more than the limit.
-            budget.add(
-                len(record["id"])
-                + (len(record["metadata"]) if request.include_metadata else 0)
-                + (row.dimension * _JSON_BYTES_PER_FLOAT if request.include_vector else 0)
+    async def count_matching(self, principal: Principal, name: str, request: DeleteRequest) -> int:
+        """How many vectors delete_vectors(request) would delete now, refusing what it refuses."""
+        if (request.ids is None) == (request.filter is None):
+            raise InvalidRequest(
+                "Give exactly one of 'ids' and 'filter'.",
+                errors=[{"field": "ids", "message": "exactly one of ids and filter"}],
             )
-            hits.append(
-                SearchHit(
-                    id=record["id"],
-                    score=score,
-                    metadata=msgspec.json.decode(record["metadata"]) if request.include_metadata else None,
-                    vector=_as_list(record["embedding"]) if request.include_vector else None,
-                )
+        if request.filter == {}:
+            raise InvalidRequest(
+                "An empty filter would delete every vector; give ids or conditions, "
+                "or delete the collection.",
+                errors=[{"field": "filter", "message": "empty"}],
             )
-        return hits, strategy
-
-    async def _choose_strategy(self, conn: Any, row: CollectionRow, request: SearchRequest) -> str:
-        """exact until the HNSW index is ready; then hnsw, or for a filter: exact when it matches
-        fewer than filtered_exact_scan_limit vectors (fast, perfect recall), else hnsw_filtered."""
-        if row.index_status != IndexStatus.READY:
-            return "exact"
-        if not request.filter:
-            return "hnsw"
-        limit = self.settings.filtered_exact_scan_limit
-        counting = compile_filter(request.filter, first_param=2)
-        matches = await store.count_matches(conn, row, counting.sql, counting.params, up_to=limit)
-        return "exact" if matches < limit else "hnsw_filtered"
+        if request.filter is not None:
+            compiled = compile_filter(request.filter, first_param=2)
+            where, params = compiled.sql, compiled.params
+        else:
+            # Repeated ids count once, as a delete removes each row once.
+            where, params = "id = ANY($2::text[])", [request.ids]
+        async with self._in_collection(principal, name) as (conn, row):
+            # No cap: a dry run reports exactly what would go.
+            return await store.count_matches(conn, row, where, params, up_to=2**62)

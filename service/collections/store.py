@@ -41,6 +41,11 @@ class CollectionRow:
     index_finished_at: datetime | None
     created_at: datetime
     data_version: int = 0  # grows with every committed write to the vectors (the import cache)
+    # Set for a text collection (bound to an embedding model): its chunks carry text and a document.
+    embedding_model: str | None = None
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+    text_search_config: str | None = None
 
     @property
     def table(self) -> str:
@@ -49,6 +54,14 @@ class CollectionRow:
     @property
     def hnsw_index(self) -> str:
         return f"vectors_{self.id}_hnsw"
+
+    @property
+    def documents_table(self) -> str:
+        return f"documents_{self.id}"
+
+    @property
+    def has_text(self) -> bool:
+        return self.embedding_model is not None
 
     @property
     def vector_type(self) -> str:
@@ -64,7 +77,8 @@ class CollectionRow:
 
 _COLUMNS = (
     "id, tenant_id, name, dimension, metric, storage, hnsw_m, hnsw_ef_construction, description, "
-    "vector_count, index_status, index_error, index_started_at, index_finished_at, created_at, data_version"
+    "vector_count, index_status, index_error, index_started_at, index_finished_at, created_at, data_version, "
+    "embedding_model, chunk_tokens, chunk_overlap, text_search_config"
 )
 
 
@@ -155,13 +169,15 @@ async def create(
     ef_construction: int,
     description: str | None,
     tenant_role: str,
+    text: TextBinding | None = None,
 ) -> CollectionRow | None:
     """Insert the row and create the vector table; None if the tenant already has this name."""
     try:
         record = await conn.fetchrow(
             f"""INSERT INTO collections (tenant_id, name, dimension, metric, storage, hnsw_m,
-                                         hnsw_ef_construction, description)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}""",
+                                         hnsw_ef_construction, description, embedding_model,
+                                         chunk_tokens, chunk_overlap, text_search_config)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {_COLUMNS}""",
             tenant_id,
             name,
             dimension,
@@ -170,6 +186,10 @@ async def create(
             m,
             ef_construction,
             description,
+            text.model if text else None,
+            text.chunk_tokens if text else None,
+            text.chunk_overlap if text else None,
+            text.text_search_config if text else None,
         )
     except asyncpg.UniqueViolationError:
         return None
@@ -188,11 +208,56 @@ async def create(
         GRANT SELECT, INSERT, UPDATE, DELETE ON {row.table} TO {tenant_role};
         """
     )
+    if row.has_text:
+        await _create_text_tables(conn, row, tenant_role)
     return row
+
+
+@dataclass(frozen=True, slots=True)
+class TextBinding:
+    model: str
+    chunk_tokens: int
+    chunk_overlap: int
+    text_search_config: str
+
+
+async def _create_text_tables(conn: Any, row: CollectionRow, tenant_role: str) -> None:
+    """A text collection's chunks are rows of its vector table with their document, place and
+    text; the keyword index is a generated tsvector with a GIN index. documents_<id> keeps each
+    document whole (its text and metadata); deleting a document deletes its chunks."""
+    config = row.text_search_config
+    assert config is not None and config.replace("_", "").isalpha()  # checked by the service and a CHECK
+    await conn.execute(
+        f"""
+        CREATE TABLE {row.documents_table} (
+            id         text NOT NULL PRIMARY KEY,
+            text       text NOT NULL,
+            metadata   jsonb NOT NULL DEFAULT '{{}}',
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        ALTER TABLE {row.table}
+            ADD COLUMN document_id text REFERENCES {row.documents_table} (id) ON DELETE CASCADE,
+            ADD COLUMN chunk_index integer,
+            ADD COLUMN char_start  integer,
+            ADD COLUMN char_end    integer,
+            ADD COLUMN text        text,
+            ADD COLUMN tsv tsvector
+                GENERATED ALWAYS AS (to_tsvector('{config}'::regconfig, coalesce(text, ''))) STORED;
+        CREATE INDEX {row.table}_document ON {row.table} (document_id, chunk_index);
+        CREATE INDEX {row.table}_tsv ON {row.table} USING gin (tsv);
+        GRANT SELECT, INSERT, UPDATE, DELETE ON {row.documents_table} TO {tenant_role};
+        """
+    )
+
+
+async def text_search_config_exists(conn: Any, name: str) -> bool:
+    found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", name)
+    return found
 
 
 async def drop(conn: Any, row: CollectionRow) -> None:
     await conn.execute(f"DROP TABLE IF EXISTS {row.table}")
+    await conn.execute(f"DROP TABLE IF EXISTS {row.documents_table}")
     await conn.execute("DELETE FROM collections WHERE id = $1", row.id)
 
 
@@ -251,6 +316,14 @@ async def delete_where(conn: Any, row: CollectionRow, where: str, params: list[A
     return deleted
 
 
+async def drop_documents_without_chunks(conn: Any, row: CollectionRow) -> None:
+    """After chunks were deleted as vectors: documents left with none are gone too."""
+    await conn.execute(
+        f"""DELETE FROM {row.documents_table} d
+            WHERE NOT EXISTS (SELECT 1 FROM {row.table} v WHERE v.document_id = d.id)"""
+    )
+
+
 async def count_matches(conn: Any, row: CollectionRow, where: str, params: list[Any], *, up_to: int) -> int:
     """Vectors matching a compiled filter whose parameters start at $2, counted up to `up_to`."""
     count: int = await conn.fetchval(
@@ -278,7 +351,7 @@ async def nearest(
     """
     distance = f"embedding {row.distance_op} $1::{row.vector_type}"
     order = f"({distance}) + 0" if exact else distance
-    columns = ["id", f"{row.score_sql('distance')} AS score"]
+    columns = ["id", f"{row.score_sql('distance')} AS score", *_TEXT_COLUMNS[row.has_text]]
     if include_metadata:
         columns.append("metadata")
     if include_vector:
@@ -287,11 +360,46 @@ async def nearest(
     # materialise the candidates, then sort them exactly.
     records: list[Any] = await conn.fetch(
         f"""WITH nearest AS MATERIALIZED (
-                SELECT id, metadata, embedding, {distance} AS distance FROM {row.table}
+                SELECT {", ".join(("id", "metadata", "embedding", *_TEXT_COLUMNS[row.has_text]))},
+                       {distance} AS distance FROM {row.table}
                 WHERE {where or "TRUE"}
                 ORDER BY {order} LIMIT $2)
             SELECT {", ".join(columns)} FROM nearest ORDER BY distance""",
         query,
+        top_k,
+        *params,
+    )
+    return records
+
+
+# A text collection's hits say which chunk of which document they are, and carry its text.
+_TEXT_COLUMNS = {True: ("document_id", "chunk_index", "text"), False: ()}
+
+
+async def keyword_ranked(
+    conn: Any,
+    row: CollectionRow,
+    text: str,
+    *,
+    top_k: int,
+    where: str | None,
+    params: list[Any],
+    include_metadata: bool,
+    include_vector: bool,
+) -> list[Any]:
+    """Chunks matching the query text (websearch_to_tsquery in the collection's text search
+    configuration), best ts_rank_cd first; filter parameters start at $3."""
+    columns = ["id", "ts_rank_cd(tsv, q) AS score", *_TEXT_COLUMNS[True]]
+    if include_metadata:
+        columns.append("metadata")
+    if include_vector:
+        columns.append("embedding")
+    records: list[Any] = await conn.fetch(
+        f"""SELECT {", ".join(columns)}
+            FROM {row.table}, websearch_to_tsquery('{row.text_search_config}'::regconfig, $1) AS q
+            WHERE tsv @@ q AND {where or "TRUE"}
+            ORDER BY score DESC, id LIMIT $2""",
+        text,
         top_k,
         *params,
     )

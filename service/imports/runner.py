@@ -530,6 +530,12 @@ class ImportRunner:
                     # Before any row lock, as upserts do: the quota lock comes first for every writer.
                     await quota_store.lock_tenant_quota(conn, row.tenant_id)
                 collection = await self._collection_for_merge(conn, row, manifest)
+                if collection.has_text and await store.staged_chunk_like_ids(conn):
+                    raise ImportFailure(
+                        "invalid_manifest",
+                        f"collection '{row.collection}' keeps ids with '#' for its documents' chunks; "
+                        "the database has such ids (import it into a collection without a model)",
+                    )
                 await set_local(conn, {"app.tenant_id": row.tenant_id, "role": role})
                 if limits is not None and limits.has_storage_limits:
                     assert self.quotas is not None

@@ -288,3 +288,9 @@ async def merge_staged(conn: Any, table: str) -> tuple[int, int]:
             SELECT count(*) AS total, count(*) FILTER (WHERE inserted) AS inserted FROM merged"""
     )
     return record["total"], record["inserted"]
+
+
+async def staged_chunk_like_ids(conn: Any) -> bool:
+    """Whether a staged id contains '#', the mark of a document chunk in text collections."""
+    found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM vh_import WHERE strpos(id, '#') > 0)")
+    return found

@@ -9,6 +9,7 @@ written with the `gguf` package, the way llama.cpp's own convert_hf_to_gguf.py w
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -160,6 +161,16 @@ def prepare_default(cache_dir: Path) -> Path:
     if out.is_file():
         return out
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # Several processes may share the folder (replicas on one volume, a server and the CLI): one
+    # prepares, the others wait and then find the file.
+    with (cache_dir / ".prepare.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.is_file():
+            return out
+        return _prepare(cache_dir, out)
+
+
+def _prepare(cache_dir: Path, out: Path) -> Path:
     source = cache_dir / f"{PACKAGE}-{PACKAGE_VERSION}"
     if not all((source / name).is_file() for name in _NEEDED):
         fetch_package(source)

@@ -108,8 +108,8 @@ class ModelRegistry:
     def states(self) -> list[ModelState]:
         return list(self._states.values())
 
-    def embedder(self, name: str | None = None) -> Embedder:
-        """The model's embedder, or the clear error a request should get instead."""
+    def state(self, name: str | None = None) -> ModelState:
+        """A configured model's state (400 unknown_model; 503 when embeddings are switched off)."""
         name = name or self.settings.default_model
         if not self.settings.enabled:
             raise ModelUnavailable(
@@ -123,6 +123,12 @@ class ModelRegistry:
                 f"There is no model '{name}' (available: {known}).",
                 errors=[{"field": "model", "message": f"one of: {known}"}],
             )
+        return state
+
+    def embedder(self, name: str | None = None) -> Embedder:
+        """The model's embedder, or the clear error a request should get instead."""
+        state = self.state(name)
+        name = state.name
         if state.status == "loading":
             raise ModelUnavailable(
                 f"Model '{name}' is still being prepared; retry in a few seconds.",

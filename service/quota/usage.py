@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import msgspec
 
@@ -31,8 +31,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vectorhive.usage")
 
-Metric = Literal["requests", "vectors_written", "vectors_deleted", "searches", "vectors_imported"]
-METRICS: tuple[str, ...] = ("requests", "vectors_written", "vectors_deleted", "searches", "vectors_imported")
+Metric = Literal[
+    "requests",
+    "vectors_written",
+    "vectors_deleted",
+    "searches",
+    "vectors_imported",
+    "texts_embedded",
+    "embedding_tokens",
+    "prompt_tokens",
+    "completion_tokens",
+]
+METRICS: tuple[str, ...] = get_args(Metric)
 
 
 class UsageMeter:
@@ -183,6 +193,11 @@ class UsageFigures(msgspec.Struct, kw_only=True):
     vectors_deleted: int = 0
     vectors_imported: int = 0
     searches: int = 0
+    texts_embedded: int = 0  # texts and document chunks embedded by the server's models
+    embedding_tokens: int = 0
+    # Tokens of chat models: prompts read and completions generated (chat completions, RAG answers).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class StorageFigures(msgspec.Struct, kw_only=True):

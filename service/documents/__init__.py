@@ -1,0 +1,1 @@
+"""Text documents in collections bound to an embedding model: chunking, embedding, bookkeeping."""
