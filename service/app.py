@@ -48,6 +48,10 @@ from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
 from service.inference.generators import GeneratorRegistry
 from service.inference.registry import ModelRegistry
+from service.mcp import controller as mcp_controller
+from service.mcp.server import McpEndpoint
+from service.mcp.service import McpService
+from service.mcp.tools import Services as McpServices
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
@@ -59,6 +63,10 @@ from service.quota.usage import UsageMeter, UsageReporter, UsageService
 from service.rag.answers import RagService
 from service.rag.controller import AnswersController, ChatController
 from service.rag.service import GenerationService
+from service.sessions.controller import SessionKeysAdminController, SessionsController
+from service.sessions.service import SessionService
+from service.sessions.signing import KeyRing
+from service.sessions.verifier import SessionVerifier
 from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
@@ -135,6 +143,7 @@ def create_app(settings: Settings) -> Litestar:
         ttl=settings.auth.api_key_cache_ttl,
         max_size=settings.auth.api_key_cache_size,
         negative_ttl=settings.auth.api_key_negative_cache_ttl,
+        max_per_tenant=settings.auth.api_key_cache_per_tenant,
     )
     # Changes committed by any process on the database (revocations, suspensions, quotas) reach
     # this one's caches through LISTEN/NOTIFY; features subscribe here before the app starts.
@@ -174,6 +183,7 @@ def create_app(settings: Settings) -> Litestar:
         embeddings=embeddings,
         documents=settings.documents,
     )
+    collections.attach(notifications)
     generation = GenerationService(generators, settings.generation, quotas=quotas, meter=meter)
     rag = RagService(db, collections, embeddings, generation, settings.rag)
     state = State(
@@ -191,6 +201,7 @@ def create_app(settings: Settings) -> Litestar:
                 quotas=quotas,
                 audit_buffer=audit_buffer,
                 limiter=limiter,
+                trusted_proxies=settings.server.trusted_proxies,
             ),
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),
@@ -213,6 +224,38 @@ def create_app(settings: Settings) -> Litestar:
             "rag_service": rag,
         }
     )
+
+    # MCP tools call the same services as REST (service/mcp); the SDK's manager runs in the lifespan.
+    mcp = (
+        McpEndpoint(
+            settings,
+            state["authenticator"],
+            McpService(
+                McpServices(collections=collections, documents=state["document_service"]), quotas, meter
+            ),
+        )
+        if settings.mcp.enabled
+        else None
+    )
+    # Sessions: their tokens are accepted on every bearer path (the Authenticator hands them to the
+    # verifier), and end with their session, parent key or tenant through the notification hub.
+    keyring = KeyRing(db, settings.sessions)
+    session_verifier = SessionVerifier(db, settings.sessions, keyring)
+    session_verifier.attach(notifications, cache)
+    state.authenticator.sessions = session_verifier
+    session_service = SessionService(
+        db,
+        settings.sessions,
+        keyring,
+        session_verifier,
+        state.collection_service,
+        state.key_service,
+        state.tenant_service,
+        quotas,
+        state.import_service,
+    )
+    session_service.attach(notifications)
+    state.session_service = session_service
 
     async def flush_usage() -> None:
         await meter.flush()
@@ -254,6 +297,8 @@ def create_app(settings: Settings) -> Litestar:
         if metrics_port is not None:
             jobs.start("storage-gauges", 30.0, lambda: refresh_storage_gauges(db))
             metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
+        await keyring.start()
+        jobs.start("session-sweep", settings.sessions.sweep_interval_seconds, session_service.sweep)
         await indexer.recover()
         await import_runner.start()
         # Models load in the background (the default one is prepared on first start): the server
@@ -265,15 +310,19 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await generators.close()
             await models.close()
+            # An unreachable database (down, or a partition that answers nothing) must not hold
+            # the shutdown: checked once, and every database step below is bounded or skipped.
+            await db.check_before_shutdown()
             await import_runner.close()
             await indexer.close()
-            await jobs.stop()
+            db.abandon(await jobs.stop(grace=1.0 if db.unreachable_at_shutdown else 10.0))
+            await db.final_write("recording session uses (lost)", session_service.close)
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
             # Usage counted in memory and authentication failures reach the database before exit.
-            await flush_usage()
-            await recorder.flush()
+            await db.final_write("writing usage counts and authentication failures (lost)", flush_usage)
+            await db.final_write("writing keys' last-used times (lost)", recorder.flush)
             await quotas.close()
             await limiter.close()
             if hub is not None:
@@ -296,8 +345,11 @@ def create_app(settings: Settings) -> Litestar:
             ClusterController,
             ChatController,
             AnswersController,
+            SessionsController,
+            SessionKeysAdminController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
+            *(mcp_controller.route_handlers(mcp) if mcp is not None else []),
         ],
         dependencies=DEPENDENCIES,
         middleware=[
@@ -306,7 +358,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         before_request=check_request,
         plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],
-        lifespan=[lifespan],
+        lifespan=[lifespan, *([mcp.lifespan] if mcp is not None else [])],
         state=state,
         openapi_config=openapi_config(),
         logging_config=None,

@@ -90,7 +90,7 @@ def start_temporary_server(env_overrides: dict[str, str] | None = None, permissi
         **(env_overrides or {}),
     }
     cli = [sys.executable, "-m", "service.cli"]
-    # The CLI's other commands no longer create a database where there is none: migrate does.
+    # Only serve and migrate create a database; the other commands refuse a folder without one.
     subprocess.run([*cli, "migrate"], cwd=workdir, env=env, check=True, capture_output=True)
     subprocess.run(
         [*cli, "tenants", "create", "bench"], cwd=workdir, env=env, check=True, capture_output=True

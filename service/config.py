@@ -6,6 +6,7 @@ succeeds: any problem raises ConfigError naming the option (and where its value 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ class ServerSettings(_Section):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
 
 class DatabaseSettings(_Section):
@@ -51,6 +53,7 @@ class AuthSettings(_Section):
     require_authentication: bool = True
     api_key_cache_ttl: Seconds = 300.0
     api_key_cache_size: PositiveInt = 10_000
+    api_key_cache_per_tenant: PositiveInt = 1000
     api_key_negative_cache_ttl: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_concurrent_hash_checks: PositiveInt = 4
     max_queued_hash_checks: PositiveInt = 64
@@ -118,6 +121,9 @@ class CollectionsSettings(_Section):
     max_concurrent_index_builds: PositiveInt = 1
     default_ef_search: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
     filtered_exact_scan_limit: Annotated[int, msgspec.Meta(ge=0)] = 20_000
+    metadata_cache_size: PositiveInt = 10_000
+    metadata_cache_per_tenant: PositiveInt = 1_000
+    metadata_cache_ttl_seconds: Seconds = 300.0
 
 
 class S5Settings(_Section):
@@ -176,6 +182,28 @@ class DocumentsSettings(_Section):
     hybrid_candidates: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
 
 
+def _loopback_hosts() -> list[str]:
+    return ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
+
+
+def _loopback_origins() -> list[str]:
+    return ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+class McpSettings(_Section):
+    """The MCP server (streamable HTTP at /mcp on the API port)."""
+
+    enabled: bool = True
+    # DNS-rebinding protection of the MCP SDK's transport security: Host and Origin headers.
+    dns_rebinding_protection: bool = True
+    allowed_hosts: list[str] = msgspec.field(default_factory=_loopback_hosts)
+    allowed_origins: list[str] = msgspec.field(default_factory=_loopback_origins)
+    # The public URL of the endpoint (e.g. https://vectors.example.com/mcp), named by the OAuth
+    # protected resource metadata and WWW-Authenticate; null: derived from each request's Host.
+    resource_url: str | None = None
+    authorization_servers: list[str] = msgspec.field(default_factory=list)
+
+
 class GenerationModelSettings(_Section):
     """One chat model: a local GGUF file run by llama.cpp, or a remote OpenAI-compatible server."""
 
@@ -218,6 +246,25 @@ class RagSettings(_Section):
     cache_max_entries_per_tenant: PositiveInt = 10_000
 
 
+class SessionsSettings(_Section):
+    issuer: str = "vectorhive"
+    default_ttl_seconds: PositiveInt = 1800
+    min_ttl_seconds: PositiveInt = 60
+    max_ttl_seconds: PositiveInt = 86_400
+    delegation_default_ttl_seconds: PositiveInt = 600
+    delegation_max_ttl_seconds: PositiveInt = 3600
+    max_sessions_per_tenant: PositiveInt = 100
+    max_sessions_per_process: PositiveInt = 1000
+    sweep_interval_seconds: Seconds = 5.0
+    retention_days: PositiveInt = 7
+    signing_key_secret: str | None = None
+    signing_key_secret_file: str = "./data/session-signing.secret"  # noqa: S105 (a path, not a secret)
+    signing_key_rotation_days: PositiveInt = 30
+    verified_cache_size: PositiveInt = 10_000
+    verified_cache_per_tenant: PositiveInt = 1000
+    verified_cache_ttl: Seconds = 300.0
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -231,8 +278,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     s5: S5Settings = msgspec.field(default_factory=S5Settings)
     embeddings: EmbeddingsSettings = msgspec.field(default_factory=EmbeddingsSettings)
     documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
     generation: GenerationSettings = msgspec.field(default_factory=GenerationSettings)
     rag: RagSettings = msgspec.field(default_factory=RagSettings)
+    sessions: SessionsSettings = msgspec.field(default_factory=SessionsSettings)
 
     @property
     def single_tenant(self) -> bool:
@@ -359,6 +408,14 @@ def _option_from_msgspec_path(message: str) -> tuple[str, str]:
 
 
 def _check_semantics(settings: Settings) -> None:
+    for index, proxy in enumerate(settings.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{index}]: '{proxy}' is not an IP address or CIDR network "
+                "(e.g. 10.0.0.0/8, 192.0.2.1, fd00::/8)"
+            ) from None
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
     url = settings.database.url
@@ -398,8 +455,29 @@ def _check_semantics(settings: Settings) -> None:
             "documents.text_search_config: a PostgreSQL text search configuration such as english"
         )
     _check_generation(settings.generation)
+    sessions = settings.sessions
+    if not sessions.min_ttl_seconds <= sessions.default_ttl_seconds <= sessions.max_ttl_seconds:
+        raise ConfigError(
+            "sessions.default_ttl_seconds: must lie between sessions.min_ttl_seconds and "
+            "sessions.max_ttl_seconds"
+        )
+    if sessions.delegation_default_ttl_seconds > sessions.delegation_max_ttl_seconds:
+        raise ConfigError(
+            "sessions.delegation_default_ttl_seconds: must not exceed sessions.delegation_max_ttl_seconds"
+        )
+    if sessions.signing_key_secret is not None and len(sessions.signing_key_secret) < 32:
+        # Never echo the value: it is a secret.
+        raise ConfigError("sessions.signing_key_secret: must be at least 32 characters (e.g. 64 hex digits)")
+    if not re.fullmatch(r"[A-Za-z0-9._:/-]{1,200}", sessions.issuer):
+        raise ConfigError("sessions.issuer: letters, digits and . _ : / - (1 to 200 characters)")
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
+    mcp = settings.mcp
+    for option, url in [("resource_url", mcp.resource_url)] + [
+        (f"authorization_servers[{i}]", u) for i, u in enumerate(mcp.authorization_servers)
+    ]:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"mcp.{option}: must be an http:// or https:// URL")
 
 
 def _check_generation(generation: GenerationSettings) -> None:
@@ -460,6 +538,9 @@ def load_settings(
     cache_dir = Path(settings.embeddings.cache_dir).expanduser()
     if not cache_dir.is_absolute():
         settings.embeddings.cache_dir = str((cwd / cache_dir).resolve())
+    secret_file = Path(settings.sessions.signing_key_secret_file).expanduser()
+    if not secret_file.is_absolute():
+        settings.sessions.signing_key_secret_file = str((cwd / secret_file).resolve())
     for model in settings.embeddings.models.values():
         if model.url is None and model.path != "default" and not Path(model.path).expanduser().is_absolute():
             model.path = str((cwd / Path(model.path).expanduser()).resolve())

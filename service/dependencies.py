@@ -17,6 +17,7 @@ from service.quota.service import QuotaService
 from service.quota.usage import UsageService
 from service.rag.answers import RagService
 from service.rag.service import GenerationService
+from service.sessions.service import SessionService
 from service.tenants.service import TenantService
 
 
@@ -75,6 +76,11 @@ def _rag(request: Request[Any, Any, Any]) -> RagService:
     return service
 
 
+def _sessions(request: Request[Any, Any, Any]) -> SessionService:
+    service: SessionService = request.app.state.session_service
+    return service
+
+
 DEPENDENCIES = {
     "quotas": Provide(_quotas, sync_to_thread=False),
     "usage": Provide(_usage, sync_to_thread=False),
@@ -87,4 +93,5 @@ DEPENDENCIES = {
     "documents": Provide(_documents, sync_to_thread=False),
     "generation": Provide(_generation, sync_to_thread=False),
     "rag": Provide(_rag, sync_to_thread=False),
+    "sessions": Provide(_sessions, sync_to_thread=False),
 }

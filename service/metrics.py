@@ -108,6 +108,18 @@ MODEL_REJECTED = Counter(
     "vectorhive_model_rejected_total", "Requests refused by a model's queue, by reason", ["model", "reason"]
 )
 
+# -- MCP (labels: tool names and error codes, both fixed sets)
+MCP_TOOL_CALLS = Counter(
+    "vectorhive_mcp_tool_calls_total",
+    "MCP tool calls, by tool and outcome (ok or the error code)",
+    ["tool", "outcome"],
+)
+MCP_TOOL_SECONDS = Histogram(
+    "vectorhive_mcp_tool_call_duration_seconds",
+    "Time of one MCP tool call, by tool",
+    ["tool"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 # -- generation (label: the configured chat model name, bounded by config)
 GENERATION_REQUESTS_ACTIVE = Gauge(
     "vectorhive_generation_requests_active",

@@ -18,7 +18,7 @@ def _declared_query_parameters(handler: BaseRouteHandler) -> frozenset[str]:
     names = _declared.get(id(handler))
     if names is None:
         names = frozenset(
-            (field.kwarg_definition.query or name)
+            (getattr(field.kwarg_definition, "name", None) or field.kwarg_definition.query or name)
             for name, field in handler.parsed_fn_signature.parameters.items()
             if isinstance(field.kwarg_definition, QueryParameter)
         )

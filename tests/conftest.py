@@ -55,7 +55,7 @@ def default_chat_model() -> Path:
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    data_dir = Path(tempfile.mkdtemp(prefix="vectorhive-test-")) / "postgres"
+    data_dir = embedded_home() / "postgres"
     server = EmbeddedPostgres(data_dir)
     url = server.start()
     try:
@@ -63,6 +63,17 @@ def pg_url() -> Iterator[str]:
     finally:
         server.stop()
         shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def embedded_home(prefix: str = "vectorhive-test-") -> Path:
+    """A fresh folder for an embedded PostgreSQL's data, outside pytest's tmp_path (delete it after).
+
+    Under root the wheel runs PostgreSQL as its own OS user and opens the folders above the data
+    folder to it; but any pytest session that starts on the machine resets /tmp/pytest-of-<user>
+    to 0700, locking that user out mid-test (initdb, or `pg_ctl stop`: "Permission denied", after
+    which the wheel kills the server and leaves its postmaster.pid). On a shared machine, data
+    folders under tmp_path fail at random; tests put them here instead."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +144,10 @@ def run_live_server(settings: Settings) -> Iterator[LiveServer]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        # As `vectorhive serve`: X-Forwarded-For is the app's to judge (server.trusted_proxies).
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False)
+    )
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

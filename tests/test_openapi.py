@@ -45,12 +45,35 @@ def test_every_operation_has_an_id_and_documents_its_errors(tmp_path: Path) -> N
         for method, operation in operations.items():
             assert operation.get("operationId"), f"{method} {path} has no operationId"
             ids.append(operation["operationId"])
-            if path.startswith("/api/"):
+            # Operations that take no API key (security: [{}], e.g. the sessions' public keys) need not.
+            if path.startswith("/api/") and operation.get("security") != [{}]:
                 for status in ("401", "403"):
                     response = operation["responses"][status]
                     assert "application/problem+json" in response["content"], f"{method} {path} {status}"
     assert len(ids) == len(set(ids))
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+def test_operations_that_need_the_database_document_503_and_limited_ones_429(tmp_path: Path) -> None:
+    """A client generated from the document must expect database_unavailable (a restart, an
+    outage) and rate limiting on every authenticated operation, not only where a route says so."""
+    document = json.loads(current_document(tmp_path))
+    checked = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            public = operation.get("security") == [{}]
+            if public and path != "/readyz":
+                continue  # /healthz answers from the process alone, without the database
+            expected = ("503",) if public else ("429", "503")
+            for status in expected:
+                response = operation["responses"].get(status)
+                assert response is not None, f"{method.upper()} {path} does not document {status}"
+                assert "application/problem+json" in response["content"], f"{method} {path} {status}"
+                assert "Retry-After" in response["description"], f"{method} {path} {status}"
+            if not public:
+                assert "database_unavailable" in operation["responses"]["503"]["description"]
+            checked += 1
+    assert checked > 30  # every authenticated operation, not a handful
 
 
 async def test_the_api_reference_is_served_without_a_cdn(client: Any) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from service.auth.principal import Principal
+from service.pool import TenantPool
 
 if TYPE_CHECKING:
     from service.db.notify import NotificationHub
@@ -27,13 +28,22 @@ class KeyCache:
         ttl: float,
         max_size: int,
         negative_ttl: float,
+        max_per_tenant: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
         self.max_size = max_size
         self.negative_ttl = negative_ttl
         self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        # Verified keys: the tenant-aware LRU + TTL pool (one tenant's keys evict only its own).
+        self._entries: TenantPool[bytes, Principal] = TenantPool(
+            "api_keys",
+            max_size=max_size,
+            max_per_tenant=max_per_tenant or max_size,
+            ttl=ttl,
+            clock=clock,
+            on_remove=self._forget_fingerprint,
+        )
         self._by_key_id: dict[str, bytes] = {}
         self._negative: OrderedDict[bytes, float] = OrderedDict()
         # Key ids that are unknown, revoked or expired: refused whatever the secret, without argon2
@@ -44,6 +54,12 @@ class KeyCache:
         self._evicted: dict[str, float] = {}
         # Whether changes made elsewhere reach this cache (see attach); True when nothing is attached.
         self._live: Callable[[], bool] = lambda: True
+        # Told of every eviction ("key:<id>", "tenant:<id>", "all"), local or notified: other
+        # credentials derived from keys (session tokens) end at the same moment.
+        self._listeners: list[Callable[[str], None]] = []
+
+    def add_eviction_listener(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
 
     def attach(self, hub: NotificationHub) -> None:
         """Evict on the other processes' changes; bypass the cache while they cannot reach us."""
@@ -60,18 +76,14 @@ class KeyCache:
         elif kind == "tenant":
             self.evict_tenant(subject)
 
+    def _forget_fingerprint(self, fingerprint: bytes, principal: Principal) -> None:
+        if principal.key_id is not None and self._by_key_id.get(principal.key_id) == fingerprint:
+            del self._by_key_id[principal.key_id]
+
     def get(self, fingerprint: bytes) -> Principal | None:
         if not self._live():
             return None
-        entry = self._entries.get(fingerprint)
-        if entry is None:
-            return None
-        principal, expires = entry
-        if expires <= self._clock():
-            self._drop(fingerprint)
-            return None
-        self._entries.move_to_end(fingerprint)
-        return principal
+        return self._entries.get(fingerprint)
 
     def now(self) -> float:
         return self._clock()
@@ -85,14 +97,10 @@ class KeyCache:
             for subject in (f"key:{principal.key_id}", f"tenant:{principal.tenant_id}", "all")
         ):
             return
-        self._entries[fingerprint] = (principal, self._clock() + self.ttl)
-        self._entries.move_to_end(fingerprint)
-        if principal.key_id is not None:
+        self._entries.put(principal.tenant_id, fingerprint, principal)
+        if principal.key_id is not None and fingerprint in self._entries:
             self._by_key_id[principal.key_id] = fingerprint
         self._negative.pop(fingerprint, None)
-        while len(self._entries) > self.max_size:
-            oldest = next(iter(self._entries))
-            self._drop(oldest)
 
     def is_known_bad(self, fingerprint: bytes) -> bool:
         expires = self._negative.get(fingerprint)
@@ -132,6 +140,8 @@ class KeyCache:
             self._bad_ids.popitem(last=False)
 
     def _mark_evicted(self, subject: str) -> None:
+        for listener in self._listeners:
+            listener(subject)
         now = self._clock()
         self._evicted[subject] = now
         if len(self._evicted) > self.max_size:
@@ -146,8 +156,7 @@ class KeyCache:
 
     def evict_tenant(self, tenant_id: str) -> None:
         self._mark_evicted(f"tenant:{tenant_id}")
-        for fingerprint in [fp for fp, (p, _) in self._entries.items() if p.tenant_id == tenant_id]:
-            self._drop(fingerprint)
+        self._entries.evict_tenant(tenant_id)
 
     def clear(self) -> None:
         # Verifications under way read the database before this: they must not cache what they saw.
@@ -158,6 +167,4 @@ class KeyCache:
         self._bad_ids.clear()
 
     def _drop(self, fingerprint: bytes) -> None:
-        entry = self._entries.pop(fingerprint, None)
-        if entry is not None and entry[0].key_id is not None:
-            self._by_key_id.pop(entry[0].key_id, None)
+        self._entries.pop(fingerprint)  # on_remove forgets its key id

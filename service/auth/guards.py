@@ -15,8 +15,23 @@ from service.errors import Forbidden, Unauthorized
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
-# Routes any caller may reach without a key.
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/schema", "^/docs$"]
+# Routes any caller may reach without a key. The sessions' public keys (JWKS) are for anyone who
+# verifies tokens; /sessions/create authenticates by the delegation token in its body.
+PUBLIC_PATHS = [
+    "^/healthz$",
+    "^/readyz$",
+    "^/schema",
+    "^/docs$",
+    "^/api/v1/sessions/keys$",
+    "^/api/v1/sessions/create$",
+]
+
+# The operations a session token may call: reads and searches of its own collections (the
+# collection service limits it to them). Handlers of other features opt in with
+# opt={"session_access": True}. Everything else answers 403 session_token_not_allowed.
+SESSION_OPERATIONS = frozenset(
+    {"getCollection", "getVector", "getDocument", "searchCollection", "searchCollectionBatch"}
+)
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
@@ -38,7 +53,11 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
-        client = connection.client.host if connection.client is not None else None
+        # The TCP peer, or what a trusted reverse proxy says the client is (server.trusted_proxies).
+        client = authenticator.client_address.resolve(
+            connection.client.host if connection.client is not None else None,
+            connection.headers.getall("x-forwarded-for", []),
+        )
         return AuthenticationResult(user=await authenticator.authenticate(token, client), auth=None)
 
 
@@ -50,6 +69,22 @@ def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     if not isinstance(principal, Principal):
         raise Unauthorized("No API key was sent: add the header 'Authorization: Bearer <key>'.")
     return principal
+
+
+async def _session_checks(
+    connection: ASGIConnection[Any, Any, Any, Any], principal: Principal, handler: BaseRouteHandler
+) -> None:
+    if principal.session_id is None:
+        return
+    operation = getattr(handler, "operation_id", None)
+    if operation not in SESSION_OPERATIONS and not handler.opt.get("session_access"):
+        raise Forbidden(
+            "A session token works only for searching and reading its session's collections.",
+            code="session_token_not_allowed",
+        )
+    authenticator: Authenticator = connection.app.state.authenticator
+    if authenticator.sessions is not None:
+        await authenticator.sessions.note_use(principal, str(operation))
 
 
 def _tenant_checks(principal: Principal) -> None:
@@ -67,7 +102,7 @@ def _tenant_checks(principal: Principal) -> None:
 def requires(permission: Permission) -> Guard:
     """A tenant key whose permission includes `permission`, of an active tenant."""
 
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         principal = _principal(connection)
         _tenant_checks(principal)
         if not principal.allows(permission):
@@ -75,16 +110,18 @@ def requires(permission: Permission) -> Guard:
                 f"This key has permission '{principal.permission}'; this operation needs '{permission}'.",
                 code="insufficient_permission",
             )
+        await _session_checks(connection, principal, handler)
 
     guard.__name__ = f"requires_{permission.value}"
     return guard
 
 
-async def any_principal(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def any_principal(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Operators, or tenant REST keys of an active tenant."""
     principal = _principal(connection)
     if not principal.is_operator:
         _tenant_checks(principal)
+        await _session_checks(connection, principal, handler)
 
 
 async def operator_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

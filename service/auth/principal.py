@@ -29,7 +29,10 @@ class Principal:
     collections: frozenset[str] | None = None  # None: every collection of the tenant
     tenant_active: bool = True
     expires_at: datetime | None = None
-    source: str = "local"  # "hivehub" for keys HiveHub validated
+    source: str = "local"  # "hivehub" for keys HiveHub validated, "session" for session tokens
+    # Set for a session token: read-only, limited to the session's collections, accepted only on
+    # the read endpoints of those collections (service.auth.guards.SESSION_OPERATIONS).
+    session_id: str | None = None
 
     @property
     def is_operator(self) -> bool:

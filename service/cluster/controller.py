@@ -20,6 +20,7 @@ from service.db import Database
 from service.errors import AUTHENTICATED, problem_responses
 from service.imports.runner import ImportRunner
 from service.pagination import Page
+from service.pool import PoolStats, pools
 from service.quota.controller import Action, AuditPage, Since, Until, audit_page, parse_time
 from service.quota.limiter import Limiter
 from service.quota.models import TenantLimits
@@ -52,6 +53,8 @@ class ClusterHealth(msgspec.Struct, kw_only=True):
     rate_limit_storage: Component
     background_jobs: list[JobStatus]
     imports: ImportsStatus
+    # This process's tenant-aware caches (service.pool): size, hits, misses, evictions, expirations.
+    pools: list[PoolStats] = msgspec.field(default_factory=list)
 
 
 class ClusterTenant(msgspec.Struct, kw_only=True):
@@ -151,6 +154,7 @@ class ClusterController(Controller):
             rate_limit_storage=storage,
             background_jobs=job_status,
             imports=imports,
+            pools=pools(),
         )
 
     @get(

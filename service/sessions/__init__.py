@@ -1,0 +1,1 @@
+"""Read-only sessions with delegation tokens (Ed25519 JWTs), and the keys that sign them."""
