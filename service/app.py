@@ -46,7 +46,12 @@ from service.health import HealthController
 from service.imports.controller import ImportsController
 from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
+from service.inference.generators import GeneratorRegistry
 from service.inference.registry import ModelRegistry
+from service.mcp import controller as mcp_controller
+from service.mcp.server import McpEndpoint
+from service.mcp.service import McpService
+from service.mcp.tools import Services as McpServices
 from service.middleware import RequestContextMiddleware
 from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
@@ -55,6 +60,9 @@ from service.quota.limiter import Limiter
 from service.quota.middleware import TenantLimitsMiddleware
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter, UsageReporter, UsageService
+from service.rag.answers import RagService
+from service.rag.controller import AnswersController, ChatController
+from service.rag.service import GenerationService
 from service.sessions.controller import SessionKeysAdminController, SessionsController
 from service.sessions.service import SessionService
 from service.sessions.signing import KeyRing
@@ -163,6 +171,7 @@ def create_app(settings: Settings) -> Litestar:
     jobs = BackgroundJobs()
     metrics_port = settings.metrics.port if settings.metrics.enabled else None
     import_runner = ImportRunner(db, settings, indexer, quotas=quotas, meter=meter)
+    generators = GeneratorRegistry(settings.generation)
     models = ModelRegistry(settings.embeddings)
     embeddings = EmbeddingService(models, settings.embeddings, quotas=quotas, meter=meter)
     collections = CollectionService(
@@ -174,6 +183,8 @@ def create_app(settings: Settings) -> Litestar:
         embeddings=embeddings,
         documents=settings.documents,
     )
+    generation = GenerationService(generators, settings.generation, quotas=quotas, meter=meter)
+    rag = RagService(db, collections, embeddings, generation, settings.rag)
     state = State(
         {
             "settings": settings,
@@ -189,6 +200,7 @@ def create_app(settings: Settings) -> Litestar:
                 quotas=quotas,
                 audit_buffer=audit_buffer,
                 limiter=limiter,
+                trusted_proxies=settings.server.trusted_proxies,
             ),
             "key_service": KeyService(db, cache),
             "tenant_service": TenantService(db, cache),
@@ -206,9 +218,24 @@ def create_app(settings: Settings) -> Litestar:
             "usage_service": UsageService(db, meter),
             "audit_buffer": audit_buffer,
             "jobs": jobs,
+            "generators": generators,
+            "generation_service": generation,
+            "rag_service": rag,
         }
     )
 
+    # MCP tools call the same services as REST (service/mcp); the SDK's manager runs in the lifespan.
+    mcp = (
+        McpEndpoint(
+            settings,
+            state["authenticator"],
+            McpService(
+                McpServices(collections=collections, documents=state["document_service"]), quotas, meter
+            ),
+        )
+        if settings.mcp.enabled
+        else None
+    )
     # Sessions: their tokens are accepted on every bearer path (the Authenticator hands them to the
     # verifier), and end with their session, parent key or tenant through the notification hub.
     keyring = KeyRing(db, settings.sessions)
@@ -262,6 +289,7 @@ def create_app(settings: Settings) -> Litestar:
         jobs.start("last-used-recorder", recorder.interval, recorder.flush)
         jobs.start("usage-flush", settings.usage.flush_interval, flush_usage)
         jobs.start("retention", 3600.0, prune_old_rows)
+        jobs.start("rag-cache-prune", 60.0, rag.prune_cache)
         if reporter is not None:
             jobs.start("usage-report", reporter.interval, reporter.report_all)
         metrics_server = None
@@ -275,20 +303,25 @@ def create_app(settings: Settings) -> Litestar:
         # Models load in the background (the default one is prepared on first start): the server
         # answers at once, and model endpoints say 503 model_loading until their model is ready.
         models.start()
+        generators.start()  # chat models likewise
         try:
             yield
         finally:
+            await generators.close()
             await models.close()
+            # An unreachable database (down, or a partition that answers nothing) must not hold
+            # the shutdown: checked once, and every database step below is bounded or skipped.
+            await db.check_before_shutdown()
             await import_runner.close()
             await indexer.close()
-            await jobs.stop()
+            db.abandon(await jobs.stop(grace=1.0 if db.unreachable_at_shutdown else 10.0))
             await session_service.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
             # Usage counted in memory and authentication failures reach the database before exit.
-            await flush_usage()
-            await recorder.flush()
+            await db.final_write("writing usage counts and authentication failures (lost)", flush_usage)
+            await db.final_write("writing keys' last-used times (lost)", recorder.flush)
             await quotas.close()
             await limiter.close()
             if hub is not None:
@@ -309,10 +342,13 @@ def create_app(settings: Settings) -> Litestar:
             QuotasAdminController,
             UsageController,
             ClusterController,
+            ChatController,
+            AnswersController,
             SessionsController,
             SessionKeysAdminController,
             *([MetricsController] if settings.metrics.enabled and metrics_port is None else []),
             *_api_reference_routes(),
+            *(mcp_controller.route_handlers(mcp) if mcp is not None else []),
         ],
         dependencies=DEPENDENCIES,
         middleware=[
@@ -321,7 +357,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         before_request=check_request,
         plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],
-        lifespan=[lifespan],
+        lifespan=[lifespan, *([mcp.lifespan] if mcp is not None else [])],
         state=state,
         openapi_config=openapi_config(),
         logging_config=None,

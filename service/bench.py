@@ -90,7 +90,7 @@ def start_temporary_server(env_overrides: dict[str, str] | None = None, permissi
         **(env_overrides or {}),
     }
     cli = [sys.executable, "-m", "service.cli"]
-    # CLI commands never create a database (only `migrate` and `serve` do): make it first.
+    # Only serve and migrate create a database; the other commands refuse a folder without one.
     subprocess.run([*cli, "migrate"], cwd=workdir, env=env, check=True, capture_output=True)
     subprocess.run(
         [*cli, "tenants", "create", "bench"], cwd=workdir, env=env, check=True, capture_output=True

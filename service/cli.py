@@ -133,7 +133,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             access_log=False,
             server_header=False,
             lifespan="on",
+            # uvloop and httptools: about twice the plain asyncio loop and h11 per request.
+            loop="uvloop",
+            http="httptools",
             timeout_graceful_shutdown=30,
+            # uvicorn would take X-Forwarded-For from 127.0.0.1 by default; the app decides whom
+            # to believe (server.trusted_proxies).
+            proxy_headers=False,
         )
     )
     server.run()
@@ -361,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=cmd_bench)
 
     models = commands.add_parser(
-        "models", parents=[common], help="prepare the configured embedding models (e.g. in an init container)"
+        "models", parents=[common], help="prepare the configured models (e.g. in an init container)"
     )
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     model_commands.add_parser(
@@ -402,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_models_prepare(settings: Settings, args: argparse.Namespace) -> int:
-    """Prepare every local model whose path is "default"; print each GGUF path."""
+    """Prepare every local model (embedding and chat) whose path is "default"; print each GGUF path."""
     from service.inference.minilm import PreparationError, prepare_default
 
     for name, model in settings.embeddings.models.items():
@@ -418,6 +424,22 @@ def cmd_models_prepare(settings: Settings, args: argparse.Namespace) -> int:
             raise CliError(f"model {name}: {exc}") from exc
         if not path.is_file():
             raise CliError(f"model {name}: no such file {path} (embeddings.models.{name}.path)")
+        print(f"{name}\t{path}")
+    from service.inference.smollm2 import prepare_default as prepare_default_chat
+
+    for name, chat in settings.generation.models.items():
+        if chat.url is not None:
+            continue
+        try:
+            path = (
+                prepare_default_chat(Path(settings.generation.cache_dir))
+                if chat.path == "default"
+                else Path(chat.path)
+            )
+        except PreparationError as exc:
+            raise CliError(f"chat model {name}: {exc}") from exc
+        if not path.is_file():
+            raise CliError(f"chat model {name}: no such file {path} (generation.models.{name}.path)")
         print(f"{name}\t{path}")
     return 0
 

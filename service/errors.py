@@ -413,8 +413,16 @@ _STATUS_TEXT = {
     403: "The key may not do this (permission, key kind, suspended tenant), or a quota would be exceeded",
     404: "Not found (also what another tenant's resources look like)",
     409: "Conflict with the current state",
-    429: "A rate limit or the request-cost budget is exhausted (Retry-After, RateLimit-* headers)",
-    503: "A dependency is unavailable",
+    429: (
+        "A rate limit or the request-cost budget is exhausted, or too many failed authentications "
+        "came for this key id or from this address (Retry-After, RateLimit-* headers)"
+    ),
+    503: (
+        "A dependency is unavailable; Retry-After says when to retry one that is down for now. "
+        "`database_unavailable`: the "
+        "database is restarting or unreachable (any operation that reads or writes it, authentication "
+        "of a key not yet cached included); other codes name the feature's own dependency"
+    ),
 }
 
 
@@ -431,4 +439,23 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-AUTHENTICATED = (400, 401, 403)
+# What any authenticated operation may answer: authentication can be refused (401, 403), limited
+# before it runs argon2 or by the tenant's rate limits (429), and needs the database for a key not
+# yet cached, as does every operation behind it (503 database_unavailable).
+AUTHENTICATED = (400, 401, 403, 429, 503)
+
+
+def problem_of(exc: Exception) -> Problem:
+    """The problem an exception renders as, outside Litestar's handlers (MCP tool errors use it so
+    that a tool fails with the same code and detail as the REST operation it mirrors)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, ServiceError):
+        return _from_service_error(exc)
+    if isinstance(exc, HTTPException):
+        return _from_http_exception(exc)
+    if isinstance(exc, asyncpg.DataError):
+        return _from_database_data_error(exc)
+    if isinstance(exc, asyncpg.TransactionRollbackError):
+        return _from_transaction_rollback(exc)
+    return _from_unexpected(exc)

@@ -36,5 +36,8 @@ class HealthController(Controller):
         try:
             await db.ping()
         except Exception as exc:
-            raise ServiceUnavailable(f"The database is not reachable ({type(exc).__name__}).") from exc
+            raise ServiceUnavailable(
+                f"The database is not reachable ({type(exc).__name__}).",
+                headers={"Retry-After": "2"},
+            ) from exc
         return Health(status="ready", version=__version__)

@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from service.errors import is_database_outage
+
 # Attributes of a LogRecord that are plumbing, not context worth printing. uvicorn adds
 # color_message: its msg again, with ANSI escapes for terminals.
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
@@ -25,7 +27,13 @@ class JsonFormatter(logging.Formatter):
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            error = record.exc_info[1]
+            if error is not None and is_database_outage(error):
+                # An unreachable database is a condition, not a bug: one line (what failed and
+                # why), not a traceback of the connection attempt repeated on every retry.
+                entry["exc"] = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            else:
+                entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 

@@ -107,3 +107,55 @@ MODEL_CALL_SECONDS = Histogram(
 MODEL_REJECTED = Counter(
     "vectorhive_model_rejected_total", "Requests refused by a model's queue, by reason", ["model", "reason"]
 )
+
+# -- MCP (labels: tool names and error codes, both fixed sets)
+MCP_TOOL_CALLS = Counter(
+    "vectorhive_mcp_tool_calls_total",
+    "MCP tool calls, by tool and outcome (ok or the error code)",
+    ["tool", "outcome"],
+)
+MCP_TOOL_SECONDS = Histogram(
+    "vectorhive_mcp_tool_call_duration_seconds",
+    "Time of one MCP tool call, by tool",
+    ["tool"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+# -- generation (label: the configured chat model name, bounded by config)
+GENERATION_REQUESTS_ACTIVE = Gauge(
+    "vectorhive_generation_requests_active",
+    "Generations admitted to a chat model and not finished (waiting or generating)",
+    ["model"],
+)
+GENERATION_TOKENS = Counter(
+    "vectorhive_generation_tokens_total",
+    "Tokens of chat models, by kind (prompt, completion)",
+    ["model", "kind"],
+)
+GENERATION_FIRST_TOKEN_SECONDS = Histogram(
+    "vectorhive_generation_first_token_seconds",
+    "Time from a generation's admission to its first token (queue wait included)",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+GENERATION_SECONDS = Histogram(
+    "vectorhive_generation_duration_seconds",
+    "Time from a generation's admission to its end, by finish reason",
+    ["model", "finish_reason"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+GENERATION_REJECTED = Counter(
+    "vectorhive_generation_rejected_total",
+    "Generations refused or cut short by a chat model's queue, by reason",
+    ["model", "reason"],
+)
+
+# -- RAG semantic cache
+RAG_CACHE_LOOKUPS = Counter(
+    "vectorhive_rag_cache_lookups_total",
+    "Semantic cache lookups of RAG answers, by result (hit, miss)",
+    ["result"],
+)
+RAG_CACHE_ENTRIES = Gauge(
+    "vectorhive_rag_cache_entries", "Answers held in the semantic cache (all tenants; refreshed every minute)"
+)
+RAG_CACHE_STORED = Counter("vectorhive_rag_cache_stored_total", "Answers stored in the semantic cache")

@@ -44,7 +44,7 @@ def default_embedding_model() -> Path:
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    data_dir = Path(tempfile.mkdtemp(prefix="vectorhive-test-")) / "postgres"
+    data_dir = embedded_home() / "postgres"
     server = EmbeddedPostgres(data_dir)
     url = server.start()
     try:
@@ -54,9 +54,24 @@ def pg_url() -> Iterator[str]:
         shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
+def embedded_home(prefix: str = "vectorhive-test-") -> Path:
+    """A fresh folder for an embedded PostgreSQL's data, outside pytest's tmp_path (delete it after).
+
+    Under root the wheel runs PostgreSQL as its own OS user and opens the folders above the data
+    folder to it; but any pytest session that starts on the machine resets /tmp/pytest-of-<user>
+    to 0700, locking that user out mid-test (initdb, or `pg_ctl stop`: "Permission denied", after
+    which the wheel kills the server and leaves its postmaster.pid). On a shared machine, data
+    folders under tmp_path fail at random; tests put them here instead."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
 def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
     """Settings on the test database; keyword overrides as {"section": {"key": value}}."""
+
+    from tests.support.tiny_chat_model import build
+
+    tiny_chat_model = build(tmp_path_factory.mktemp("models") / "tiny-chat.gguf")
 
     def make(**sections: dict[str, Any]) -> Settings:
         settings = load_settings(environ={}, cwd=tmp_path_factory.mktemp("cwd"))
@@ -64,6 +79,11 @@ def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Call
         data["database"].update(url=pg_url, pool_min_size=1, pool_max_size=5)
         data["embeddings"]["cache_dir"] = str(MODEL_CACHE)
         data["server"]["access_log"] = True
+        # Chat: the tiny deterministic model (tests/support/tiny_chat_model.py) answers, fast and
+        # exactly; a test that wants the real default model asks for it (prepared once per machine).
+        data["generation"]["cache_dir"] = str(MODEL_CACHE)
+        data["generation"]["default_model"] = "tiny"
+        data["generation"]["models"] = {"tiny": {"path": str(tiny_chat_model), "n_ctx": 512}}
         for section, values in sections.items():
             data[section].update(values)
         return msgspec.convert(data, Settings)
@@ -113,7 +133,10 @@ def run_live_server(settings: Settings) -> Iterator[LiveServer]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        # As `vectorhive serve`: X-Forwarded-For is the app's to judge (server.trusted_proxies).
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False)
+    )
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

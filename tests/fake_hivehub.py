@@ -5,7 +5,8 @@ tenant. A usage sink that records every report it got (`reports`) and the idempo
 seen (`seen`), as a real hub would to drop duplicates. Outages and slow answers: `down` answers
 every call with 503, `delay` sleeps before every answer, and `faults` are consumed one per call of
 an endpoint ("validate", "quotas", "usage"): "500", "503", "slow:<seconds>", "drop" (the connection
-is closed without an answer), "lost-ack" (the report is recorded, but the answer is a 500).
+is closed without an answer), "lost-ack" (the report is recorded, but the answer is a 500);
+`lose_ack_for` does the same for the next usage batch that names a given tenant.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class FakeHub:
     faults: dict[str, list[str]] = field(default_factory=dict)
     calls: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, auth header)
     reject_tenants: set[str] = field(default_factory=set)  # usage batches naming one of them get 422
+    # The next usage batch naming this tenant is recorded but answered 500 (then it is cleared).
+    lose_ack_for: str | None = None
     down: bool = False
     delay: float = 0.0
     url: str = ""
@@ -135,6 +138,10 @@ def serve(hub: FakeHub) -> Iterator[FakeHub]:
                     hub.reports.extend(reports)
                     duplicates = sum(1 for r in reports if r["idempotency_key"] in hub.seen)
                     hub.seen.update(r["idempotency_key"] for r in reports)
+                    if hub.lose_ack_for is not None and any(
+                        r["tenant_id"] == hub.lose_ack_for for r in reports
+                    ):
+                        hub.lose_ack_for, fault = None, "lost-ack"
                 if fault == "lost-ack":
                     self._answer(500, {"error": "recorded, but the answer is lost"})
                     return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.db.embedded import EmbeddedPostgres
+from tests.conftest import embedded_home
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +31,8 @@ def psql_as(user: str, url: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another OS user (nobody)")
 @pytest.mark.parametrize("length", [20, 97])
-def test_other_os_users_cannot_connect(tmp_path_factory: pytest.TempPathFactory, length: int) -> None:
-    base = tmp_path_factory.mktemp("pg")
+def test_other_os_users_cannot_connect(length: int) -> None:
+    base = embedded_home()  # not tmp_path (see embedded_home)
     data_dir = base / ("d" * max(1, length - len(str(base)) - 1))
     server = EmbeddedPostgres(data_dir)
     url = server.start()
@@ -49,3 +51,4 @@ def test_other_os_users_cannot_connect(tmp_path_factory: pytest.TempPathFactory,
         assert refused.returncode != 0, refused.stdout
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)

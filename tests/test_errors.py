@@ -86,7 +86,9 @@ async def test_readiness_is_503_problem_when_the_database_is_gone(
     async with AsyncTestClient(app, raise_server_exceptions=False) as client:
         assert (await client.get("/readyz")).status_code == 200
         client.blocking_portal.call(app.state.db.pool.close)
-        assert_problem(await client.get("/readyz"), 503, "unavailable")
+        not_ready = await client.get("/readyz")
+        assert_problem(not_ready, 503, "unavailable")
+        assert int(not_ready.headers["retry-after"]) >= 1  # as every 503 of a dependency that is down
         assert (await client.get("/healthz")).status_code == 200
 
 

@@ -307,7 +307,27 @@ def test_generation_can_point_at_a_remote_server() -> None:
     docs = render(
         {"generation": {"url": "http://gpu-pool:8080/v1", "model": "qwen", "existingSecret": "gen"}}
     )
-    assert config_of(docs)["generation"] == {"url": "http://gpu-pool:8080/v1", "model": "qwen"}
+    generation = config_of(docs)["generation"]
+    assert generation["default_model"] == "qwen"
+    assert generation["models"]["qwen"] == {
+        "url": "http://gpu-pool:8080/v1",
+        "remote_model": "qwen",
+        "api_key": "${VECTORHIVE_GENERATION_API_KEY:-}",
+    }
     env = {e["name"]: e for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["VECTORHIVE_GENERATION__API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "gen"
-    assert "generation" not in config_of(render())
+    assert env["VECTORHIVE_GENERATION_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "gen"
+    assert "models" not in config_of(render())["generation"]  # the default: the model in process
+
+
+def test_rendered_remote_generation_loads_with_its_key_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render({"generation": {"url": "http://gpu-pool:8080/v1", "model": "qwen", "apiKey": "s3cret"}})
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config_of(docs)))
+    assert "s3cret" not in path.read_text()
+    monkeypatch.setenv("VECTORHIVE_GENERATION_API_KEY", "s3cret")  # ${...} in config.yml reads the process's
+    settings = load_settings(path, environ={}, cwd=tmp_path)
+    assert settings.generation.default_model == "qwen"
+    model = settings.generation.models["qwen"]
+    assert (model.url, model.remote_model, model.api_key) == ("http://gpu-pool:8080/v1", "qwen", "s3cret")

@@ -121,3 +121,29 @@ async def test_every_endpoint_refuses_another_tenants_collection(
         await client.post(f"{API}/secret/search", headers=bearer(b.admin), json={"vector": [1, 0, 0]})
     ).json()["results"] == []
     assert await snapshot(client, a_key) == before
+
+
+async def test_a_tenant_transaction_leaves_nothing_on_its_connection(db: Any, make_tenant: Any) -> None:
+    """Its BEGIN carries the tenant context and its connection skips the pool's reset query: what it
+    set must still end with it, committed or rolled back."""
+    tenant = await make_tenant()
+    login = await db.pool.fetchval("SELECT current_user")
+    for fail in (False, True):
+        try:
+            async with db.tenant_transaction(tenant.tenant_id, {"hnsw.ef_search": "77"}) as conn:
+                inside = await conn.fetchrow(
+                    "SELECT current_user AS role, current_setting('app.tenant_id') AS tenant, "
+                    "current_setting('hnsw.ef_search') AS ef"
+                )
+                assert inside["tenant"] == tenant.tenant_id and inside["ef"] == "77"
+                assert inside["role"] == db.tenant_role(tenant.tenant_id)
+                if fail:
+                    raise RuntimeError("the request failed")
+        except RuntimeError:
+            pass
+        for _ in range(db.settings.pool_max_size):  # whichever connection the pool hands out next
+            after = await db.pool.fetchrow(
+                "SELECT current_user AS role, current_setting('app.tenant_id', true) AS tenant, "
+                "current_setting('hnsw.ef_search') AS ef"
+            )
+            assert after["role"] == login and not after["tenant"] and after["ef"] != "77", after

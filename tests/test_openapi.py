@@ -54,6 +54,28 @@ def test_every_operation_has_an_id_and_documents_its_errors(tmp_path: Path) -> N
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
 
 
+def test_operations_that_need_the_database_document_503_and_limited_ones_429(tmp_path: Path) -> None:
+    """A client generated from the document must expect database_unavailable (a restart, an
+    outage) and rate limiting on every authenticated operation, not only where a route says so."""
+    document = json.loads(current_document(tmp_path))
+    checked = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            public = operation.get("security") == [{}]
+            if public and path != "/readyz":
+                continue  # /healthz answers from the process alone, without the database
+            expected = ("503",) if public else ("429", "503")
+            for status in expected:
+                response = operation["responses"].get(status)
+                assert response is not None, f"{method.upper()} {path} does not document {status}"
+                assert "application/problem+json" in response["content"], f"{method} {path} {status}"
+                assert "Retry-After" in response["description"], f"{method} {path} {status}"
+            if not public:
+                assert "database_unavailable" in operation["responses"]["503"]["description"]
+            checked += 1
+    assert checked > 30  # every authenticated operation, not a handful
+
+
 async def test_the_api_reference_is_served_without_a_cdn(client: Any) -> None:
     docs = await client.get("/docs", follow_redirects=False)
     assert docs.status_code in (301, 302, 307, 308) and docs.headers["location"] == "/schema/swagger"

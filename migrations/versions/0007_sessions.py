@@ -15,14 +15,14 @@ Neither table is visible to tenant roles: the service reads them as itself, alwa
 tenant.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02
 """
 
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -30,7 +30,15 @@ PUBLIC_PATHS = [
 # collection service limits it to them). Handlers of other features opt in with
 # opt={"session_access": True}. Everything else answers 403 session_token_not_allowed.
 SESSION_OPERATIONS = frozenset(
-    {"getCollection", "getVector", "getDocument", "searchCollection", "searchCollectionBatch"}
+    {
+        "getCollection",
+        "getVector",
+        "getDocument",
+        "searchCollection",
+        "searchCollectionBatch",
+        "answerQuestion",
+        "retrieveContext",
+    }
 )
 
 
@@ -53,7 +61,11 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
-        client = connection.client.host if connection.client is not None else None
+        # The TCP peer, or what a trusted reverse proxy says the client is (server.trusted_proxies).
+        client = authenticator.client_address.resolve(
+            connection.client.host if connection.client is not None else None,
+            connection.headers.getall("x-forwarded-for", []),
+        )
         return AuthenticationResult(user=await authenticator.authenticate(token, client), auth=None)
 
 

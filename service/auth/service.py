@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from service.auth.models import (
     is_collection_name,
 )
 from service.auth.principal import Permission, Principal
+from service.auth.proxies import ClientAddress
 from service.auth.slots import PrioritySlots, SlotsBusy
 from service.cluster import audit
 from service.config import AuthSettings
@@ -317,9 +319,12 @@ class Authenticator:
         quotas: QuotaService | None = None,
         audit_buffer: audit.AuditBuffer | None = None,
         limiter: Limiter | None = None,
+        trusted_proxies: Sequence[str] = (),
         sessions: SessionTokens | None = None,
     ) -> None:
         self.db = db
+        # Whose address a request is from, for the per-address limit (service/auth/proxies.py).
+        self.client_address = ClientAddress(trusted_proxies)
         self.settings = settings
         self.cache = cache
         self.sessions = sessions
@@ -542,6 +547,7 @@ class Authenticator:
             raise ServiceUnavailable(
                 "HiveHub's answer about this key could not be used; retry later or contact the operator.",
                 code="hivehub_unavailable",
+                headers={"Retry-After": "30"},
             )
         return answer
 

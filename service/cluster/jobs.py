@@ -57,14 +57,19 @@ class BackgroundJobs:
             self._status[name].running = not task.done()
         return list(self._status.values())
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Let running steps finish (up to `grace` seconds), then cancel what is left."""
+    async def stop(self, grace: float = 10.0) -> set[asyncio.Task[None]]:
+        """Let running steps finish (up to `grace` seconds), then cancel what is left.
+
+        Returns the cancelled steps that have not ended `grace` seconds later either: a statement
+        cancelled on a database that answers nothing waits for it (the caller ends them by
+        closing the database's connections)."""
         self._stopping.set()
+        stuck: set[asyncio.Task[None]] = set()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks.values(), timeout=grace)
             for task in late:
                 task.cancel()
-            for task in late:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if late:
+                _, stuck = await asyncio.wait(late, timeout=grace)
         self._tasks.clear()
+        return stuck

@@ -496,3 +496,28 @@ class CollectionService(SearchOperations):
         assert principal.tenant_id is not None
         self._record(principal.tenant_id, "vectors_deleted", deleted)
         return DeleteResult(deleted=deleted)
+
+    # -- counting (MCP's delete with dry_run) -------------------------------------------------------
+
+    async def count_matching(self, principal: Principal, name: str, request: DeleteRequest) -> int:
+        """How many vectors delete_vectors(request) would delete now, refusing what it refuses."""
+        if (request.ids is None) == (request.filter is None):
+            raise InvalidRequest(
+                "Give exactly one of 'ids' and 'filter'.",
+                errors=[{"field": "ids", "message": "exactly one of ids and filter"}],
+            )
+        if request.filter == {}:
+            raise InvalidRequest(
+                "An empty filter would delete every vector; give ids or conditions, "
+                "or delete the collection.",
+                errors=[{"field": "filter", "message": "empty"}],
+            )
+        if request.filter is not None:
+            compiled = compile_filter(request.filter, first_param=2)
+            where, params = compiled.sql, compiled.params
+        else:
+            # Repeated ids count once, as a delete removes each row once.
+            where, params = "id = ANY($2::text[])", [request.ids]
+        async with self._in_collection(principal, name) as (conn, row):
+            # No cap: a dry run reports exactly what would go.
+            return await store.count_matches(conn, row, where, params, up_to=2**62)

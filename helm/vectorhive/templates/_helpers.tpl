@@ -118,7 +118,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
       key: {{ ternary .Values.hivehub.existingSecretKey "hivehub-api-key" (not (empty .Values.hivehub.existingSecret)) }}
 {{- end }}
 {{- if and .Values.generation.url (or .Values.generation.apiKey .Values.generation.existingSecret) }}
-- name: VECTORHIVE_GENERATION__API_KEY
+- name: VECTORHIVE_GENERATION_API_KEY
   valueFrom:
     secretKeyRef:
       name: {{ default $secret .Values.generation.existingSecret }}
@@ -142,10 +142,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ = set $chart "cluster" (dict "enabled" true "hivehub_api_url" .Values.hivehub.url) }}
 {{- end }}
 {{- $_ = set $chart "embeddings" (dict "cache_dir" .Values.models.mountPath) }}
+{{- $_ = set $chart "generation" (dict "cache_dir" .Values.models.mountPath) }}
 {{- if .Values.generation.url }}
-{{- $generation := dict "url" .Values.generation.url }}
-{{- if .Values.generation.model }}{{ $_ = set $generation "model" .Values.generation.model }}{{ end }}
-{{- $_ = set $chart "generation" $generation }}
+{{- /* One remote chat model, the default; its key comes from the environment (a Secret), read
+       by the ${...} interpolation of config.yml, so the ConfigMap never holds it. */}}
+{{- $name := default "remote" .Values.generation.model }}
+{{- $model := dict "url" .Values.generation.url "api_key" "${VECTORHIVE_GENERATION_API_KEY:-}" }}
+{{- if .Values.generation.model }}{{ $_ = set $model "remote_model" .Values.generation.model }}{{ end }}
+{{- $_ = set $chart "generation" (dict "cache_dir" .Values.models.mountPath "default_model" $name "models" (dict $name $model)) }}
 {{- end }}
 {{- $merged := merge $chart (deepCopy (default (dict) .Values.config)) }}
 {{- toYaml $merged }}
@@ -187,6 +191,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $gen := default (dict) (get $config "generation") }}
 {{- if get $gen "api_key" }}
 {{- fail "config.generation.api_key would put a secret into the ConfigMap: use generation.apiKey or generation.existingSecret" }}
+{{- end }}
+{{- range $name, $model := default (dict) (get $gen "models") }}
+{{- if and (kindIs "map" $model) (get $model "api_key") }}
+{{- fail (printf "config.generation.models.%s.api_key would put a secret into the ConfigMap: use generation.url with generation.apiKey or generation.existingSecret, or an environment variable from a Secret (extraEnv) read as ${NAME} in the value" $name) }}
+{{- end }}
 {{- end }}
 {{- $embeddings := default (dict) (get $config "embeddings") }}
 {{- range $name, $model := default (dict) (get $embeddings "models") }}

@@ -1,0 +1,138 @@
+"""The configured chat models, prepared and loaded in the background at startup (as the embedding
+models are: the server is ready before its models; until a model is loaded its endpoints answer
+503 model_loading; a model that cannot be loaded answers 503 model_unavailable naming the option
+to fix, and everything else keeps working)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from service.config import GenerationModelSettings, GenerationSettings
+from service.inference.base import ModelUnavailable
+from service.inference.chat import Generator
+from service.inference.local_chat import LocalGenerator
+from service.inference.registry import ModelStatus, UnknownModel
+from service.inference.remote_chat import RemoteGenerator
+from service.inference.smollm2 import prepare_default
+
+log = logging.getLogger("vectorhive.inference")
+
+
+class ChatModelState(msgspec.Struct, kw_only=True):
+    name: str
+    backend: Literal["local", "remote"]
+    n_ctx: int
+    status: ModelStatus
+    error: str | None = None
+
+
+class GeneratorRegistry:
+    def __init__(self, settings: GenerationSettings) -> None:
+        self.settings = settings
+        self._generators: dict[str, Generator] = {}
+        self._states = {
+            name: ChatModelState(
+                name=name, backend="remote" if model.url else "local", n_ctx=model.n_ctx, status="loading"
+            )
+            for name, model in settings.models.items()
+        }
+        self._loading: asyncio.Task[None] | None = None
+
+    @property
+    def default_model(self) -> str:
+        return self.settings.default_model
+
+    def start(self) -> None:
+        """Prepare and load every chat model in the background (the default one first)."""
+        if self.settings.enabled and self._loading is None:
+            self._loading = asyncio.create_task(self._load_all(), name="load-chat-models")
+
+    async def wait_loaded(self) -> None:
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+
+    async def _load_all(self) -> None:
+        names = sorted(self.settings.models, key=lambda n: n != self.settings.default_model)
+        for name in names:
+            await self._load(name, self.settings.models[name])
+
+    async def _load(self, name: str, model: GenerationModelSettings) -> None:
+        state = self._states[name]
+        started = time.perf_counter()
+        generator: LocalGenerator | RemoteGenerator | None = None
+        try:
+            if model.url is not None:
+                generator = RemoteGenerator(name, model, self.settings)
+            else:
+                if model.path == "default":
+                    path = await asyncio.to_thread(prepare_default, Path(self.settings.cache_dir))
+                else:
+                    path = Path(model.path)
+                    if not path.is_file():
+                        raise FileNotFoundError(f"no such file: {path}")
+                generator = LocalGenerator(name, model, self.settings, path)
+            await generator.load()
+        except Exception as exc:
+            if generator is not None:
+                await generator.close()
+            state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error(
+                "chat model could not be loaded; its endpoints answer 503",
+                extra={"model": name, "error": state.error, "option": f"generation.models.{name}.path"},
+            )
+            return
+        self._generators[name] = generator
+        state.status = "ready"
+        log.info(
+            "chat model ready", extra={"model": name, "seconds": round(time.perf_counter() - started, 3)}
+        )
+
+    def states(self) -> list[ChatModelState]:
+        return list(self._states.values())
+
+    def generator(self, name: str | None = None) -> Generator:
+        """The model's generator, or the clear error a request should get instead."""
+        name = name or self.settings.default_model
+        if not self.settings.enabled:
+            raise ModelUnavailable(
+                "Text generation is switched off on this server (generation.enabled: false).",
+                code="generation_disabled",
+            )
+        state = self._states.get(name)
+        if state is None:
+            known = ", ".join(sorted(self._states)) or "none"
+            raise UnknownModel(
+                f"There is no chat model '{name}' (available: {known}).",
+                errors=[{"field": "model", "message": f"one of: {known}"}],
+            )
+        if state.status == "loading":
+            raise ModelUnavailable(
+                f"Model '{name}' is still being prepared; retry in a few seconds.",
+                retry_after=5,
+                code="model_loading",
+            )
+        if state.status == "failed":
+            option = (
+                f"generation.models.{name}.url"
+                if state.backend == "remote"
+                else f"generation.models.{name}.path"
+            )
+            raise ModelUnavailable(
+                f"Model '{name}' could not be loaded ({state.error}); check the option {option}.",
+                retry_after=60,
+            )
+        return self._generators[name]
+
+    async def close(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
+        for generator in self._generators.values():
+            await generator.close()
+        self._generators.clear()

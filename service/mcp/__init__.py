@@ -1,0 +1,1 @@
+"""The MCP server: tenant-scoped tools for AI agents, on the official MCP SDK."""

@@ -1,0 +1,1 @@
+"""RAG inference: retrieval + generation, citations, SSE, context budget, semantic cache."""
