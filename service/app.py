@@ -183,6 +183,7 @@ def create_app(settings: Settings) -> Litestar:
         embeddings=embeddings,
         documents=settings.documents,
     )
+    collections.attach(notifications)
     generation = GenerationService(generators, settings.generation, quotas=quotas, meter=meter)
     rag = RagService(db, collections, embeddings, generation, settings.rag)
     state = State(
@@ -318,7 +319,7 @@ def create_app(settings: Settings) -> Litestar:
             await import_runner.close()
             await indexer.close()
             db.abandon(await jobs.stop(grace=1.0 if db.unreachable_at_shutdown else 10.0))
-            await session_service.close()
+            await db.final_write("recording session uses (lost)", session_service.close)
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()

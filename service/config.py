@@ -121,6 +121,9 @@ class CollectionsSettings(_Section):
     max_concurrent_index_builds: PositiveInt = 1
     default_ef_search: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
     filtered_exact_scan_limit: Annotated[int, msgspec.Meta(ge=0)] = 20_000
+    metadata_cache_size: PositiveInt = 10_000
+    metadata_cache_per_tenant: PositiveInt = 1_000
+    metadata_cache_ttl_seconds: Seconds = 300.0
 
 
 class S5Settings(_Section):
@@ -452,7 +455,21 @@ def _check_semantics(settings: Settings) -> None:
             "documents.text_search_config: a PostgreSQL text search configuration such as english"
         )
     _check_generation(settings.generation)
-    _check_sessions(settings.sessions)
+    sessions = settings.sessions
+    if not sessions.min_ttl_seconds <= sessions.default_ttl_seconds <= sessions.max_ttl_seconds:
+        raise ConfigError(
+            "sessions.default_ttl_seconds: must lie between sessions.min_ttl_seconds and "
+            "sessions.max_ttl_seconds"
+        )
+    if sessions.delegation_default_ttl_seconds > sessions.delegation_max_ttl_seconds:
+        raise ConfigError(
+            "sessions.delegation_default_ttl_seconds: must not exceed sessions.delegation_max_ttl_seconds"
+        )
+    if sessions.signing_key_secret is not None and len(sessions.signing_key_secret) < 32:
+        # Never echo the value: it is a secret.
+        raise ConfigError("sessions.signing_key_secret: must be at least 32 characters (e.g. 64 hex digits)")
+    if not re.fullmatch(r"[A-Za-z0-9._:/-]{1,200}", sessions.issuer):
+        raise ConfigError("sessions.issuer: letters, digits and . _ : / - (1 to 200 characters)")
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
     mcp = settings.mcp
@@ -474,23 +491,6 @@ def _check_generation(generation: GenerationSettings) -> None:
             raise ConfigError(f"generation.models.{name}: a model name is letters, digits, '.', '_' and '-'")
         if model.url is not None and not re.match(r"^https?://[^/\s]+", model.url):
             raise ConfigError(f"generation.models.{name}.url: must be an http:// or https:// URL")
-
-
-def _check_sessions(sessions: SessionsSettings) -> None:
-    if not sessions.min_ttl_seconds <= sessions.default_ttl_seconds <= sessions.max_ttl_seconds:
-        raise ConfigError(
-            "sessions.default_ttl_seconds: must lie between sessions.min_ttl_seconds and "
-            "sessions.max_ttl_seconds"
-        )
-    if sessions.delegation_default_ttl_seconds > sessions.delegation_max_ttl_seconds:
-        raise ConfigError(
-            "sessions.delegation_default_ttl_seconds: must not exceed sessions.delegation_max_ttl_seconds"
-        )
-    if sessions.signing_key_secret is not None and len(sessions.signing_key_secret) < 32:
-        # Never echo the value: it is a secret.
-        raise ConfigError("sessions.signing_key_secret: must be at least 32 characters (e.g. 64 hex digits)")
-    if not re.fullmatch(r"[A-Za-z0-9._:/-]{1,200}", sessions.issuer):
-        raise ConfigError("sessions.issuer: letters, digits and . _ : / - (1 to 200 characters)")
 
 
 def load_settings(

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -15,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from service.auth.slots import PrioritySlots, SlotsBusy
 from service.config import Settings
-from tests.conftest import assert_problem, bearer
+from tests.conftest import assert_problem, bearer, run_live_server
 from tests.test_auth import ME, hash_checks
 
 
@@ -86,6 +87,34 @@ async def test_wrong_secrets_are_limited_per_key_id_then_per_address(
     )
     assert body["limit"] == "auth_failures_per_address" and body["scope"] == "address"
     assert hash_checks() == before + 5
+
+
+async def test_a_wave_of_concurrent_wrong_secrets_is_limited_before_any_failure_is_on_record(
+    make_settings: Callable[..., Settings], make_tenant: Any
+) -> None:
+    """48 connections at once with one key id: none has failed yet when the others arrive, so the
+    failure count alone let every one of them run argon2 (and ahead of legitimate first uses).
+    Secrets being checked count against the per-key-id limit, and make the others suspect."""
+    settings = make_settings(
+        auth={"failed_verifications_per_key_per_minute": 3, "failed_verifications_per_address_per_minute": 0}
+    )
+    tenant = await make_tenant("read_only")
+    with run_live_server(settings) as live:
+        async with httpx.AsyncClient(base_url=live.url, timeout=60) as http:
+            before = hash_checks()
+            answers = await asyncio.gather(
+                *(http.get(ME, headers=bearer(random_secret(tenant.admin))) for _ in range(48))
+            )
+            statuses = sorted(r.status_code for r in answers)
+            assert set(statuses) <= {401, 429}, statuses
+            assert statuses.count(401) <= 3, statuses  # no more argon2 runs than the limit allows
+            assert hash_checks() - before <= 3
+            for refused in (r for r in answers if r.status_code == 429):
+                body = assert_problem(refused, 429, "rate_limited")
+                assert body["limit"] == "auth_failures_per_key"
+            # A key of the same tenant, used for the first time, is verified as usual.
+            ok = await http.get(ME, headers=bearer(tenant.key("read_only")))
+            assert ok.status_code == 200, ok.text
 
 
 async def test_unsuspected_waiters_go_first_and_suspect_ones_are_bounded() -> None:

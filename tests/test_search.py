@@ -445,3 +445,32 @@ async def test_an_index_build_outlasting_the_command_timeout_still_finishes(
         await builder.close()
     finally:
         await impatient.stop()
+
+
+async def test_a_collection_dropped_and_created_again_is_never_searched_through_a_stale_row(
+    sclient: AsyncTestClient[Litestar], search_app: Litestar, make_tenant: Any
+) -> None:
+    """Rows of searched collections are cached per process and dropped by a notification; should
+    one be missed, the stale row names a table that is gone: the search looks again, not 404."""
+    tenant = await make_tenant()
+    key = bearer(tenant.admin)
+    await load(sclient, key, "again", np.array([[1, 0, 0]], dtype=np.float32))
+    assert (
+        await sclient.post(f"{API}/again/search", json={"vector": [1, 0, 0]}, headers=key)
+    ).status_code == 200
+    collections = search_app.state.collection_service
+    stale = collections._rows.get((tenant.tenant_id, "again"))
+    assert stale is not None  # the search cached it
+    assert (await sclient.delete(f"{API}/again", headers=key)).status_code == 204
+    await load(sclient, key, "again", np.array([[0, 1, 0, 0]], dtype=np.float32), dimension=4)
+    collections._rows.put(tenant.tenant_id, (tenant.tenant_id, "again"), stale)  # as if the news were lost
+    found = await sclient.post(f"{API}/again/search", json={"vector": [0, 1, 0, 0]}, headers=key)
+    assert found.status_code == 200, found.text
+    assert [h["id"] for h in found.json()["results"]] == ["0"]
+    assert collections._rows.get((tenant.tenant_id, "again")).dimension == 4
+    # Another tenant's search of the same name never sees this row (the cache is per tenant).
+    other = await make_tenant()
+    assert_problem(
+        await sclient.post(f"{API}/again/search", json={"vector": [0, 1, 0, 0]}, headers=bearer(other.admin)),
+        404,
+    )

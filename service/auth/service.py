@@ -339,6 +339,10 @@ class Authenticator:
         self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
         # "key:<id>" / "address:<ip>" -> when a wrong secret last came from it (priority only).
         self._suspects: OrderedDict[str, float] = OrderedDict()
+        # key id -> argon2 verifications running or waiting for it. A key has one secret and
+        # concurrent first uses of one token share a verification, so a second one in flight means
+        # different secrets at once: a flood, whose first wave has no failure on record yet.
+        self._verifying: dict[str, int] = {}
 
     def default_principal(self) -> Principal:
         """Single-tenant mode without a key: the default tenant, with ADMIN permission."""
@@ -371,19 +375,26 @@ class Authenticator:
             raise Unauthorized(INVALID_KEY)
         parsed = parse_key(token)
         if parsed is not None:
-            # Before any database read or argon2 run: ids known to be bad, and the failure limits.
+            # Before any database read or argon2 run: ids known to be bad.
             bad = self.cache.bad_key_id(parsed.key_id)
             if bad is not None:
                 AUTH_FAILURES.labels("invalid" if bad == "unknown" else bad).inc()
                 raise Unauthorized(_BAD_ID_MESSAGES[bad])
-            await self._check_failure_limits(parsed.key_id, client)
 
         inflight = self._inflight.get(fp)
         if inflight is not None:
             return await asyncio.shield(inflight)
         future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
         self._inflight[fp] = future
+        reserved: str | None = None
         try:
+            if parsed is not None:
+                # Before any database read or argon2 run: the failure limits, counting secrets
+                # for this key id that are being checked now (claimed here, with no await between
+                # the check and the claim, so a wave of concurrent ones cannot all pass).
+                self._claim_verification(parsed.key_id)
+                reserved = parsed.key_id
+                await self._check_failure_limits(parsed.key_id, client)
             principal = await self._verify(token, fp, client)
         except Exception as exc:
             future.set_exception(exc)
@@ -397,6 +408,26 @@ class Authenticator:
             return principal
         finally:
             del self._inflight[fp]
+            if reserved is not None:
+                left = self._verifying.pop(reserved) - 1
+                if left > 0:
+                    self._verifying[reserved] = left
+
+    def _claim_verification(self, key_id: str) -> None:
+        per_key = self.settings.failed_verifications_per_key_per_minute
+        running = self._verifying.get(key_id, 0)
+        if per_key > 0 and running >= per_key:
+            # As many other secrets as the per-key limit are being checked already: each may fail.
+            AUTH_FAILURES.labels("rate_limited").inc()
+            raise TooManyRequests(
+                f"Too many authentication attempts for key id {key_id} at once; retry shortly. "
+                "Keys already in use are not affected.",
+                limit_name="auth_failures_per_key",
+                scope="key",
+                value=per_key,
+                retry_after=1,
+            )
+        self._verifying[key_id] = running + 1
 
     def _fail(
         self, reason: str, message: str, *, key_id: str | None = None, tenant_id: str | None = None
@@ -454,7 +485,10 @@ class Authenticator:
             await self.limiter.count(name, limit)
 
     def _is_suspect(self, key_id: str, client: str | None) -> bool:
-        """A wrong secret for this key id, or from this address, in the last minute."""
+        """A wrong secret for this key id, or from this address, in the last minute; or another
+        secret for this key id being checked right now."""
+        if self._verifying.get(key_id, 0) > 1:  # itself, and another
+            return True
         now = self.cache.now()
         return any(
             now - self._suspects.get(subject, float("-inf")) < 60
@@ -508,6 +542,7 @@ class Authenticator:
             ) from None
         if not ok:
             self.cache.put_known_bad(fp)
+            # Recorded before authenticate() stops counting it as being checked: no gap.
             await self._count_failure(key.key_id, client)
             raise self._fail("invalid", INVALID_KEY, key_id=key.key_id, tenant_id=key.tenant_id)
         principal = Principal(

@@ -95,6 +95,10 @@ def _fuse(rankings: list[tuple[float, list[Any]]], k: int, top_k: int) -> list[t
     return [(records[i], scores[i]) for i in best]
 
 
+class StaleCollection(Exception):
+    """A cached collection row whose table is gone (dropped, perhaps created again): look again."""
+
+
 class SearchOperations:
     """The search half of CollectionService (see service.py for the attributes it relies on)."""
 
@@ -105,7 +109,12 @@ class SearchOperations:
     if TYPE_CHECKING:
 
         def _in_collection(
-            self, principal: Principal, name: str, settings: dict[str, str] | None = None
+            self,
+            principal: Principal,
+            name: str,
+            settings: dict[str, str] | None = None,
+            *,
+            cached: bool = False,
         ) -> contextlib.AbstractAsyncContextManager[tuple[Any, CollectionRow]]: ...
 
         async def text_collection(self, principal: Principal, name: str) -> CollectionRow: ...
@@ -154,12 +163,17 @@ class SearchOperations:
         await self._charge(tenant_id, "search", 1)
         embedded, made_for = await self._embed_texts(principal, name, [request], lambda _: "")
         settings = self._search_settings(request)
-        budget = _ResponseBudget(self.settings.max_search_response_bytes)
-        async with self._in_collection(principal, name, settings) as (conn, row):
-            self._same_collection(row, made_for)
-            hits, strategy = await self._search_one(
-                conn, row, request, embedded.get(0), "", dict(settings), budget
-            )
+        for cached in (True, False):
+            budget = _ResponseBudget(self.settings.max_search_response_bytes)
+            try:
+                async with self._in_collection(principal, name, settings, cached=cached) as (conn, row):
+                    self._same_collection(row, made_for)
+                    hits, strategy = await self._search_one(
+                        conn, row, request, embedded.get(0), "", dict(settings), budget
+                    )
+                break
+            except StaleCollection:
+                continue  # dropped since it was cached (perhaps created again): look it up afresh
         self._record(tenant_id, "searches", 1)
         await self._charge(tenant_id, "search_mib", budget.mib)
         return SearchResult(
@@ -175,16 +189,22 @@ class SearchOperations:
             check_query(query, f"queries[{i}].")
         await self._charge(tenant_id, "search", len(queries))
         embedded, made_for = await self._embed_texts(principal, name, queries, lambda i: f"queries[{i}].")
-        results = []
         settings = self._search_settings(queries[0])
-        budget = _ResponseBudget(self.settings.max_search_response_bytes)
-        async with self._in_collection(principal, name, settings) as (conn, row):
-            self._same_collection(row, made_for)
-            for i, query in enumerate(queries):
-                hits, _ = await self._search_one(
-                    conn, row, query, embedded.get(i), f"queries[{i}].", settings, budget
-                )
-                results.append(hits)
+        for cached in (True, False):
+            results = []
+            budget = _ResponseBudget(self.settings.max_search_response_bytes)
+            applied = dict(settings)
+            try:
+                async with self._in_collection(principal, name, settings, cached=cached) as (conn, row):
+                    self._same_collection(row, made_for)
+                    for i, query in enumerate(queries):
+                        hits, _ = await self._search_one(
+                            conn, row, query, embedded.get(i), f"queries[{i}].", applied, budget
+                        )
+                        results.append(hits)
+                break
+            except StaleCollection:
+                continue  # dropped since it was cached (perhaps created again): look it up afresh
         self._record(tenant_id, "searches", len(queries))
         await self._charge(tenant_id, "search_mib", budget.mib)
         return BatchSearchResult(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))

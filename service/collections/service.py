@@ -33,13 +33,15 @@ from service.collections.models import (
     VectorPage,
     VectorRecord,
 )
-from service.collections.search import SearchOperations, _as_list
+from service.collections.search import SearchOperations, StaleCollection, _as_list
 from service.collections.store import CollectionRow, TextBinding
 from service.config import CollectionsSettings, DocumentsSettings
 from service.db import Database
+from service.db.notify import COLLECTIONS_CHANNEL, NotificationHub
 from service.embeddings.service import EmbeddingService
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from service.pagination import decode_cursor, split_page
+from service.pool import TenantPool
 from service.quota.service import Operation, QuotaService
 from service.quota.usage import Metric as Metric_
 from service.quota.usage import UsageMeter
@@ -90,6 +92,13 @@ class CollectionService(SearchOperations):
         self.meter = meter
         self.embeddings = embeddings
         self.documents = documents or DocumentsSettings()
+        # (tenant, name) -> the collection's row, for the search path (see _in_collection).
+        self._rows: TenantPool[tuple[str, str], CollectionRow] = TenantPool(
+            "collection_rows",
+            max_size=settings.metadata_cache_size,
+            max_per_tenant=settings.metadata_cache_per_tenant,
+            ttl=settings.metadata_cache_ttl_seconds,
+        )
 
     def _record(self, tenant_id: str, metric: Metric_, quantity: int) -> None:
         if self.meter is not None:
@@ -196,15 +205,44 @@ class CollectionService(SearchOperations):
 
     @asynccontextmanager
     async def _in_collection(
-        self, principal: Principal, name: str, settings: dict[str, str] | None = None
+        self, principal: Principal, name: str, settings: dict[str, str] | None = None, *, cached: bool = False
     ) -> AsyncIterator[tuple[Any, CollectionRow]]:
-        """A tenant transaction and the collection it works on (404 if absent, or dropped meanwhile)."""
-        assert principal.tenant_id is not None
-        async with (
-            self._mapping_missing_table(name),
-            self.db.tenant_transaction(principal.tenant_id, settings) as conn,
-        ):
-            yield conn, await self._require(conn, principal, name)
+        """A tenant transaction and the collection it works on (404 if absent, or dropped meanwhile).
+
+        cached: take the collection's row from this process's cache when it is there (the search
+        path: one round trip less). A cached row may be stale only in what searches do not rely on
+        (counts, data_version) or in its index status (an index that became ready is used from
+        the notification on); a cached row of a dropped collection names a table that is gone,
+        which raises StaleCollection for the caller to retry uncached, as does any refusal made
+        while working on a cached row."""
+        tenant_id = principal.require_tenant()
+        key = (tenant_id, name)
+        row = self._rows.get(key) if cached and principal.may_see_collection(name) else None
+        if row is not None:
+            try:
+                async with self.db.tenant_transaction(tenant_id, settings) as conn:
+                    yield conn, row
+            except (asyncpg.UndefinedTableError, ServiceError) as exc:
+                # A refusal may come from the stale row itself (a dimension that has changed): the
+                # caller asks again without the cache, and a real refusal is raised from there.
+                self._rows.pop(key)
+                raise StaleCollection(name) from exc
+            return
+        async with self._mapping_missing_table(name), self.db.tenant_transaction(tenant_id, settings) as conn:
+            row = await self._require(conn, principal, name)
+            self._rows.put(tenant_id, key, row)
+            yield conn, row
+
+    def attach(self, hub: NotificationHub) -> None:
+        """Cached collection rows leave the cache when any process drops, renames or indexes the
+        collection (a trigger on `collections` notifies), and all of them when the listener
+        reconnects (notifications may have been missed)."""
+        hub.subscribe(COLLECTIONS_CHANNEL, self._forget)
+        hub.on_reset(self._rows.clear)
+
+    def _forget(self, payload: str) -> None:
+        tenant_id, _, name = payload.partition(":")
+        self._rows.pop((tenant_id, name))
 
     def _text_binding(self, request: CreateCollectionRequest) -> tuple[int, TextBinding | None]:
         """The collection's dimension, and its binding to a model if it names one."""

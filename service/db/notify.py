@@ -25,6 +25,9 @@ log = logging.getLogger("vectorhive.db.notify")
 # Channels (PostgreSQL identifiers); payloads are short text (NOTIFY allows < 8000 bytes).
 AUTH_CHANNEL = "vectorhive_auth"  # "key:<key id>" | "tenant:<tenant id>"
 QUOTA_CHANNEL = "vectorhive_quota"  # "<tenant id>"
+# "<tenant id>:<name>", sent by a trigger on `collections` (migration 0008) when a collection is
+# dropped, renamed or its index status changes, whoever does it.
+COLLECTIONS_CHANNEL = "vectorhive_collections"
 
 # Names the listening connections in pg_stat_activity.
 LISTENER_APPLICATION_NAME = "vectorhive-notify"
