@@ -231,7 +231,10 @@ def create_app(settings: Settings) -> Litestar:
             settings,
             state["authenticator"],
             McpService(
-                McpServices(collections=collections, documents=state["document_service"]), quotas, meter
+                McpServices(collections=collections, documents=state["document_service"]),
+                quotas,
+                meter,
+                session_uses=lambda principal, operation: session_verifier.note_use(principal, operation),
             ),
         )
         if settings.mcp.enabled

@@ -31,6 +31,10 @@ def start(workdir: Path, pg_url: str, **env: str) -> Server:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VECTORHIVE_DATABASE__URL", pg_url)
         patch.setenv("VECTORHIVE_SERVER__ACCESS_LOG", "false")
+        # Sessions need no model: none is prepared or loaded (a chat model download in progress
+        # would otherwise outlast a quick stop).
+        patch.setenv("VECTORHIVE_GENERATION__ENABLED", "false")
+        patch.setenv("VECTORHIVE_EMBEDDINGS__ENABLED", "false")
         for name, value in env.items():
             patch.setenv(name, value)
         return Server(workdir, free_port())

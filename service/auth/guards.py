@@ -30,7 +30,15 @@ PUBLIC_PATHS = [
 # collection service limits it to them). Handlers of other features opt in with
 # opt={"session_access": True}. Everything else answers 403 session_token_not_allowed.
 SESSION_OPERATIONS = frozenset(
-    {"getCollection", "getVector", "getDocument", "searchCollection", "searchCollectionBatch"}
+    {
+        "getCollection",
+        "getVector",
+        "getDocument",
+        "searchCollection",
+        "searchCollectionBatch",
+        "answerQuestion",
+        "retrieveContext",
+    }
 )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +63,18 @@ class ToolOutcome:
 
 
 class McpService:
-    def __init__(self, services: Services, quotas: QuotaService, meter: UsageMeter) -> None:
+    def __init__(
+        self,
+        services: Services,
+        quotas: QuotaService,
+        meter: UsageMeter,
+        session_uses: Callable[[Principal, str], Awaitable[None]] | None = None,
+    ) -> None:
         self.services = services
         self.quotas = quotas
         self.meter = meter
+        # A session token's tool calls count as the REST operation they mirror (max_queries, audit).
+        self.session_uses = session_uses
 
     def tools_for(self, principal: Principal) -> list[Tool]:
         """The tools this credential may call (tools/list shows exactly these)."""
@@ -110,6 +119,8 @@ class McpService:
         try:
             await self.count_request(principal, tool.name)
             self._check_permission(principal, tool)
+            if principal.session_id is not None and self.session_uses is not None:
+                await self.session_uses(principal, tool.mirrors)
             result = await tool.run(self.services, principal, self._arguments(tool, arguments))
             return ToolOutcome(data=msgspec.to_builtins(result), is_error=False)
         except Exception as exc:

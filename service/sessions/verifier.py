@@ -47,7 +47,9 @@ log = logging.getLogger("vectorhive.sessions")
 
 # Uses of a session token that count as queries (max_queries). The session's own search endpoint
 # counts itself (it is also reached with tenant keys).
-QUERY_OPERATIONS = frozenset({"searchCollection", "searchCollectionBatch"})
+QUERY_OPERATIONS = frozenset(
+    {"searchCollection", "searchCollectionBatch", "answerQuestion", "retrieveContext"}
+)
 
 _CODES = {
     "malformed": "invalid_token",
