@@ -242,6 +242,12 @@ class RagSettings(_Section):
     cache_max_entries_per_tenant: PositiveInt = 10_000
 
 
+class IndexBuildsSettings(_Section):
+    # None: as many as the embedded database's machine has cores besides the build's own; with an
+    # external database, that server's own max_parallel_maintenance_workers.
+    parallel_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -258,6 +264,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mcp: McpSettings = msgspec.field(default_factory=McpSettings)
     generation: GenerationSettings = msgspec.field(default_factory=GenerationSettings)
     rag: RagSettings = msgspec.field(default_factory=RagSettings)
+    index_builds: IndexBuildsSettings = msgspec.field(default_factory=IndexBuildsSettings)
 
     @property
     def single_tenant(self) -> bool:
