@@ -13,8 +13,9 @@ replica, ends as error/interrupted the active imports whose runner's lock is gon
 died. The encryption key is never stored, so an interrupted import cannot resume; the client
 submits it again.
 
-Bounded memory. At most s5.max_parallel_chunks chunks are in flight (downloaded, decoded or waiting
-for COPY) at any moment; decoding runs in worker processes, so the event loop keeps serving.
+Bounded memory. At most one chunk more than there are decode workers is in flight (downloaded,
+decoded or waiting for COPY), never more than s5.max_parallel_chunks; decoding runs in worker
+processes, so the event loop keeps serving, and goes straight into a float32 matrix (staging.py).
 """
 
 from __future__ import annotations
@@ -467,7 +468,11 @@ class ImportRunner:
         raw = await self._download("chunk", portal.fetch_chunk(folder, info))
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool(), stage_chunk, raw, key, info, spec)
+            # In a list that the worker empties, and not kept here: this process holds the file
+            # only until the pool has sent it.
+            box = [raw]
+            del raw
+            return await loop.run_in_executor(self._pool(), stage_chunk, box, key, info, spec)
         except BrokenProcessPool:
             self._executor = None  # a worker died (e.g. killed for memory); the next import gets a new pool
             raise

@@ -247,9 +247,18 @@ def _ids(raw_ids: list[str | int], info: ChunkInfo) -> list[str]:
     return ids
 
 
-def stage_chunk(raw: bytes, key: bytes | None, info: ChunkInfo, spec: TargetSpec) -> StagedChunk:
-    """Decrypt, decode, check and encode one chunk; raises ImportFailure with the documented code."""
+def stage_chunk(
+    raw: bytes | list[bytes], key: bytes | None, info: ChunkInfo, spec: TargetSpec
+) -> StagedChunk:
+    """Decrypt, decode, check and encode one chunk; raises ImportFailure with the documented code.
+
+    raw may come in a one-item list that this function empties: a process pool keeps the call's
+    arguments alive until it returns, and the encrypted file (~76 MB of JSON for 10,000 x 384)
+    should be gone once it is decrypted, not beside the plaintext for the whole call."""
+    if isinstance(raw, list):
+        raw = raw.pop()
     plain = decrypt(raw, key) if key is not None else raw
+    del raw
     raw_ids, matrix, metadata = _decode(plain, info, spec.dimension)
     del plain  # the chunk's text is the largest thing here: gone before the COPY rows are made
     ids = _ids(raw_ids, info)

@@ -94,7 +94,15 @@ def main() -> int:
     results: dict[str, Any] = {"dim": args.dim, "encoding": args.encoding, "encrypted": True, "sizes": {}}
     with serve(portal):
         target = start_temporary_server(
-            {"S5_PORTAL_URL": portal.url, "VECTORHIVE_SERVER__LOG_LEVEL": args.log_level}, permission="admin"
+            {
+                "S5_PORTAL_URL": portal.url,
+                "VECTORHIVE_SERVER__LOG_LEVEL": args.log_level,
+                # Imports alone: no model is prepared (downloaded, converted, loaded) meanwhile, which
+                # would take CPU from the import and memory that is not the import's.
+                "VECTORHIVE_EMBEDDINGS__ENABLED": "false",
+                "VECTORHIVE_GENERATION__ENABLED": "false",
+            },
+            permission="admin",
         )
         try:
             assert target.pid is not None
