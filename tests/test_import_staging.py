@@ -199,7 +199,8 @@ async def test_a_new_collection_gets_the_later_of_repeated_ids(
     again = {
         "chunkId": 2,
         "vectors": [
-            {"id": f"doc-{i}", "vector": source.vectors[i].tolist(), "metadata": {"i": i}} for i in range(20, 29)
+            {"id": f"doc-{i}", "vector": source.vectors[i].tolist(), "metadata": {"i": i}}
+            for i in range(20, 29)
         ]
         + [{"id": "doc-5", "vector": [0.5, 0.5, 0.5, 0.5], "metadata": {"again": True}}],
     }
