@@ -149,13 +149,14 @@ class IndexBuilder:
 
     def _maintenance_workers(self) -> int | None:
         """PostgreSQL parallel workers per build (index_builds.parallel_workers); None: leave the
-        server's own setting. The embedded database shares this machine's cores: the leader builds
-        too, so one worker per other core keeps every core busy without oversubscribing them
-        (PostgreSQL's default of 2 puts three builders on a 2-core machine)."""
+        server's own setting. The embedded database shares this machine's cores: one worker per
+        core besides the leader's, and never fewer than PostgreSQL's default of 2 (on 2 shared
+        cores a 100K x 384 build took 128 s with 2 workers, 184 s with 1 at a similar load: three
+        builders get a larger share of contended cores; docs/benchmarks.md)."""
         if self.parallel_workers is not None:
             return self.parallel_workers
         if self.db.embedded is not None:
-            return max(0, (os.cpu_count() or 1) - 1)
+            return max(2, (os.cpu_count() or 1) - 1)
         return None
 
     async def _build_locked(self, conn: Any, collection_id: int) -> None:
