@@ -150,7 +150,7 @@ def create_app(settings: Settings) -> Litestar:
     notifications = NotificationHub(lambda: db.url)
     cache.attach(notifications)
     recorder = LastUsedRecorder(db)
-    indexer = IndexBuilder(db, settings.collections)
+    indexer = IndexBuilder(db, settings.collections, parallel_workers=settings.index_builds.parallel_workers)
     hub = (
         HiveHubClient(settings.cluster)
         if settings.cluster.enabled and settings.cluster.hivehub_api_url is not None

@@ -265,6 +265,12 @@ class SessionsSettings(_Section):
     verified_cache_ttl: Seconds = 300.0
 
 
+class IndexBuildsSettings(_Section):
+    # None: as many as the embedded database's machine has cores besides the build's own; with an
+    # external database, that server's own max_parallel_maintenance_workers.
+    parallel_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -282,6 +288,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     generation: GenerationSettings = msgspec.field(default_factory=GenerationSettings)
     rag: RagSettings = msgspec.field(default_factory=RagSettings)
     sessions: SessionsSettings = msgspec.field(default_factory=SessionsSettings)
+    index_builds: IndexBuildsSettings = msgspec.field(default_factory=IndexBuildsSettings)
 
     @property
     def single_tenant(self) -> bool:

@@ -13,8 +13,9 @@ replica, ends as error/interrupted the active imports whose runner's lock is gon
 died. The encryption key is never stored, so an interrupted import cannot resume; the client
 submits it again.
 
-Bounded memory. At most s5.max_parallel_chunks chunks are in flight (downloaded, decoded or waiting
-for COPY) at any moment; decoding runs in worker processes, so the event loop keeps serving.
+Bounded memory. At most one chunk more than there are decode workers is in flight (downloaded,
+decoded or waiting for COPY), never more than s5.max_parallel_chunks; decoding runs in worker
+processes, so the event loop keeps serving, and goes straight into a float32 matrix (staging.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import asyncpg
+import numpy as np
 
 from service.collections import store as collection_store
 from service.collections.indexer import IndexBuilder
@@ -357,11 +359,11 @@ class ImportRunner:
                 tenant_role=self.db.tenant_role(row.tenant_id),
             )
             staging_started = time.perf_counter()
-            staged = await self._stage_all(conn, portal, row, manifest, key, spec)
+            staged, distinct = await self._stage_all(conn, portal, row, manifest, key, spec)
             staged_seconds = time.perf_counter() - staging_started
         finally:
             await portal.close()
-        await self._merge(conn, row, manifest, staged, staged_seconds)
+        await self._merge(conn, row, manifest, staged, staged_seconds, distinct=distinct)
 
     async def _collection(self, row: store.ImportRow) -> collection_store.CollectionRow | None:
         async with self.db.tenant_transaction(row.tenant_id) as conn:
@@ -409,11 +411,15 @@ class ImportRunner:
         log.info("import answered from cache", extra={"import_id": str(row.id)})
         return True
 
+    @staticmethod
+    def _workers() -> int:
+        return max(1, min(2, os.cpu_count() or 1))
+
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             # spawn: the server's threads and event loop must not be copied into the workers.
             self._executor = ProcessPoolExecutor(
-                max_workers=max(1, min(2, os.cpu_count() or 1)),
+                max_workers=self._workers(),
                 mp_context=multiprocessing.get_context("spawn"),
                 # Workers exit when this process dies, even by SIGKILL (see worker_guard).
                 initializer=guard_worker,
@@ -462,7 +468,11 @@ class ImportRunner:
         raw = await self._download("chunk", portal.fetch_chunk(folder, info))
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool(), stage_chunk, raw, key, info, spec)
+            # In a list that the worker empties, and not kept here: this process holds the file
+            # only until the pool has sent it.
+            box = [raw]
+            del raw
+            return await loop.run_in_executor(self._pool(), stage_chunk, box, key, info, spec)
         except BrokenProcessPool:
             self._executor = None  # a worker died (e.g. killed for memory); the next import gets a new pool
             raise
@@ -475,10 +485,16 @@ class ImportRunner:
         manifest: Manifest,
         key: bytes | None,
         spec: TargetSpec,
-    ) -> int:
+    ) -> tuple[int, bool]:
+        """Stage every chunk; -> (vectors staged, whether their ids are all distinct)."""
         folder = row.manifest_path.rsplit("/", 1)[0] if "/" in row.manifest_path else ""
         in_flight: set[asyncio.Task[StagedChunk]] = set()
         done_chunks = staged = 0
+        digests: list[bytes] = []
+        # A chunk in flight is a whole file in this process's memory (a 10,000 x 384 chunk is
+        # ~76 MB of JSON), and only as many decode at once as there are workers: one more than
+        # that keeps them busy (the next download overlaps a decode) without a backlog of files.
+        limit = min(self.s5.max_parallel_chunks, self._workers() + 1)
 
         async def copy_finished() -> None:
             nonlocal done_chunks, staged
@@ -494,6 +510,8 @@ class ImportRunner:
                     ) from None
                 done_chunks += 1
                 staged += chunk.count
+                digests.append(chunk.id_digests)
+                del chunk, task  # the COPY stream: freed before the next chunk is awaited
             if not await store.progress(
                 conn,
                 row.id,
@@ -505,7 +523,7 @@ class ImportRunner:
 
         try:
             for info in sorted(manifest.chunks, key=lambda c: c.chunk_id):
-                while len(in_flight) >= self.s5.max_parallel_chunks:
+                while len(in_flight) >= limit:
                     await copy_finished()
                 in_flight.add(
                     asyncio.create_task(self._stage_one(portal, folder, info, key, spec, row.tenant_id))
@@ -516,10 +534,18 @@ class ImportRunner:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
-        return staged
+        everything = np.frombuffer(b"".join(digests), dtype=np.uint64)
+        return staged, len(np.unique(everything)) == staged
 
     async def _merge(
-        self, conn: Any, row: store.ImportRow, manifest: Manifest, staged: int, staged_seconds: float
+        self,
+        conn: Any,
+        row: store.ImportRow,
+        manifest: Manifest,
+        staged: int,
+        staged_seconds: float,
+        *,
+        distinct: bool,
     ) -> None:
         role = self.db.tenant_role(row.tenant_id)
         merge_started = time.perf_counter()
@@ -529,7 +555,7 @@ class ImportRunner:
                 if limits is not None and limits.has_storage_limits:
                     # Before any row lock, as upserts do: the quota lock comes first for every writer.
                     await quota_store.lock_tenant_quota(conn, row.tenant_id)
-                collection = await self._collection_for_merge(conn, row, manifest)
+                collection, created = await self._collection_for_merge(conn, row, manifest)
                 if collection.has_text and await store.staged_chunk_like_ids(conn):
                     raise ImportFailure(
                         "invalid_manifest",
@@ -542,7 +568,11 @@ class ImportRunner:
                     # Before writing: a rolled-back merge would still leave its pages behind.
                     adding, adding_bytes = await store.staged_additions(conn, collection.table)
                     await self.quotas.check_vectors(conn, row.tenant_id, adding, adding_bytes)
-                total, inserted = await store.merge_staged(conn, collection.table)
+                # A collection created by this transaction is invisible to every other writer and
+                # empty: with distinct ids the rows go in as they are, no sort, no conflicts.
+                total, inserted = await store.merge_staged(
+                    conn, collection.table, plain_insert=created and distinct
+                )
                 updated = await collection_store.record_write(conn, collection.id, inserted)
                 if not await store.finish_loaded(
                     conn,
@@ -574,16 +604,19 @@ class ImportRunner:
                 "merge_seconds": round(time.perf_counter() - merge_started, 3),
             },
         )
-        self.indexer.consider(updated)
+        # At once, not after a quiet period: the merge was this import's only write.
+        self.indexer.consider(updated, wait_for_quiet=False)
 
     async def _collection_for_merge(
         self, conn: Any, row: store.ImportRow, manifest: Manifest
-    ) -> collection_store.CollectionRow:
-        """The target collection, created here (in the merge transaction) when the import may."""
+    ) -> tuple[collection_store.CollectionRow, bool]:
+        """The target collection, created here (in the merge transaction) when the import may;
+        -> (collection, whether this transaction created it)."""
         await set_local(conn, {"app.tenant_id": row.tenant_id})
         collection = await conn.fetchrow(
             "SELECT id FROM collections WHERE tenant_id = $1 AND name = $2", row.tenant_id, row.collection
         )
+        created = False
         if collection is not None:
             found = await collection_store.get_by_id(conn, collection["id"])
             assert found is not None
@@ -595,7 +628,7 @@ class ImportRunner:
             defaults = IndexParams()
             try:
                 async with conn.transaction():  # a savepoint: losing the race must not abort the merge
-                    created = await collection_store.create(
+                    new = await collection_store.create(
                         conn,
                         tenant_id=row.tenant_id,
                         name=row.collection,
@@ -607,14 +640,14 @@ class ImportRunner:
                         description=f"Imported from S5: {manifest.name}"[:1000],
                         tenant_role=self.db.tenant_role(row.tenant_id),
                     )
-                    if created is None:
+                    if new is None:
                         raise _NameTaken
             except _NameTaken:  # created by a request meanwhile: use it if it fits
                 return await self._collection_for_merge(conn, row, manifest)
-            found = created
+            found, created = new, True
         if found.dimension != manifest.dimensions:
             raise ImportFailure(
                 "dimension_mismatch",
                 f"the database has {manifest.dimensions} dimensions; the collection has {found.dimension}",
             )
-        return found
+        return found, created

@@ -276,9 +276,19 @@ async def staged_additions(conn: Any, table: str) -> tuple[int, int]:
     return record["new_ids"], record["bytes"]
 
 
-async def merge_staged(conn: Any, table: str) -> tuple[int, int]:
+async def merge_staged(conn: Any, table: str, *, plain_insert: bool = False) -> tuple[int, int]:
     """Into the collection's table, the later of repeated ids winning, in id order (the lock order
-    of upserts, so that a concurrent upsert waits rather than deadlocks). -> (rows, new ids)."""
+    of upserts, so that a concurrent upsert waits rather than deadlocks). -> (rows, new ids).
+
+    plain_insert: the staged ids are distinct and the table is empty and visible to no one else
+    (created by this transaction): a plain INSERT, without the sort of every staged row (for
+    100,000 x 384 that sort spills ~170 MB to disk) and without conflict checks."""
+    if plain_insert:
+        status: str = await conn.execute(
+            f"INSERT INTO {table} (id, embedding, metadata) SELECT id, embedding, metadata FROM vh_import"
+        )
+        rows = int(status.rsplit(" ", 1)[1])
+        return rows, rows
     record = await conn.fetchrow(
         f"""WITH merged AS (
                 INSERT INTO {table} (id, embedding, metadata)
