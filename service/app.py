@@ -231,7 +231,14 @@ def create_app(settings: Settings) -> Litestar:
             settings,
             state["authenticator"],
             McpService(
-                McpServices(collections=collections, documents=state["document_service"]), quotas, meter
+                McpServices(
+                    collections=collections,
+                    documents=state["document_service"],
+                    rag=rag,
+                    generation=settings.generation.enabled,
+                ),
+                quotas,
+                meter,
             ),
         )
         if settings.mcp.enabled
