@@ -310,3 +310,18 @@ async def test_without_generation_answer_and_context_are_not_offered(
                 client, "answer", {"collection": "kb", "question": QUESTION}, "generation_disabled"
             )
             assert problem["status"] == 503 and problem["retry_after"] >= 1
+
+
+async def test_a_collection_scoped_key_answers_from_its_collections_only(
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+) -> None:
+    tenant: TenantKeys = await make_tenant("mcp", collections=["kb"])
+    await knowledge_base(rest, tenant, CORPUS)
+    await text_collection(rest, tenant, "hidden")
+    async with connect(server, tenant.key("mcp")) as client:
+        assert (await call(client, "answer", {"collection": "kb", "question": QUESTION}))[
+            "answer"
+        ] == SENTENCE
+        for tool in ("answer", "context"):
+            problem = await fails(client, tool, {"collection": "hidden", "question": QUESTION}, "not_found")
+            assert problem["detail"] == "Collection 'hidden' does not exist."
