@@ -231,10 +231,14 @@ def create_app(settings: Settings) -> Litestar:
             settings,
             state["authenticator"],
             McpService(
-                McpServices(collections=collections, documents=state["document_service"]),
+                McpServices(
+                    collections=collections,
+                    documents=state["document_service"],
+                    rag=rag,
+                    generation=settings.generation.enabled,
+                ),
                 quotas,
                 meter,
-                session_uses=lambda principal, operation: session_verifier.note_use(principal, operation),
             ),
         )
         if settings.mcp.enabled

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 
@@ -331,3 +332,83 @@ def test_rendered_remote_generation_loads_with_its_key_from_the_environment(
     assert settings.generation.default_model == "qwen"
     model = settings.generation.models["qwen"]
     assert (model.url, model.remote_model, model.api_key) == ("http://gpu-pool:8080/v1", "qwen", "s3cret")
+
+
+def test_mcp_hosts_origins_and_resource_url() -> None:
+    """mcp.* values reach config.yml: the Service's names always (in-cluster agents), the ingress
+    hosts when there is an Ingress, and the public URL of the first ingress host."""
+    default = config_of(render())["mcp"]
+    assert default["enabled"] is True and "resource_url" not in default
+    assert {"localhost", "127.0.0.1:*", "vh-vectorhive", "vh-vectorhive.prod.svc.cluster.local:*"} <= set(
+        default["allowed_hosts"]
+    )
+    assert default["allowed_origins"] == ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+    ingress = config_of(render(values_of(CHART / "ci" / "ingress-values.yaml")))["mcp"]
+    assert {"vectors.example.com", "vectors.example.com:*"} <= set(ingress["allowed_hosts"])
+    assert ingress["resource_url"] == "https://vectors.example.com/mcp"  # the host has a tls entry
+    no_tls = {
+        "enabled": True,
+        "hosts": [{"host": "a.example", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+    }
+    assert config_of(render({"ingress": no_tls}))["mcp"]["resource_url"] == "http://a.example/mcp"
+    # A host named by the values but no Ingress enabled: not added.
+    assert "vectorhive.example.com" not in default["allowed_hosts"]
+
+    chosen = config_of(
+        render(
+            {
+                "ingress": no_tls,
+                "mcp": {
+                    "enabled": False,
+                    "allowedHosts": ["agents.internal"],
+                    "addServiceHosts": False,
+                    "addIngressHosts": False,
+                    "allowedOrigins": ["https://console.example"],
+                    "resourceUrl": "https://public.example/v/mcp",
+                },
+            }
+        )
+    )["mcp"]
+    assert chosen == {
+        "enabled": False,
+        "allowed_hosts": ["agents.internal"],
+        "allowed_origins": ["https://console.example"],
+        "resource_url": "https://public.example/v/mcp",
+    }
+    with pytest.raises(helm.HelmError, match=r"config\.mcp\.allowed_hosts is set by the chart"):
+        render({"config": {"mcp": {"allowed_hosts": ["x"]}}})
+    with pytest.raises(helm.HelmError):
+        render({"mcp": {"resourceUrl": "public.example/mcp"}})  # values.schema.json: a URL
+    with pytest.raises(helm.HelmError):
+        render({"mcp": {"allowedHost": ["x"]}})  # misspelt
+
+
+async def test_rendered_mcp_config_admits_the_ingress_host_only(tmp_path: Path, make_settings: Any) -> None:
+    """The rendered mcp section, loaded by the project's loader, configures the SDK's transport
+    security: the Ingress host and the Service name get past it (to the 401 of a missing key), a
+    foreign Host gets 421 and a foreign Origin 403."""
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+
+    path = tmp_path / "config.yml"
+    rendered = config_of(render(values_of(CHART / "ci" / "ingress-values.yaml")))
+    path.write_text(yaml.safe_dump({"mcp": rendered["mcp"]}))
+    mcp = load_settings(path, environ={}, cwd=tmp_path).mcp
+    assert mcp.resource_url == "https://vectors.example.com/mcp"
+    app = create_app(make_settings(mcp=msgspec.to_builtins(mcp)))
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    accept = {"Accept": "application/json, text/event-stream"}
+    async with AsyncTestClient(app) as client:
+        for host in ("vectors.example.com", "vectors.example.com:443", "vh-vectorhive.prod.svc"):
+            answer = await client.post("/mcp", json=body, headers={**accept, "Host": host})
+            assert answer.status_code == 401, (host, answer.text)
+            assert (
+                "https://vectors.example.com/.well-known/oauth-protected-resource/mcp"
+                in (answer.headers["www-authenticate"])
+            )
+        foreign = await client.post("/mcp", json=body, headers={**accept, "Host": "evil.example"})
+        assert foreign.status_code == 421
+        origin = {**accept, "Host": "vectors.example.com", "Origin": "https://evil.example"}
+        assert (await client.post("/mcp", json=body, headers=origin)).status_code == 403

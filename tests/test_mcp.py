@@ -28,7 +28,8 @@ from service.tenants.service import TenantService
 from tests.conftest import LiveServer, TenantKeys, assert_problem, bearer, run_live_server
 
 MODES = ["auto", "legacy"]  # protocol 2026-07-28, and the initialize handshake of earlier revisions
-READ_TOOLS = {"list_collections", "describe_collection", "search", "get_documents"}
+# answer and context: generation is enabled in the tests' settings (the tiny chat model).
+READ_TOOLS = {"list_collections", "describe_collection", "search", "get_documents", "answer", "context"}
 WRITE_TOOLS = {"upsert_vectors", "delete", "add_documents"}
 
 

@@ -74,6 +74,8 @@ async def test_typescript_sdk_client(
             "describe_collection",
             "search",
             "get_documents",
+            "answer",
+            "context",
             "upsert_vectors",
             "delete",
             "add_documents",

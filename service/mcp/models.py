@@ -14,6 +14,7 @@ import msgspec
 from service.auth.models import CollectionName
 from service.collections.models import DeleteRequest, SearchRequest, UpsertRequest
 from service.documents.models import AddDocumentsRequest, Document, DocumentId, DocumentSummary
+from service.rag.models import AnswerRequest, ContextRequest
 
 Cursor = Annotated[str, msgspec.Meta(description="next_cursor of the previous page")]
 
@@ -58,6 +59,19 @@ class DeleteToolResult(msgspec.Struct, kw_only=True):
 
 class AddDocumentsArgs(AddDocumentsRequest, kw_only=True, forbid_unknown_fields=True):
     """POST /collections/{name}/documents's body, with the collection."""
+
+    collection: CollectionName
+
+
+class AnswerArgs(AnswerRequest, kw_only=True, forbid_unknown_fields=True):
+    """POST /collections/{name}/answer's body, with the collection. A tool answers once, so
+    `stream` must stay false (the answer tool refuses true with a clear error)."""
+
+    collection: CollectionName
+
+
+class ContextArgs(ContextRequest, kw_only=True, forbid_unknown_fields=True):
+    """POST /collections/{name}/context's body, with the collection."""
 
     collection: CollectionName
 

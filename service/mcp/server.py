@@ -124,6 +124,9 @@ class McpEndpoint:
     def __init__(self, settings: Settings, authenticator: Authenticator, service: McpService) -> None:
         self.settings = settings.mcp
         self.service = service
+        # Session tokens' uses are counted by the verifier the app attaches to the Authenticator
+        # (after this endpoint is built, hence read at each call).
+        service.sessions = lambda: authenticator.sessions
         self.server = build_server(service)
         self.manager = StreamableHTTPSessionManager(
             app=self.server,

@@ -6,7 +6,14 @@ What each credential may do on the MCP endpoint (README "MCP"):
   nothing else: no tool creates or deletes collections, touches keys, tenants, quotas or the
   cluster (those ADMIN functions have no tools), and MCP keys are refused by every REST route;
 - a tenant key of permission read_write or admin: every tool as well (admin gains nothing more);
-- a read_only key (and a read-only session token): the read tools only;
+- a read_only key: the read tools only;
+- a session token: the read tools of its session's collections: list_collections (which lists
+  only those), describe_collection, search and get_documents (what REST's SESSION_OPERATIONS
+  admit), answer and context (the session's read endpoints issue 14 names); never a write tool.
+  Each call counts as a use of the session like a REST request (SessionTokens.note_use): a tool
+  that runs one search (search, answer, context) counts against max_queries, and one past the
+  limit is a tool error session_queries_exhausted;
+- answer and context only while generation is enabled (both need the chat model);
 - a key limited to some collections: its collections only, everywhere (the services treat any
   other name as not found, and list_collections lists only those);
 - operator keys: none (the transport answers 403 before any tool is reached).
@@ -19,15 +26,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from service.auth.guards import SESSION_OPERATIONS
 from service.auth.principal import Permission, Principal
+from service.auth.service import SessionTokens
 from service.body import validation_problem
 from service.errors import PROBLEM_TYPE_PREFIX, Forbidden, InvalidRequest, problem_of
+from service.inference.base import ModelUnavailable
 from service.mcp.tools import TOOLS, Services, Tool
 from service.metrics import MCP_TOOL_CALLS, MCP_TOOL_SECONDS, TENANT_REQUESTS
 from service.quota.service import QuotaService
@@ -41,8 +51,25 @@ _WRITERS = frozenset({Permission.MCP, Permission.READ_WRITE, Permission.ADMIN})
 _encode = msgspec.json.Encoder().encode
 
 
+# The tools a session token may call: those mirroring an operation REST admits for sessions, plus
+# list_collections (discovery: the collection service lists only the session's collections) and
+# the grounded reads of its collections (answer, context).
+SESSION_TOOLS = frozenset(
+    {tool.name for tool in TOOLS.values() if tool.mirrors in SESSION_OPERATIONS and not tool.writes}
+    | {"list_collections", "answer", "context"}
+)
+
+
 def may_write(principal: Principal) -> bool:
-    return principal.permission in _WRITERS
+    # A session token's principal is READ_ONLY already; said again so that no write tool can
+    # ever depend on that.
+    return principal.permission in _WRITERS and principal.session_id is None
+
+
+def may_call(principal: Principal, tool: Tool) -> bool:
+    if principal.session_id is not None and tool.name not in SESSION_TOOLS:
+        return False
+    return may_write(principal) or not tool.writes
 
 
 def operation(name: str) -> str:
@@ -68,18 +95,22 @@ class McpService:
         services: Services,
         quotas: QuotaService,
         meter: UsageMeter,
-        session_uses: Callable[[Principal, str], Awaitable[None]] | None = None,
+        sessions: Callable[[], SessionTokens | None] = lambda: None,
     ) -> None:
         self.services = services
         self.quotas = quotas
         self.meter = meter
-        # A session token's tool calls count as the REST operation they mirror (max_queries, audit).
-        self.session_uses = session_uses
+        # Read at each call: the app attaches the session verifier to the Authenticator after
+        # the MCP endpoint is built.
+        self.sessions = sessions
+
+    def available(self, tool: Tool) -> bool:
+        """Whether the server offers the tool at all (answer and context need generation)."""
+        return self.services.generation or not tool.needs_generation
 
     def tools_for(self, principal: Principal) -> list[Tool]:
         """The tools this credential may call (tools/list shows exactly these)."""
-        writer = may_write(principal)
-        return [tool for tool in TOOLS.values() if writer or not tool.writes]
+        return [tool for tool in TOOLS.values() if self.available(tool) and may_call(principal, tool)]
 
     async def count_request(self, principal: Principal, name: str) -> None:
         """A tenant's window limits, metric and usage, as TenantLimitsMiddleware does for REST
@@ -89,7 +120,16 @@ class McpService:
         TENANT_REQUESTS.labels(principal.tenant_id, operation(name)).inc()
         self.meter.record(principal.tenant_id, "requests", 1, operation(name))
 
-    def _check_permission(self, principal: Principal, tool: Tool) -> None:
+    async def _check_permission(self, principal: Principal, tool: Tool) -> None:
+        if not self.available(tool):
+            # What REST answers for the same operation (GeneratorRegistry.generator).
+            raise ModelUnavailable(
+                "Text generation is switched off on this server (generation.enabled: false).",
+                code="generation_disabled",
+            )
+        if principal.session_id is not None:
+            await self._check_session(principal, tool)
+            return
         if tool.writes and not may_write(principal):
             # The REST guard's words for the same refusal (service/auth/guards.py).
             raise Forbidden(
@@ -97,6 +137,19 @@ class McpService:
                 f"'{Permission.READ_WRITE}'.",
                 code="insufficient_permission",
             )
+
+    async def _check_session(self, principal: Principal, tool: Tool) -> None:
+        """REST's session guard (service/auth/guards.py) for a tool: the same refusal, and the
+        call counted as a use of the session (max_queries) before it runs, as REST counts it."""
+        if tool.name not in SESSION_TOOLS:
+            raise Forbidden(
+                "A session token works only for searching and reading its session's collections.",
+                code="session_token_not_allowed",
+            )
+        sessions = self.sessions()
+        if sessions is not None:
+            # note_use knows REST's operation ids: a tool that runs one search counts as one.
+            await sessions.note_use(principal, "searchCollection" if tool.query else tool.mirrors)
 
     @staticmethod
     def _arguments(tool: Tool, arguments: dict[str, Any]) -> Any:
@@ -118,9 +171,7 @@ class McpService:
         code = "ok"
         try:
             await self.count_request(principal, tool.name)
-            self._check_permission(principal, tool)
-            if principal.session_id is not None and self.session_uses is not None:
-                await self.session_uses(principal, tool.mirrors)
+            await self._check_permission(principal, tool)
             result = await tool.run(self.services, principal, self._arguments(tool, arguments))
             return ToolOutcome(data=msgspec.to_builtins(result), is_error=False)
         except Exception as exc:

@@ -26,10 +26,12 @@ from service.collections.models import (
 from service.collections.service import CollectionService
 from service.documents.models import AddDocumentsResult, Document
 from service.documents.service import DocumentService
-from service.errors import NotFound
+from service.errors import InvalidRequest, NotFound
 from service.mcp.models import (
     AddDocumentsArgs,
+    AnswerArgs,
     CollectionArgs,
+    ContextArgs,
     DeleteArgs,
     DeleteToolResult,
     GetDocumentsArgs,
@@ -38,6 +40,8 @@ from service.mcp.models import (
     SearchArgs,
     UpsertArgs,
 )
+from service.rag.answers import RagService
+from service.rag.models import Answer, ContextResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,10 @@ class Services:
 
     collections: CollectionService
     documents: DocumentService
+    rag: RagService
+    # generation.enabled: without a chat model, answer and context (which counts in the chat
+    # model's tokens) could only fail, so they are not listed at all.
+    generation: bool = True
 
 
 Runner = Callable[[Services, Principal, Any], Awaitable[msgspec.Struct]]
@@ -78,6 +86,10 @@ class Tool:
     writes: bool = False  # needs write access (see service.may_write)
     destructive: bool = False
     idempotent: bool = True
+    # Runs one search of the collection: a session token's query (max_queries), as REST counts
+    # searchCollection.
+    query: bool = False
+    needs_generation: bool = False  # listed and callable only while generation is enabled
     decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
     input_schema: dict[str, Any] = field(init=False, repr=False)
     output_schema: dict[str, Any] = field(init=False, repr=False)
@@ -135,6 +147,32 @@ async def _get_documents(s: Services, p: Principal, a: GetDocumentsArgs) -> GetD
     return GetDocumentsResult(documents=documents, not_found=not_found)
 
 
+async def _answer(s: Services, p: Principal, a: AnswerArgs) -> Answer:
+    """POST /collections/{name}/answer without streaming: the same RagService calls as the REST
+    handler (cache lookup, retrieval, admitted and charged generation, then the cache stored)."""
+    if a.stream:
+        # A tool result is one message; the REST route streams Server-Sent Events instead.
+        raise InvalidRequest(
+            "The answer tool does not stream: leave 'stream' out or false (POST "
+            "/api/v1/collections/{name}/answer streams).",
+            errors=[{"field": "stream", "message": "must be false for the answer tool"}],
+        )
+    run = await s.rag.answer(p, a.collection, a)
+    if run.cached is not None:
+        return run.shown(run.cached)
+    assert run.generation is not None
+    # Cancelled with the request (a client that went away): Generation.events() stops the model
+    # and meters what it generated, as for REST.
+    text, finished = await run.generation.text()
+    answer = run.answer(text, finished)
+    await s.rag.remember(run, answer)
+    return run.shown(answer)
+
+
+async def _context(s: Services, p: Principal, a: ContextArgs) -> ContextResult:
+    return await s.rag.context(p, a.collection, a)
+
+
 async def _add_documents(s: Services, p: Principal, a: AddDocumentsArgs) -> AddDocumentsResult:
     return await s.documents.add(p, a.collection, a)
 
@@ -178,6 +216,7 @@ TOOLS: dict[str, Tool] = {
             result=SearchResult,
             run=_search,
             mirrors="searchCollection",
+            query=True,
         ),
         Tool(
             name="get_documents",
@@ -191,6 +230,40 @@ TOOLS: dict[str, Tool] = {
             result=GetDocumentsResult,
             run=_get_documents,
             mirrors="getDocument",
+        ),
+        Tool(
+            name="answer",
+            title="Answer a question",
+            description=(
+                "Answer a question (or the last user message of a conversation) from a text "
+                "collection's documents: the best passages are retrieved (mode vector or hybrid, "
+                "optional metadata filter), a chat model answers citing them as [1], [2], ...; "
+                "citations map those numbers back to the document chunks. cached: true when the "
+                "answer came from the semantic cache. Does not stream."
+            ),
+            args=AnswerArgs,
+            result=Answer,
+            run=_answer,
+            mirrors="answerQuestion",
+            # Not idempotent: a generation (unless cached) may word the answer differently.
+            idempotent=False,
+            query=True,
+            needs_generation=True,
+        ),
+        Tool(
+            name="context",
+            title="Retrieve context",
+            description=(
+                "The passages an answer to the question would be given, best first, within a token "
+                "budget (max_tokens, in the chat model's tokens): for a client with its own LLM. "
+                "dropped counts retrieved passages that did not fit."
+            ),
+            args=ContextArgs,
+            result=ContextResult,
+            run=_context,
+            mirrors="retrieveContext",
+            query=True,
+            needs_generation=True,
         ),
         Tool(
             name="add_documents",

@@ -151,8 +151,43 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.generation.model }}{{ $_ = set $model "remote_model" .Values.generation.model }}{{ end }}
 {{- $_ = set $chart "generation" (dict "cache_dir" .Values.models.mountPath "default_model" $name "models" (dict $name $model)) }}
 {{- end }}
+{{- $_ = set $chart "mcp" (include "vectorhive.mcpConfig" . | fromYaml) }}
 {{- $merged := merge $chart (deepCopy (default (dict) .Values.config)) }}
 {{- toYaml $merged }}
+{{- end }}
+
+{{/* mcp.* of config.yml: allowed hosts (configured, the Service's names, the ingress hosts),
+     allowed origins, and the public URL (configured, or the first ingress host's). */}}
+{{- define "vectorhive.mcpConfig" -}}
+{{- $hosts := list }}
+{{- range .Values.mcp.allowedHosts }}{{ $hosts = append $hosts . }}{{ end }}
+{{- if .Values.mcp.addServiceHosts }}
+{{- $service := include "vectorhive.fullname" . }}
+{{- range list $service (printf "%s.%s" $service .Release.Namespace) (printf "%s.%s.svc" $service .Release.Namespace) (printf "%s.%s.svc.cluster.local" $service .Release.Namespace) }}
+{{- $hosts = append $hosts . }}
+{{- $hosts = append $hosts (printf "%s:*" .) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.ingress.enabled .Values.mcp.addIngressHosts }}
+{{- range .Values.ingress.hosts }}
+{{- if .host }}
+{{- $hosts = append $hosts .host }}
+{{- $hosts = append $hosts (printf "%s:*" .host) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $url := .Values.mcp.resourceUrl }}
+{{- if and (not $url) .Values.ingress.enabled .Values.ingress.hosts }}
+{{- $first := (first .Values.ingress.hosts).host }}
+{{- if $first }}
+{{- $scheme := "http" }}
+{{- range .Values.ingress.tls }}{{ if has $first (default (list) .hosts) }}{{ $scheme = "https" }}{{ end }}{{ end }}
+{{- $url = printf "%s://%s/mcp" $scheme $first }}
+{{- end }}
+{{- end }}
+{{- $mcp := dict "enabled" .Values.mcp.enabled "allowed_hosts" (uniq $hosts) "allowed_origins" .Values.mcp.allowedOrigins }}
+{{- if $url }}{{ $_ := set $mcp "resource_url" $url }}{{ end }}
+{{- toYaml $mcp }}
 {{- end }}
 
 {{/* Refuse values that cannot work, with a message saying what to set. */}}
@@ -201,6 +236,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range $name, $model := default (dict) (get $embeddings "models") }}
 {{- if and (kindIs "map" $model) (get $model "api_key") }}
 {{- fail (printf "config.embeddings.models.%s.api_key would put a secret into the ConfigMap: give it as an environment variable from a Secret (extraEnv) instead" $name) }}
+{{- end }}
+{{- end }}
+{{- $mcpConfig := default (dict) (get $config "mcp") }}
+{{- range list "enabled" "allowed_hosts" "allowed_origins" "resource_url" }}
+{{- if hasKey $mcpConfig . }}
+{{- fail (printf "config.mcp.%s is set by the chart: use the mcp.* values (mcp.enabled, mcp.allowedHosts, mcp.allowedOrigins, mcp.resourceUrl)" .) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.ingress.enabled (eq .Values.service.type "ExternalName") }}
