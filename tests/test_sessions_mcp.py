@@ -46,7 +46,7 @@ async def test_a_session_token_over_mcp(
         assert (await call(client, "describe_collection", {"collection": "mine"}))["vector_count"] == 3
         for tool, arguments in writes_and_reads("mine"):
             if tool != "search":
-                expected = "insufficient_permission" if tool in ("upsert_vectors", "delete") else None
+                expected = "session_token_not_allowed" if tool in ("upsert_vectors", "delete") else None
                 if expected:
                     await fails(client, tool, arguments, expected)
         for tool, arguments in writes_and_reads("hidden"):
