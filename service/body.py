@@ -12,6 +12,7 @@ regex or a type tag.
 from __future__ import annotations
 
 import re
+import weakref
 from enum import Enum
 from typing import Any
 
@@ -29,11 +30,13 @@ class _BodySpec(msgspec.Struct, frozen=True):
     name: str
 
 
-_specs: dict[int, _BodySpec | None] = {}
+# Keyed by the handler itself, weakly: an id() would be reused by another app's handler once the
+# first app is gone (the tests build many apps), which then got the other route's body type.
+_specs: weakref.WeakKeyDictionary[BaseRouteHandler, _BodySpec | None] = weakref.WeakKeyDictionary()
 
 
 def _spec(handler: BaseRouteHandler) -> _BodySpec | None:
-    key = id(handler)
+    key = handler
     if key not in _specs:
         field = handler.parsed_fn_signature.parameters.get("data")
         if field is None:

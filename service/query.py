@@ -3,6 +3,7 @@ would otherwise be ignored without a word."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from litestar import Request
@@ -11,18 +12,19 @@ from litestar.params import QueryParameter
 
 from service.errors import InvalidRequest
 
-_declared: dict[int, frozenset[str]] = {}
+# Keyed by the handler itself, weakly (an id() is reused once its handler's app is gone).
+_declared: weakref.WeakKeyDictionary[BaseRouteHandler, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
 def _declared_query_parameters(handler: BaseRouteHandler) -> frozenset[str]:
-    names = _declared.get(id(handler))
+    names = _declared.get(handler)
     if names is None:
         names = frozenset(
             (getattr(field.kwarg_definition, "name", None) or field.kwarg_definition.query or name)
             for name, field in handler.parsed_fn_signature.parameters.items()
             if isinstance(field.kwarg_definition, QueryParameter)
         )
-        _declared[id(handler)] = names
+        _declared[handler] = names
     return names
 
 
