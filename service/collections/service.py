@@ -508,7 +508,10 @@ class CollectionService(SearchOperations):
         if result.deleted == 0:
             raise NotFound(f"Vector '{vector_id}' does not exist in collection '{name}'.")
 
-    async def delete_vectors(self, principal: Principal, name: str, request: DeleteRequest) -> DeleteResult:
+    @staticmethod
+    def _deletion(request: DeleteRequest, first_param: int) -> tuple[str, list[Any]]:
+        """The WHERE of a delete request, its parameters numbered from first_param (400 for a
+        request that gives both or neither of ids and filter, or an empty filter)."""
         if (request.ids is None) == (request.filter is None):
             raise InvalidRequest(
                 "Give exactly one of 'ids' and 'filter'.",
@@ -521,41 +524,27 @@ class CollectionService(SearchOperations):
                 errors=[{"field": "filter", "message": "empty"}],
             )
         if request.filter is not None:
-            compiled = compile_filter(request.filter)
-            where, params = compiled.sql, compiled.params
-        else:
-            where, params = "id = ANY($1::text[])", [request.ids]
+            compiled = compile_filter(request.filter, first_param=first_param)
+            return compiled.sql, compiled.params
+        # Repeated ids count once, as a delete removes each row once.
+        return f"id = ANY(${first_param}::text[])", [request.ids]
+
+    async def delete_vectors(self, principal: Principal, name: str, request: DeleteRequest) -> DeleteResult:
+        where, params = self._deletion(request, first_param=1)
         async with self._in_collection(principal, name) as (conn, row):
             deleted = await store.delete_where(conn, row, where, params)
             if deleted:
                 if row.has_text:
                     await store.drop_documents_without_chunks(conn, row)
                 await store.record_write(conn, row.id, -deleted)
-        assert principal.tenant_id is not None
-        self._record(principal.tenant_id, "vectors_deleted", deleted)
+        self._record(principal.require_tenant(), "vectors_deleted", deleted)
         return DeleteResult(deleted=deleted)
 
     # -- counting (MCP's delete with dry_run) -------------------------------------------------------
 
     async def count_matching(self, principal: Principal, name: str, request: DeleteRequest) -> int:
         """How many vectors delete_vectors(request) would delete now, refusing what it refuses."""
-        if (request.ids is None) == (request.filter is None):
-            raise InvalidRequest(
-                "Give exactly one of 'ids' and 'filter'.",
-                errors=[{"field": "ids", "message": "exactly one of ids and filter"}],
-            )
-        if request.filter == {}:
-            raise InvalidRequest(
-                "An empty filter would delete every vector; give ids or conditions, "
-                "or delete the collection.",
-                errors=[{"field": "filter", "message": "empty"}],
-            )
-        if request.filter is not None:
-            compiled = compile_filter(request.filter, first_param=2)
-            where, params = compiled.sql, compiled.params
-        else:
-            # Repeated ids count once, as a delete removes each row once.
-            where, params = "id = ANY($2::text[])", [request.ids]
+        where, params = self._deletion(request, first_param=2)
         async with self._in_collection(principal, name) as (conn, row):
             # No cap: a dry run reports exactly what would go.
             return await store.count_matches(conn, row, where, params, up_to=2**62)
