@@ -12,7 +12,6 @@ regex or a type tag.
 from __future__ import annotations
 
 import re
-import weakref
 from enum import Enum
 from typing import Any
 
@@ -30,25 +29,25 @@ class _BodySpec(msgspec.Struct, frozen=True):
     name: str
 
 
-# Keyed by the handler itself, weakly: an id() would be reused by another app's handler once the
-# first app is gone (the tests build many apps), which then got the other route's body type.
-_specs: weakref.WeakKeyDictionary[BaseRouteHandler, _BodySpec | None] = weakref.WeakKeyDictionary()
+# Kept on the handler itself (its opt mapping): an id()-keyed table handed a gone app's spec to a
+# later app's handler that reused the id (the tests build many apps); handlers take no weakrefs.
+_SPEC = "_vectorhive_body_spec"
 
 
 def _spec(handler: BaseRouteHandler) -> _BodySpec | None:
-    key = handler
-    if key not in _specs:
+    if _SPEC not in handler.opt:
         field = handler.parsed_fn_signature.parameters.get("data")
         if field is None:
-            _specs[key] = None
+            handler.opt[_SPEC] = None
         else:
             annotation = field.annotation
-            _specs[key] = _BodySpec(
+            handler.opt[_SPEC] = _BodySpec(
                 decoder=msgspec.json.Decoder(annotation, strict=True),
                 type=annotation,
                 name=getattr(annotation, "__name__", "JSON"),
             )
-    return _specs[key]
+    spec: _BodySpec | None = handler.opt[_SPEC]
+    return spec
 
 
 def _is_json(content_type: str) -> bool:

@@ -3,7 +3,6 @@ would otherwise be ignored without a word."""
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from litestar import Request
@@ -12,19 +11,19 @@ from litestar.params import QueryParameter
 
 from service.errors import InvalidRequest
 
-# Keyed by the handler itself, weakly (an id() is reused once its handler's app is gone).
-_declared: weakref.WeakKeyDictionary[BaseRouteHandler, frozenset[str]] = weakref.WeakKeyDictionary()
+# Kept on the handler itself (its opt mapping), not by id(): an id is reused once its app is gone.
+_DECLARED = "_vectorhive_query_parameters"
 
 
 def _declared_query_parameters(handler: BaseRouteHandler) -> frozenset[str]:
-    names = _declared.get(handler)
+    names: frozenset[str] | None = handler.opt.get(_DECLARED)
     if names is None:
         names = frozenset(
             (getattr(field.kwarg_definition, "name", None) or field.kwarg_definition.query or name)
             for name, field in handler.parsed_fn_signature.parameters.items()
             if isinstance(field.kwarg_definition, QueryParameter)
         )
-        _declared[handler] = names
+        handler.opt[_DECLARED] = names
     return names
 
 
