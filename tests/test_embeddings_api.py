@@ -57,6 +57,11 @@ async def test_models_are_listed_with_their_state(
         "max_tokens": 256,
         "status": "ready",
     }
+    # Chat models follow (the `model` of /chat/completions), with their context window.
+    listed = (await client.get("/api/v1/models", headers=bearer(tenant.key("read_only")))).json()["data"]
+    chat = [m for m in listed if m["kind"] == "chat"]
+    assert chat and all(m["dimension"] is None and m["max_tokens"] >= 64 for m in chat), listed
+    assert [m["id"] for m in listed if m["owned_by"].endswith("(default)")] == [MODEL, chat[0]["id"]]
 
 
 async def test_embeddings_in_openai_shape_float_and_base64(

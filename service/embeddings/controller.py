@@ -16,10 +16,12 @@ from service.embeddings.models import (
     EmbeddingsResponse,
     EmbeddingsUsage,
     ModelList,
+    chat_model_card,
     model_card,
 )
 from service.embeddings.service import EmbeddingService
 from service.errors import AUTHENTICATED, OPENAI_COMPATIBLE, InvalidRequest, problem_responses
+from service.rag.service import GenerationService
 
 Service = NamedDependency[EmbeddingService]
 Caller = NamedDependency[Principal]
@@ -107,10 +109,14 @@ class EmbeddingsController(Controller):
         guards=READ,
         opt={OPENAI_COMPATIBLE: True},
         responses=problem_responses(*AUTHENTICATED),
-        summary="The embedding models this server offers, with their state",
+        summary="The embedding and chat models this server offers, with their state",
     )
-    async def list_models(self, embeddings: Service) -> ModelList:
-        registry = embeddings.registry
-        return ModelList(
-            object="list", data=[model_card(s, registry.default_model) for s in registry.states()]
-        )
+    async def list_models(
+        self, embeddings: Service, generation: NamedDependency[GenerationService]
+    ) -> ModelList:
+        """Embedding models, then chat models (what `model` of /embeddings and /chat/completions takes)."""
+        registry, chat = embeddings.registry, generation.generators
+        cards = [model_card(s, registry.default_model) for s in registry.states()]
+        if chat.settings.enabled:
+            cards += [chat_model_card(s, chat.default_model) for s in chat.states()]
+        return ModelList(object="list", data=cards)

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from service.inference.generators import ChatModelState
 from service.inference.registry import ModelState
 
 
@@ -49,10 +50,10 @@ class ModelCard(msgspec.Struct, kw_only=True, omit_defaults=True):
     object: Literal["model"]
     created: int
     owned_by: str
-    kind: Literal["embedding"]
+    kind: Literal["embedding", "chat"]
     backend: Literal["local", "remote"]
-    dimension: int | None
-    max_tokens: int
+    dimension: int | None  # embedding models: the vectors' length
+    max_tokens: int  # embedding models: the longest text; chat models: the context window
     status: str
     error: str | None = None
 
@@ -60,6 +61,21 @@ class ModelCard(msgspec.Struct, kw_only=True, omit_defaults=True):
 class ModelList(msgspec.Struct, kw_only=True):
     object: Literal["list"]
     data: list[ModelCard]
+
+
+def chat_model_card(state: ChatModelState, default: str) -> ModelCard:
+    return ModelCard(
+        id=state.name,
+        object="model",
+        created=0,
+        owned_by="vectorhive" + (" (default)" if state.name == default else ""),
+        kind="chat",
+        backend=state.backend,
+        dimension=None,
+        max_tokens=state.n_ctx,
+        status=state.status,
+        error=state.error,
+    )
 
 
 def model_card(state: ModelState, default: str) -> ModelCard:
