@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -96,3 +97,37 @@ def keep_stderr() -> None:
 
     for module in (llama_cpp.llama, llama_cpp._internals, llama_cpp.llama_chat_format):
         setattr(module, "suppress_stdout_stderr", _NoRedirect)  # noqa: B010 (untyped module)
+
+
+# llama.cpp's log levels (enum ggml_log_level of the ggml vendored today: NONE 0, DEBUG 1, INFO 2,
+# WARN 3, ERROR 4, CONT 5) -> ours. Its load-time chatter (INFO) is DEBUG here, and its warnings
+# at load are known and harmless for our models ("special_eos_id is not in special_eog_ids" for
+# BERT vocabularies, n_ctx_train 0 for a vocabulary-only load), so they are INFO; CONT continues
+# the previous message's level.
+_LLAMA_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.WARNING}
+_llama_log_callback: Any = None
+
+
+def route_llama_logs() -> None:
+    """llama.cpp's own messages into the server's JSON log (logger vectorhive.llama_cpp) instead of
+    raw lines on stderr. Installed once; the ctypes callback is kept alive here."""
+    global _llama_log_callback
+    if _llama_log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    llama_log = logging.getLogger("vectorhive.llama_cpp")
+    last_level = [logging.DEBUG]
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def forward(level: int, text: bytes, _user_data: Any) -> None:
+        mapped = last_level[0] if level == 5 else _LLAMA_LEVELS.get(level, logging.DEBUG)
+        last_level[0] = mapped
+        message = text.decode("utf-8", "replace").strip()
+        if message and llama_log.isEnabledFor(mapped):
+            llama_log.log(mapped, message)
+
+    _llama_log_callback = forward
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))

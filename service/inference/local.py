@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.config import EmbeddingModelSettings, EmbeddingsSettings
-from service.inference.base import Embeddings, ModelUnavailable, TextTooLong, keep_stderr
+from service.inference.base import Embeddings, ModelUnavailable, TextTooLong, keep_stderr, route_llama_logs
 from service.metrics import (
     MODEL_BATCH_TEXTS,
     MODEL_CALL_SECONDS,
@@ -82,7 +82,8 @@ class LocalEmbedder:
     def _load(self) -> None:
         from llama_cpp import Llama
 
-        keep_stderr()  # loads run in threads: no process-wide /dev/null (see base.keep_stderr)
+        keep_stderr()
+        route_llama_logs()  # loads run in threads: no process-wide /dev/null (see base.keep_stderr)
 
         # n_batch and n_ubatch cover the whole window: a non-causal model needs a text's tokens in
         # one micro-batch, and llama.cpp would otherwise cut longer texts silently.

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import GenerationModelSettings, GenerationSettings
-from service.inference.base import ModelUnavailable, keep_stderr
+from service.inference.base import ModelUnavailable, keep_stderr, route_llama_logs
 from service.inference.chat import (
     ChatMessage,
     ContextTooLong,
@@ -153,6 +153,7 @@ class LocalGenerator:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         keep_stderr()
+        route_llama_logs()
 
         vocab = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
         template = vocab.metadata.get("tokenizer.chat_template")
