@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -409,38 +409,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_models_prepare(settings: Settings, args: argparse.Namespace) -> int:
     """Prepare every local model (embedding and chat) whose path is "default"; print each GGUF path."""
-    from service.inference.minilm import PreparationError, prepare_default
+    from service.inference.base import local_model_path
+    from service.inference.minilm import PreparationError
+    from service.inference.minilm import prepare_default as prepare_embedding
+    from service.inference.smollm2 import prepare_default as prepare_chat
 
-    for name, model in settings.embeddings.models.items():
-        if model.url is not None:
-            continue
-        try:
-            path = (
-                prepare_default(Path(settings.embeddings.cache_dir))
-                if model.path == "default"
-                else Path(model.path)
-            )
-        except PreparationError as exc:
-            raise CliError(f"model {name}: {exc}") from exc
-        if not path.is_file():
-            raise CliError(f"model {name}: no such file {path} (embeddings.models.{name}.path)")
-        print(f"{name}\t{path}")
-    from service.inference.smollm2 import prepare_default as prepare_default_chat
-
-    for name, chat in settings.generation.models.items():
-        if chat.url is not None:
-            continue
-        try:
-            path = (
-                prepare_default_chat(Path(settings.generation.cache_dir))
-                if chat.path == "default"
-                else Path(chat.path)
-            )
-        except PreparationError as exc:
-            raise CliError(f"chat model {name}: {exc}") from exc
-        if not path.is_file():
-            raise CliError(f"chat model {name}: no such file {path} (generation.models.{name}.path)")
-        print(f"{name}\t{path}")
+    sections: list[tuple[str, str, Mapping[str, Any], str, Callable[[Path], Path]]] = [
+        ("model", "embeddings", settings.embeddings.models, settings.embeddings.cache_dir, prepare_embedding),
+        ("chat model", "generation", settings.generation.models, settings.generation.cache_dir, prepare_chat),
+    ]
+    for label, section, models, cache_dir, prepare in sections:
+        for name, model in models.items():
+            if model.url is not None:
+                continue
+            try:
+                path = local_model_path(model.path, cache_dir, prepare)
+            except PreparationError as exc:
+                raise CliError(f"{label} {name}: {exc}") from exc
+            except FileNotFoundError:
+                raise CliError(
+                    f"{label} {name}: no such file {model.path} ({section}.models.{name}.path)"
+                ) from None
+            print(f"{name}\t{path}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -131,3 +132,30 @@ def route_llama_logs() -> None:
 
     _llama_log_callback = forward
     llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+
+
+def local_model_path(path: str, cache_dir: str, prepare_default: Callable[[Path], Path]) -> Path:
+    """A local model's GGUF: for path "default" the one prepared into cache_dir (downloaded and
+    converted the first time: blocking, run it in a thread), else the configured file."""
+    if path == "default":
+        return prepare_default(Path(cache_dir))
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no such file: {file}")
+    return file
+
+
+def raise_unless_ready(name: str, status: str, backend: str, error: str | None, section: str) -> None:
+    """The 503 a request gets from a model that is still loading or failed to load, naming the
+    option to fix (section: "embeddings" or "generation")."""
+    if status == "loading":
+        raise ModelUnavailable(
+            f"Model '{name}' is still being prepared; retry in a few seconds.",
+            retry_after=5,
+            code="model_loading",
+        )
+    if status == "failed":
+        option = f"{section}.models.{name}.{'url' if backend == 'remote' else 'path'}"
+        raise ModelUnavailable(
+            f"Model '{name}' could not be loaded ({error}); check the option {option}.", retry_after=60
+        )

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from service.config import GenerationModelSettings, GenerationSettings
-from service.inference.base import ModelUnavailable
+from service.inference.base import ModelUnavailable, local_model_path, raise_unless_ready
 from service.inference.chat import Generator
 from service.inference.local_chat import LocalGenerator
 from service.inference.registry import ModelStatus, UnknownModel
@@ -71,12 +70,9 @@ class GeneratorRegistry:
             if model.url is not None:
                 generator = RemoteGenerator(name, model, self.settings)
             else:
-                if model.path == "default":
-                    path = await asyncio.to_thread(prepare_default, Path(self.settings.cache_dir))
-                else:
-                    path = Path(model.path)
-                    if not path.is_file():
-                        raise FileNotFoundError(f"no such file: {path}")
+                path = await asyncio.to_thread(
+                    local_model_path, model.path, self.settings.cache_dir, prepare_default
+                )
                 generator = LocalGenerator(name, model, self.settings, path)
             self._pending = generator
             await generator.load()
@@ -118,22 +114,7 @@ class GeneratorRegistry:
                 f"There is no chat model '{name}' (available: {known}).",
                 errors=[{"field": "model", "message": f"one of: {known}"}],
             )
-        if state.status == "loading":
-            raise ModelUnavailable(
-                f"Model '{name}' is still being prepared; retry in a few seconds.",
-                retry_after=5,
-                code="model_loading",
-            )
-        if state.status == "failed":
-            option = (
-                f"generation.models.{name}.url"
-                if state.backend == "remote"
-                else f"generation.models.{name}.path"
-            )
-            raise ModelUnavailable(
-                f"Model '{name}' could not be loaded ({state.error}); check the option {option}.",
-                retry_after=60,
-            )
+        raise_unless_ready(name, state.status, state.backend, state.error, "generation")
         return self._generators[name]
 
     async def close(self) -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from service.config import EmbeddingModelSettings, EmbeddingsSettings
 from service.errors import InvalidRequest
-from service.inference.base import Embedder, ModelUnavailable
+from service.inference.base import Embedder, ModelUnavailable, local_model_path, raise_unless_ready
 from service.inference.local import LocalEmbedder
 from service.inference.minilm import prepare_default
 from service.inference.remote import RemoteEmbedder
@@ -82,12 +81,9 @@ class ModelRegistry:
             if model.url is not None:
                 embedder = RemoteEmbedder(name, model, self.settings)
             else:
-                if model.path == "default":
-                    path = await asyncio.to_thread(prepare_default, Path(self.settings.cache_dir))
-                else:
-                    path = Path(model.path)
-                    if not path.is_file():
-                        raise FileNotFoundError(f"no such file: {path}")
+                path = await asyncio.to_thread(
+                    local_model_path, model.path, self.settings.cache_dir, prepare_default
+                )
                 embedder = LocalEmbedder(name, model, self.settings, path)
             await embedder.load()
         except Exception as exc:
@@ -128,24 +124,8 @@ class ModelRegistry:
     def embedder(self, name: str | None = None) -> Embedder:
         """The model's embedder, or the clear error a request should get instead."""
         state = self.state(name)
-        name = state.name
-        if state.status == "loading":
-            raise ModelUnavailable(
-                f"Model '{name}' is still being prepared; retry in a few seconds.",
-                retry_after=5,
-                code="model_loading",
-            )
-        if state.status == "failed":
-            option = (
-                f"embeddings.models.{name}.url"
-                if state.backend == "remote"
-                else f"embeddings.models.{name}.path"
-            )
-            raise ModelUnavailable(
-                f"Model '{name}' could not be loaded ({state.error}); check the option {option}.",
-                retry_after=60,
-            )
-        return self._embedders[name]
+        raise_unless_ready(state.name, state.status, state.backend, state.error, "embeddings")
+        return self._embedders[state.name]
 
     async def close(self) -> None:
         if self._loading is not None and not self._loading.done():
