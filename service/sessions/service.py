@@ -510,17 +510,15 @@ class SessionService:
         async with self.db.transaction() as conn:
             ended = await store.end(conn, row.tenant_id, session_id, "deleted")
             if ended is not None:
-                await notify(conn, SESSION_CHANNEL, f"session:{session_id}")
-                await audit.write(
+                await self._announce_end(
                     conn,
-                    action="session.delete",
-                    tenant_id=row.tenant_id,
-                    actor=principal,
-                    target=session_id,
-                    details={"queries_used": ended.queries_used},
+                    session_id,
+                    row.tenant_id,
+                    "session.delete",
+                    principal,
+                    {"queries_used": ended.queries_used},
                 )
-        self.verifier.evict(f"session:{session_id}")
-        self._here.pop(session_id, None)
+        self._forget(session_id)
         if row.source == "s5" and row.dropped_at is None:
             try:
                 await self._drop(dataclasses.replace(row, ended_at=datetime.now(UTC)))
@@ -620,18 +618,16 @@ class SessionService:
             async with self.db.transaction() as conn:
                 rows = await store.expire_due(conn, 500)
                 for row in rows:
-                    await notify(conn, SESSION_CHANNEL, f"session:{row.id}")
-                    await audit.write(
+                    await self._announce_end(
                         conn,
-                        action="session.expire",
-                        tenant_id=row.tenant_id,
-                        actor=None,
-                        target=row.id,
-                        details={"queries_used": row.queries_used, "expired_at": row.expires_at.isoformat()},
+                        row.id,
+                        row.tenant_id,
+                        "session.expire",
+                        None,
+                        {"queries_used": row.queries_used, "expired_at": row.expires_at.isoformat()},
                     )
             for row in rows:
-                self.verifier.evict(f"session:{row.id}")
-                self._here.pop(row.id, None)
+                self._forget(row.id)
             ended += len(rows)
             if len(rows) < 500:
                 break
@@ -642,6 +638,27 @@ class SessionService:
         await self.keyring.prune()
         await self.keyring.rotate_if_old()
         return ended
+
+    @staticmethod
+    async def _announce_end(
+        conn: Any,
+        session_id: str,
+        tenant_id: str,
+        action: str,
+        actor: Principal | None,
+        details: dict[str, Any],
+    ) -> None:
+        """In the transaction that ends a session: every process forgets its token at commit
+        (NOTIFY), and the audit log says who ended it and why."""
+        await notify(conn, SESSION_CHANNEL, f"session:{session_id}")
+        await audit.write(
+            conn, action=action, tenant_id=tenant_id, actor=actor, target=session_id, details=details
+        )
+
+    def _forget(self, session_id: str) -> None:
+        """After the commit: this process stops accepting the session's token at once."""
+        self.verifier.evict(f"session:{session_id}")
+        self._here.pop(session_id, None)
 
     async def _check_s5_sessions(self) -> None:
         """End S5-backed sessions whose import failed; drop the collections of ended ones."""
@@ -655,17 +672,15 @@ class SessionService:
                         ended = await store.end(conn, row.tenant_id, row.id, "failed")
                         if ended is None:
                             continue
-                        await notify(conn, SESSION_CHANNEL, f"session:{row.id}")
-                        await audit.write(
+                        await self._announce_end(
                             conn,
-                            action="session.fail",
-                            tenant_id=row.tenant_id,
-                            actor=None,
-                            target=row.id,
-                            details={"error": load.error.code if load.error else load.status.value},
+                            row.id,
+                            row.tenant_id,
+                            "session.fail",
+                            None,
+                            {"error": load.error.code if load.error else load.status.value},
                         )
-                    self.verifier.evict(f"session:{row.id}")
-                    self._here.pop(row.id, None)
+                    self._forget(row.id)
                     row = ended
                 await self._drop(row)
             except Exception:
