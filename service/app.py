@@ -6,10 +6,11 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from litestar import Litestar, Request, get
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -22,7 +23,7 @@ from service import __version__
 from service.admin.controller import AdminController
 from service.auth.cache import KeyCache
 from service.auth.controller import KeysController, MeController
-from service.auth.guards import PUBLIC_PATHS, BearerAuthMiddleware
+from service.auth.guards import PUBLIC_PATHS, BearerAuthMiddleware, provide_principal, provide_tenant
 from service.auth.hivehub import HiveHubClient
 from service.auth.service import Authenticator, KeyService, LastUsedRecorder
 from service.body import decode_body_strictly
@@ -36,7 +37,6 @@ from service.collections.service import CollectionService
 from service.config import Settings
 from service.db import Database
 from service.db.notify import NotificationHub
-from service.dependencies import DEPENDENCIES
 from service.documents.controller import DocumentsController
 from service.documents.service import DocumentService
 from service.embeddings.controller import EmbeddingsController
@@ -71,6 +71,17 @@ from service.tenants import store as tenant_store
 from service.tenants.service import TenantService
 
 log = logging.getLogger("vectorhive.app")
+
+T = TypeVar("T")
+
+
+def provide(value: T) -> Provide:
+    """A dependency provider that closes over one object built in create_app."""
+
+    def provider() -> T:
+        return value
+
+    return Provide(provider, sync_to_thread=False)
 
 
 def _is_loopback(host: str) -> bool:
@@ -358,10 +369,25 @@ def create_app(settings: Settings) -> Litestar:
             *_api_reference_routes(),
             *(mcp_controller.route_handlers(mcp) if mcp is not None else []),
         ],
-        dependencies=DEPENDENCIES,
+        # The one wiring place: every dependency a handler names, each closing over its object.
+        dependencies={
+            "principal": Provide(provide_principal, sync_to_thread=False),
+            "tenant": Provide(provide_tenant, sync_to_thread=False),
+            "keys": provide(state.key_service),
+            "tenants": provide(state.tenant_service),
+            "collections": provide(collections),
+            "imports": provide(state.import_service),
+            "embeddings": provide(embeddings),
+            "documents": provide(state.document_service),
+            "quotas": provide(quotas),
+            "usage": provide(state.usage_service),
+            "generation": provide(generation),
+            "rag": provide(rag),
+            "sessions": provide(session_service),
+        },
         middleware=[
-            DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS),
-            TenantLimitsMiddleware,
+            DefineMiddleware(BearerAuthMiddleware, authenticator=state.authenticator, exclude=PUBLIC_PATHS),
+            DefineMiddleware(TenantLimitsMiddleware, quotas=quotas, meter=meter),
         ],
         before_request=check_request,
         plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],

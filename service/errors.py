@@ -58,7 +58,16 @@ class ServiceError(Exception):
 
 
 class InvalidRequest(ServiceError):
-    pass
+    @classmethod
+    def field(
+        cls, field: str | None, message: str, detail: str, *, source: str = "body", code: str | None = None
+    ) -> InvalidRequest:
+        """The one shape of a 400 about one part of the request: `detail` for people, and
+        errors=[{field, source, message}] for programs (field None: the body or query as a whole)."""
+        error = {"source": source, "message": message}
+        if field is not None:
+            error = {"field": field, **error}
+        return cls(detail, code=code, errors=[error])
 
 
 class Unauthorized(ServiceError):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from service.auth.principal import Permission, Principal
+from service.auth.principal import Permission, Principal, TenantPrincipal
 from service.auth.service import Authenticator
 from service.errors import Forbidden, Unauthorized
 
@@ -43,19 +44,20 @@ SESSION_OPERATIONS = frozenset(
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
-    def __init__(self, app: Any, exclude: list[str] | None = None) -> None:
+    def __init__(self, app: Any, authenticator: Authenticator, exclude: list[str] | None = None) -> None:
         # No method is exempt (Litestar exempts OPTIONS for CORS preflights by default, and this
         # service does not do CORS): every request to a protected route carries a principal.
         super().__init__(app, exclude=exclude, exclude_http_methods=[])
+        self.authenticator = authenticator
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        authenticator: Authenticator = connection.app.state.authenticator
+        authenticator = self.authenticator
         header = connection.headers.get("authorization")
         if header is None:
             if not authenticator.settings.require_authentication:
-                return AuthenticationResult(user=authenticator.default_principal(), auth=None)
+                return AuthenticationResult(user=authenticator.default_principal(), auth=authenticator)
             raise Unauthorized("No API key was sent: add the header 'Authorization: Bearer <key>'.")
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
@@ -66,7 +68,24 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
             connection.client.host if connection.client is not None else None,
             connection.headers.getall("x-forwarded-for", []),
         )
-        return AuthenticationResult(user=await authenticator.authenticate(token, client), auth=None)
+        # The authenticator travels with the request as connection.auth, for the guards below.
+        return AuthenticationResult(user=await authenticator.authenticate(token, client), auth=authenticator)
+
+
+def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """The dependency `principal`: whoever the middleware authenticated (operator or tenant)."""
+    return _principal(request)
+
+
+def provide_tenant(request: Request[Any, Any, Any]) -> TenantPrincipal:
+    """The dependency `tenant`: the caller as a TenantPrincipal, on routes whose guard
+    (requires, any_principal) admitted a tenant. (The request's user stays the Principal that
+    authentication made: Litestar checks a dependency's exact dataclass type, so handlers that
+    take `principal: Principal` keep working beside those that take `tenant`.)"""
+    tenant = _principal(request).as_tenant()
+    if tenant is None:  # an operator on a route that takes `tenant`: a wiring mistake, not a 403
+        raise RuntimeError(f"route {request.url.path} takes a tenant but its guard admits operators")
+    return tenant
 
 
 # Guards are coroutines on purpose: Litestar runs a plain-function guard in a worker thread.
@@ -90,12 +109,13 @@ async def _session_checks(
             "A session token works only for searching and reading its session's collections.",
             code="session_token_not_allowed",
         )
-    authenticator: Authenticator = connection.app.state.authenticator
+    authenticator: Authenticator = connection.auth
     if authenticator.sessions is not None:
         await authenticator.sessions.note_use(principal, str(operation))
 
 
-def _tenant_checks(principal: Principal) -> None:
+def _admit_tenant(principal: Principal) -> TenantPrincipal:
+    """The checks every tenant route makes."""
     if principal.is_operator:
         raise Forbidden(
             "Operator keys work only on /api/v1/admin and /api/v1/cluster; use a tenant key here.",
@@ -105,14 +125,19 @@ def _tenant_checks(principal: Principal) -> None:
         raise Forbidden("MCP keys work only on the MCP endpoint.", code="mcp_key_not_allowed")
     if not principal.tenant_active:
         raise Forbidden(f"Tenant '{principal.tenant_id}' is suspended.", code="tenant_suspended")
+    tenant = principal.as_tenant()
+    if tenant is None:  # authentication makes no such principal; refuse rather than guess
+        raise Forbidden(
+            "This key acts for no tenant; use a tenant key here.", code="operator_key_not_allowed"
+        )
+    return tenant
 
 
 def requires(permission: Permission) -> Guard:
     """A tenant key whose permission includes `permission`, of an active tenant."""
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        principal = _principal(connection)
-        _tenant_checks(principal)
+        principal = _admit_tenant(_principal(connection))
         if not principal.allows(permission):
             raise Forbidden(
                 f"This key has permission '{principal.permission}'; this operation needs '{permission}'.",
@@ -128,8 +153,7 @@ async def any_principal(connection: ASGIConnection[Any, Any, Any, Any], handler:
     """Operators, or tenant REST keys of an active tenant."""
     principal = _principal(connection)
     if not principal.is_operator:
-        _tenant_checks(principal)
-        await _session_checks(connection, principal, handler)
+        await _session_checks(connection, _admit_tenant(principal), handler)
 
 
 async def operator_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

@@ -39,10 +39,28 @@ class Principal:
         return self.kind is KeyKind.OPERATOR
 
     def require_tenant(self) -> str:
-        """The tenant of a tenant principal (the permission guards admit no other on tenant routes)."""
+        """Being removed (issue 9): take a TenantPrincipal instead."""
         if self.tenant_id is None:
             raise RuntimeError("a tenant route was reached without a tenant principal")
         return self.tenant_id
+
+    def as_tenant(self) -> TenantPrincipal | None:
+        """This caller as a tenant principal; None for operators (and keys without a permission)."""
+        if isinstance(self, TenantPrincipal):
+            return self
+        if self.tenant_id is None or self.permission is None:
+            return None
+        return TenantPrincipal(
+            kind=self.kind,
+            key_id=self.key_id,
+            tenant_id=self.tenant_id,
+            permission=self.permission,
+            collections=self.collections,
+            tenant_active=self.tenant_active,
+            expires_at=self.expires_at,
+            source=self.source,
+            session_id=self.session_id,
+        )
 
     def allows(self, required: Permission) -> bool:
         """Whether this principal's REST permission includes `required` (READ_ONLY < READ_WRITE < ADMIN)."""
@@ -52,3 +70,12 @@ class Principal:
 
     def may_see_collection(self, name: str) -> bool:
         return self.collections is None or name in self.collections
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPrincipal(Principal):
+    """A caller that acts for one tenant: what the permission guards of tenant routes admit
+    (service.auth.guards) and what tenant services take, so none of them checks for a tenant."""
+
+    tenant_id: str
+    permission: Permission

@@ -25,7 +25,7 @@ from service.collections.models import (
     SearchResult,
 )
 from service.collections.store import CollectionRow
-from service.db.database import set_local
+from service.db.connections import set_local
 from service.errors import Conflict, InvalidRequest
 
 if TYPE_CHECKING:

@@ -1,5 +1,6 @@
-"""PostgreSQL: the embedded server, migrations and the asyncpg pool."""
+"""PostgreSQL: the embedded server, migrations, the asyncpg pool and the two kinds of connection."""
 
+from service.db.connections import ServiceConnection, TenantConnection, enter_tenant
 from service.db.database import Database
 
-__all__ = ["Database"]
+__all__ = ["Database", "ServiceConnection", "TenantConnection", "enter_tenant"]

@@ -19,6 +19,13 @@ from asyncpg.transaction import TransactionState
 from pgvector.asyncpg import register_vector
 
 from service.config import DatabaseSettings
+from service.db.connections import (
+    ServiceConnection,
+    TenantConnection,
+    service_connection,
+    set_local,
+    tenant_context,
+)
 from service.db.embedded import EmbeddedPostgres
 from service.db.migrate import head_revision, known_revisions, upgrade_to_head
 from service.errors import is_database_outage
@@ -37,15 +44,6 @@ _STAGING_TABLES = {"vector": "vh_staging_vector", "halfvec": "vh_staging_halfvec
 # What graceful shutdown gives one of its last database writes (usage counts, last-used times,
 # interrupted imports) and the check that the database still answers. A pod has 30 s in all.
 SHUTDOWN_DATABASE_SECONDS = 5.0
-
-
-async def set_local(conn: Any, settings: Mapping[str, str]) -> None:
-    """Transaction-local parameters (SET LOCAL), all in one round trip."""
-    await conn.execute(
-        "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)",
-        list(settings),
-        list(settings.values()),
-    )
 
 
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:@/+=-]*")
@@ -325,15 +323,16 @@ class Database:
             await conn.fetchval("SELECT 1", timeout=2)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Any]:
-        """One connection in one transaction: the unit of work of a request that writes."""
+    async def transaction(self) -> AsyncIterator[ServiceConnection]:
+        """One connection of the service's own login in one transaction (sees every tenant:
+        for service bookkeeping; tenant data goes through tenant_transaction)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+            yield service_connection(conn)
 
     def tenant_role(self, tenant_id: str) -> str:
         return tenant_role_name(self.database_name, tenant_id)
 
-    async def ensure_tenant_role(self, conn: Any, tenant_id: str) -> None:
+    async def ensure_tenant_role(self, conn: ServiceConnection, tenant_id: str) -> None:
         """Create the tenant's role if it is missing (idempotent; safe when two replicas race)."""
         role = self.tenant_role(tenant_id)  # a hex digest: safe to write into the statement
         statement = f"""
@@ -354,7 +353,7 @@ class Database:
     @asynccontextmanager
     async def tenant_transaction(
         self, tenant_id: str, settings: Mapping[str, str] | None = None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[TenantConnection]:
         """A transaction in one tenant's context: PostgreSQL itself refuses other tenants' data.
 
         Runs as the tenant's own role for this transaction only (reverted at COMMIT or ROLLBACK):
@@ -363,14 +362,14 @@ class Database:
         WHERE still cannot reach another tenant. `settings` are further transaction-local
         parameters (e.g. hnsw.ef_search), set in the same round trip.
         """
-        context = {"app.tenant_id": tenant_id, "role": self.tenant_role(tenant_id), **(settings or {})}
+        context = tenant_context(tenant_id, self.tenant_role(tenant_id), settings)
         prelude = _settings_prelude(context)
         async with self.pool.acquire() as conn:
             if prelude is None:
                 async with conn.transaction():
                     await set_local(conn, context)
-                    yield conn
+                    yield TenantConnection(conn)
             else:
                 async with _TenantTransaction(conn._con, prelude):  # the connection behind the pool's proxy
-                    yield conn
+                    yield TenantConnection(conn)
             _CLEAN_AFTER_COMMIT.add(conn._con)

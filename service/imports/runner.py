@@ -42,7 +42,7 @@ from service.collections.indexer import IndexBuilder
 from service.collections.models import MAX_DIMENSION, IndexParams, Metric, Storage
 from service.config import Settings
 from service.db import Database
-from service.db.database import set_local
+from service.db.connections import set_local
 from service.errors import QuotaExceeded, TooManyRequests
 from service.imports import store
 from service.imports.formats import (

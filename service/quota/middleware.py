@@ -25,18 +25,17 @@ def operation_of(scope: Scope) -> str:
 
 
 class TenantLimitsMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, quotas: QuotaService, meter: UsageMeter) -> None:
         self.app = app
+        self.quotas = quotas
+        self.meter = meter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("user")
         if isinstance(principal, Principal) and principal.tenant_id is not None and not principal.is_operator:
-            state = scope["litestar_app"].state
-            quotas: QuotaService = state.quota_service
-            meter: UsageMeter = state.usage_meter
             tenant_id = principal.tenant_id
-            await quotas.check_request(tenant_id)
+            await self.quotas.check_request(tenant_id)
             operation = operation_of(scope)
             TENANT_REQUESTS.labels(tenant_id, operation).inc()
-            meter.record(tenant_id, "requests", 1, operation)
+            self.meter.record(tenant_id, "requests", 1, operation)
         await self.app(scope, receive, send)
