@@ -22,6 +22,8 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from service.collections.validation import dimension_problem
+
 NONCE_BYTES = 12
 TAG_BYTES = 16
 MAX_VECTORS_PER_CHUNK = 10_000
@@ -202,9 +204,8 @@ def check_chunk(chunk: Chunk, info: ChunkInfo, dimension: int) -> None:
             f"the manifest says {info.vector_count}",
         )
     for i, stored in enumerate(chunk.vectors):
-        if len(stored.vector) != dimension:
+        problem = dimension_problem(len(stored.vector), dimension)
+        if problem is not None:
             raise ImportFailure(
-                "dimension_mismatch",
-                f"chunk {info.chunk_id}, vector {i} ('{stored.id}') has {len(stored.vector)} values, "
-                f"not {dimension}",
+                "dimension_mismatch", f"chunk {info.chunk_id}, vector {i} ('{stored.id}') {problem}"
             )

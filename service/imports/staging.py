@@ -20,6 +20,12 @@ import cbor2
 import msgspec
 import numpy as np
 
+from service.collections.validation import (
+    VECTOR_ID_RULE,
+    dimension_problem,
+    first_unstorable,
+    is_vector_id,
+)
 from service.imports.formats import (
     _TYPED_FLOAT_ARRAYS,
     MAX_VECTORS_PER_CHUNK,
@@ -30,7 +36,6 @@ from service.imports.formats import (
 
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
-MAX_ID_LENGTH = 256  # as for vectors written through the API
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +92,7 @@ def _dimension_error(
 ) -> ImportFailure:
     return ImportFailure(
         "dimension_mismatch",
-        f"chunk {info.chunk_id}, vector {i} ('{vector_id}') has {count} values, not {dimension}",
+        f"chunk {info.chunk_id}, vector {i} ('{vector_id}') {dimension_problem(count, dimension)}",
     )
 
 
@@ -220,29 +225,21 @@ def _check_counts(chunk_id: int, count: int, info: ChunkInfo) -> None:
 
 
 def _check_values(matrix: np.ndarray[Any, Any], info: ChunkInfo, ids: list[str], spec: TargetSpec) -> None:
-    limit = 65504 if spec.storage == "float16" else None
-    bad = ~np.isfinite(matrix).all(axis=1)
-    if limit is not None:
-        bad |= (np.abs(matrix) > limit).any(axis=1)
-    if spec.metric == "cosine":
-        bad |= ~np.any(matrix != 0, axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+    problem = first_unstorable(matrix, metric=spec.metric, storage=spec.storage)
+    if problem is not None:
+        i, message = problem
         raise ImportFailure(
             "invalid_manifest",
-            f"chunk {info.chunk_id}, vector {i} ('{ids[i]}') cannot be stored: NaN, Infinity, a value "
-            f"out of {spec.storage} range, or all zeros under cosine",
+            f"chunk {info.chunk_id}, vector {i} ('{ids[i]}') cannot be stored: it {message}",
         )
 
 
 def _ids(raw_ids: list[str | int], info: ChunkInfo) -> list[str]:
     ids = [str(v) for v in raw_ids]
     for i, text in enumerate(ids):
-        if not 1 <= len(text) <= MAX_ID_LENGTH or "/" in text or any(ord(c) < 32 for c in text):
+        if not is_vector_id(text):
             raise ImportFailure(
-                "invalid_manifest",
-                f"chunk {info.chunk_id}, vector {i}: id must be 1-256 characters without '/' or control "
-                "characters",
+                "invalid_manifest", f"chunk {info.chunk_id}, vector {i}: id must be {VECTOR_ID_RULE}"
             )
     return ids
 
