@@ -70,24 +70,21 @@ async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
         )
     body = await request.body()
     if not body.strip():
-        raise InvalidRequest(
-            f"The request needs a JSON body (a {spec.name} object); it was empty.",
-            errors=[{"source": "body", "message": "empty body"}],
+        raise InvalidRequest.field(
+            None, "empty body", f"The request needs a JSON body (a {spec.name} object); it was empty."
         )
     try:
         value = spec.decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise validation_problem(exc, spec.type) from None
     except msgspec.DecodeError as exc:
-        raise InvalidRequest(
-            f"The request body is not valid JSON: {exc}.",
-            errors=[{"source": "body", "message": str(exc)}],
-        ) from None
+        raise InvalidRequest.field(None, str(exc), f"The request body is not valid JSON: {exc}.") from None
     except RecursionError:
         # msgspec recurses per level of nesting; Python's recursion limit (about 1,000) ends it.
-        raise InvalidRequest(
+        raise InvalidRequest.field(
+            None,
+            "nested too deeply",
             "The request body nests arrays and objects too deeply (about 1,000 levels or more).",
-            errors=[{"source": "body", "message": "nested too deeply"}],
         ) from None
     ScopeState.from_scope(request.scope).json = value
 
@@ -184,14 +181,11 @@ def validation_problem(error: msgspec.ValidationError, root: Any) -> InvalidRequ
     """A 400 whose detail names the first problem of a body that decoded but did not fit its type."""
     problem, _, path = str(error).partition(" - at `")
     parts, message = _words(problem, _path_parts(path.rstrip("`").removeprefix("$")), root)
-    field = _field_name(parts)
-    entry = {"source": "body", "message": message}
-    if field:
-        entry["field"] = field
-    if not field:
+    field = _field_name(parts) or None
+    if field is None:
         detail = message
     elif message.startswith(("is ", "must ")):
         detail = f"{field} {message}"
     else:
         detail = f"{field}: {message}"
-    return InvalidRequest(detail, errors=[entry])
+    return InvalidRequest.field(field, message, detail)

@@ -1,17 +1,23 @@
-"""Opaque keyset cursors: base64url of the last key of the previous page."""
+"""Pages of a listing: the one generic page type, its query parameters, and opaque keyset
+cursors (base64url of the last key of the previous page)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 import msgspec
+from litestar.params import QueryParameter
 
 from service.errors import InvalidRequest
 
 T = TypeVar("T")
+
+# The query parameters of every paged listing.
+PageLimit = Annotated[int, QueryParameter(ge=1, le=1000, description="Items per page")]
+Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
 
 
 class Page(msgspec.Struct, Generic[T], kw_only=True):
@@ -25,9 +31,11 @@ def encode_cursor(last_key: str) -> str:
 
 def invalid_cursor() -> InvalidRequest:
     """The one answer to a cursor that does not decode to a key of the listing it was given to."""
-    return InvalidRequest(
+    return InvalidRequest.field(
+        "cursor",
+        "invalid cursor",
         "cursor is not one this service issued; pass next_cursor from the previous page",
-        errors=[{"field": "cursor", "source": "query", "message": "invalid cursor"}],
+        source="query",
     )
 
 

@@ -459,15 +459,17 @@ async def test_a_collection_dropped_and_created_again_is_never_searched_through_
         await sclient.post(f"{API}/again/search", json={"vector": [1, 0, 0]}, headers=key)
     ).status_code == 200
     collections = search_app.state.collection_service
-    stale = collections._rows.get((tenant.tenant_id, "again"))
+    stale = collections.access._rows.get((tenant.tenant_id, "again"))
     assert stale is not None  # the search cached it
     assert (await sclient.delete(f"{API}/again", headers=key)).status_code == 204
     await load(sclient, key, "again", np.array([[0, 1, 0, 0]], dtype=np.float32), dimension=4)
-    collections._rows.put(tenant.tenant_id, (tenant.tenant_id, "again"), stale)  # as if the news were lost
+    collections.access._rows.put(
+        tenant.tenant_id, (tenant.tenant_id, "again"), stale
+    )  # as if the news were lost
     found = await sclient.post(f"{API}/again/search", json={"vector": [0, 1, 0, 0]}, headers=key)
     assert found.status_code == 200, found.text
     assert [h["id"] for h in found.json()["results"]] == ["0"]
-    assert collections._rows.get((tenant.tenant_id, "again")).dimension == 4
+    assert collections.access._rows.get((tenant.tenant_id, "again")).dimension == 4
     # Another tenant's search of the same name never sees this row (the cache is per tenant).
     other = await make_tenant()
     assert_problem(

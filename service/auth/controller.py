@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 
 from service.auth.guards import any_principal, requires
 from service.auth.keys import KeyKind
@@ -16,10 +15,9 @@ from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.principal import Permission, Principal
 from service.auth.service import KeyService
 from service.errors import AUTHENTICATED, problem_responses
+from service.pagination import Cursor as Cursor  # re-exported: other controllers import it from here
 from service.pagination import Page
-
-PageLimit = Annotated[int, QueryParameter(ge=1, le=1000, description="Items per page")]
-Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
+from service.pagination import PageLimit as PageLimit  # re-exported, as Cursor
 
 
 class Me(msgspec.Struct, kw_only=True):

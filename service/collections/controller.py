@@ -1,4 +1,5 @@
-"""/api/v1/collections: thin handlers; the rules live in CollectionService."""
+"""/api/v1/collections: thin handlers; the rules live in CollectionService and its parts
+(`collections.vectors`, `collections.searches`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import requires
-from service.auth.principal import Permission, Principal
+from service.auth.principal import Permission, TenantPrincipal
 from service.collections.models import (
     BatchSearchRequest,
     BatchSearchResult,
@@ -28,10 +28,11 @@ from service.collections.models import (
 )
 from service.collections.service import CollectionService
 from service.errors import AUTHENTICATED, problem_responses
+from service.pagination import Cursor, PageLimit
 
 Name = FromPath[str]
 Service = NamedDependency[CollectionService]
-Caller = NamedDependency[Principal]
+Tenant = NamedDependency[TenantPrincipal]
 
 READ = [requires(Permission.READ_ONLY)]
 WRITE = [requires(Permission.READ_WRITE)]
@@ -52,9 +53,9 @@ class CollectionsController(Controller):
         summary="Create a collection (stored as tenant_id:name)",
     )
     async def create_collection(
-        self, principal: Caller, collections: Service, data: JSONBody[CreateCollectionRequest]
+        self, tenant: Tenant, collections: Service, data: JSONBody[CreateCollectionRequest]
     ) -> Collection:
-        return await collections.create(principal, data)
+        return await collections.create(tenant, data)
 
     @get(
         "",
@@ -64,9 +65,9 @@ class CollectionsController(Controller):
         summary="List the tenant's collections",
     )
     async def list_collections(
-        self, principal: Caller, collections: Service, limit: PageLimit = 100, cursor: Cursor = None
+        self, tenant: Tenant, collections: Service, limit: PageLimit = 100, cursor: Cursor = None
     ) -> CollectionPage:
-        return await collections.list_page(principal, cursor=cursor, limit=limit)
+        return await collections.list_page(tenant, cursor=cursor, limit=limit)
 
     @get(
         "/{name:str}",
@@ -75,8 +76,8 @@ class CollectionsController(Controller):
         responses=problem_responses(*AUTHENTICATED, 404),
         summary="A collection with live statistics",
     )
-    async def get_collection(self, principal: Caller, collections: Service, name: Name) -> Collection:
-        return await collections.get(principal, name)
+    async def get_collection(self, tenant: Tenant, collections: Service, name: Name) -> Collection:
+        return await collections.get(tenant, name)
 
     @delete(
         "/{name:str}",
@@ -85,8 +86,8 @@ class CollectionsController(Controller):
         responses=problem_responses(*AUTHENTICATED, 404),
         summary="Delete a collection and its storage",
     )
-    async def delete_collection(self, principal: Caller, collections: Service, name: Name) -> None:
-        await collections.delete(principal, name)
+    async def delete_collection(self, tenant: Tenant, collections: Service, name: Name) -> None:
+        await collections.delete(tenant, name)
 
     @put(
         "/{name:str}/vectors",
@@ -96,9 +97,9 @@ class CollectionsController(Controller):
         summary="Insert or replace vectors (all or nothing)",
     )
     async def upsert_vectors(
-        self, principal: Caller, collections: Service, name: Name, data: JSONBody[UpsertRequest]
+        self, tenant: Tenant, collections: Service, name: Name, data: JSONBody[UpsertRequest]
     ) -> UpsertResult:
-        return await collections.upsert(principal, name, data)
+        return await collections.vectors.upsert(tenant, name, data)
 
     @get(
         "/{name:str}/vectors",
@@ -109,15 +110,15 @@ class CollectionsController(Controller):
     )
     async def scroll_vectors(
         self,
-        principal: Caller,
+        tenant: Tenant,
         collections: Service,
         name: Name,
         limit: PageLimit = 100,
         cursor: Cursor = None,
         include_vector: Annotated[bool, QueryParameter(description="Include the vectors themselves")] = False,
     ) -> VectorPage:
-        return await collections.scroll(
-            principal, name, cursor=cursor, limit=limit, include_vector=include_vector
+        return await collections.vectors.scroll(
+            tenant, name, cursor=cursor, limit=limit, include_vector=include_vector
         )
 
     @get(
@@ -128,9 +129,9 @@ class CollectionsController(Controller):
         summary="One vector with its metadata",
     )
     async def get_vector(
-        self, principal: Caller, collections: Service, name: Name, vector_id: FromPath[str]
+        self, tenant: Tenant, collections: Service, name: Name, vector_id: FromPath[str]
     ) -> VectorRecord:
-        return await collections.get_vector(principal, name, vector_id)
+        return await collections.vectors.get(tenant, name, vector_id)
 
     @delete(
         "/{name:str}/vectors/{vector_id:str}",
@@ -140,9 +141,9 @@ class CollectionsController(Controller):
         summary="Delete one vector",
     )
     async def delete_vector(
-        self, principal: Caller, collections: Service, name: Name, vector_id: FromPath[str]
+        self, tenant: Tenant, collections: Service, name: Name, vector_id: FromPath[str]
     ) -> None:
-        await collections.delete_vector(principal, name, vector_id)
+        await collections.vectors.delete_one(tenant, name, vector_id)
 
     @post(
         "/{name:str}/vectors/delete",
@@ -153,9 +154,9 @@ class CollectionsController(Controller):
         summary="Delete vectors by ids or by a metadata filter",
     )
     async def delete_vectors(
-        self, principal: Caller, collections: Service, name: Name, data: JSONBody[DeleteRequest]
+        self, tenant: Tenant, collections: Service, name: Name, data: JSONBody[DeleteRequest]
     ) -> DeleteResult:
-        return await collections.delete_vectors(principal, name, data)
+        return await collections.vectors.delete(tenant, name, data)
 
     @post(
         "/{name:str}/search",
@@ -166,9 +167,9 @@ class CollectionsController(Controller):
         summary="Nearest neighbours of a vector; higher score is better for every metric",
     )
     async def search(
-        self, principal: Caller, collections: Service, name: Name, data: JSONBody[SearchRequest]
+        self, tenant: Tenant, collections: Service, name: Name, data: JSONBody[SearchRequest]
     ) -> SearchResult:
-        return await collections.search(principal, name, data)
+        return await collections.searches.search(tenant, name, data)
 
     @post(
         "/{name:str}/search/batch",
@@ -179,6 +180,6 @@ class CollectionsController(Controller):
         summary="Up to 100 searches in one request",
     )
     async def search_batch(
-        self, principal: Caller, collections: Service, name: Name, data: JSONBody[BatchSearchRequest]
+        self, tenant: Tenant, collections: Service, name: Name, data: JSONBody[BatchSearchRequest]
     ) -> BatchSearchResult:
-        return await collections.search_batch(principal, name, data.queries)
+        return await collections.searches.search_batch(tenant, name, data.queries)

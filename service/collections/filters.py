@@ -19,6 +19,7 @@ object (so a filter's SQL and its parameter count stay bounded).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,25 +42,49 @@ class FilterError(InvalidRequest):
     title = "The filter is invalid"
 
 
-@dataclass
-class CompiledFilter:
-    sql: str
+# Parameter n (from 1) of a condition is written \x00n\x00 until the condition is bound into a
+# query. Safe as a marker: the text around it is fixed by this module (names and values travel
+# as parameters); a parameter may be used more than once.
+_PARAM = re.compile("\x00([0-9]+)\x00")
+
+
+def _param(n: int) -> str:
+    return f"\x00{n}\x00"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A SQL condition and its parameters, numbered only where it is placed in a query: `bind`
+    appends its parameters to the query's own and returns its SQL numbered to match, so no
+    caller has to know how many parameters come before it."""
+
+    template: str  # SQL with _param(n) where parameter n goes
     params: list[Any] = field(default_factory=list)
+
+    def bind(self, params: list[Any]) -> str:
+        """This condition's SQL, its parameters appended to `params` (the query's, so far)."""
+        offset = len(params)
+        params.extend(self.params)
+        return _PARAM.sub(lambda m: f"${offset + int(m.group(1))}", self.template)
+
+
+def ids_condition(ids: list[str]) -> Condition:
+    """The rows with one of these ids (each id matches its row once, however often it is given)."""
+    return Condition(f"id = ANY({_param(1)}::text[])", [ids])
 
 
 class _Compiler:
-    def __init__(self, column: str, first_param: int) -> None:
+    def __init__(self, column: str) -> None:
         self.column = column
         self.params: list[Any] = []
-        self.first_param = first_param
         self.clauses = 0
 
     def param(self, value: Any, cast: str) -> str:
         self.params.append(value)
-        return f"${self.first_param + len(self.params) - 1}::{cast}"
+        return f"{_param(len(self.params))}::{cast}"
 
-    def fail(self, where: str, message: str) -> FilterError:
-        return FilterError(f"{where}: {message}", errors=[{"field": where, "message": message}])
+    def fail(self, where: str, message: str) -> InvalidRequest:
+        return FilterError.field(where, message, f"{where}: {message}")
 
     # -- structure --------------------------------------------------------------------------------
 
@@ -196,8 +221,8 @@ def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def compile_filter(spec: Any, *, column: str = "metadata", first_param: int = 1) -> CompiledFilter:
+def compile_filter(spec: Any, *, column: str = "metadata") -> Condition:
     """Compile a filter; raises FilterError (400) naming the offending operator's location."""
-    compiler = _Compiler(column, first_param)
+    compiler = _Compiler(column)
     sql = compiler.node(spec, "filter", 0)
-    return CompiledFilter(sql=sql, params=compiler.params)
+    return Condition(sql, compiler.params)

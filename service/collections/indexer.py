@@ -27,6 +27,7 @@ from service.collections import store
 from service.collections.models import IndexStatus
 from service.config import CollectionsSettings
 from service.db import Database
+from service.db.connections import service_connection
 from service.errors import is_database_outage
 from service.metrics import INDEX_BUILD_SECONDS, INDEX_BUILDS
 
@@ -160,7 +161,7 @@ class IndexBuilder:
         return None
 
     async def _build_locked(self, conn: Any, collection_id: int) -> None:
-        row = await store.get_by_id(conn, collection_id)
+        row = await store.get_by_id(service_connection(conn), collection_id)
         if row is None or row.index_status == IndexStatus.READY:
             return  # deleted, or already built
         await conn.execute(

@@ -9,14 +9,15 @@ from typing import Annotated, Any
 import msgspec
 
 from service.auth.models import CollectionName
+from service.collections.validation import VECTOR_ID_MAX_LENGTH, VECTOR_ID_PATTERN, VECTOR_ID_RULE
+from service.pagination import Page
 
-VECTOR_ID_RULE = "1 to 256 characters, without '/' or control characters"
 VectorId = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
-        max_length=256,
-        pattern=r"^[^/\x00-\x1f]+$",
+        max_length=VECTOR_ID_MAX_LENGTH,
+        pattern=VECTOR_ID_PATTERN,
         description=VECTOR_ID_RULE,
         extra={"rule": VECTOR_ID_RULE},
     ),
@@ -128,9 +129,9 @@ class Collection(msgspec.Struct, kw_only=True):
     embedding: EmbeddingState | None = None
 
 
-class CollectionPage(msgspec.Struct, kw_only=True):
+class CollectionPage(Page[Collection]):
+    # Said again: Litestar's schema does not resolve the inherited list[T].
     items: list[Collection]
-    next_cursor: str | None = None
 
 
 class VectorItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -153,9 +154,9 @@ class VectorRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     vector: list[float] | None = None
 
 
-class VectorPage(msgspec.Struct, kw_only=True):
+class VectorPage(Page[VectorRecord]):
+    # Said again: Litestar's schema does not resolve the inherited list[T].
     items: list[VectorRecord]
-    next_cursor: str | None = None
 
 
 class DeleteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,20 +1,20 @@
 """Search: nearest vectors, by text through the collection's model, by keywords, or both fused.
 
-Kept apart from the rest of CollectionService (which it is a part of, as a base class) because
-the search path has its own rules: strategies, the response budget, text embedding and fusion.
+The search path has its own rules (strategies, the response budget, text embedding and fusion);
+it reaches the collection through CollectionAccess (with the cached row) like every other part.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from service.auth.principal import Principal
-from service.collections import store
+from service.auth.principal import TenantPrincipal
+from service.collections import vector_store
+from service.collections.access import CollectionAccess, StaleCollection, Usage
 from service.collections.filters import compile_filter
 from service.collections.models import (
     BatchSearchResult,
@@ -25,27 +25,16 @@ from service.collections.models import (
     SearchResult,
 )
 from service.collections.store import CollectionRow
+from service.collections.vectors import as_list, check_vectors, encoder, problem_at
+from service.config import CollectionsSettings, DocumentsSettings
+from service.db import TenantConnection
 from service.db.connections import set_local
+from service.embeddings.service import EmbeddingService
 from service.errors import Conflict, InvalidRequest
-
-if TYPE_CHECKING:
-    from service.config import CollectionsSettings, DocumentsSettings
-    from service.embeddings.service import EmbeddingService
-    from service.quota.service import Operation
-    from service.quota.usage import Metric
 
 # A float in a JSON response ("-0.12345678," and the like); a hit's id, score and punctuation.
 _JSON_BYTES_PER_FLOAT = 12
 _HIT_OVERHEAD_BYTES = 48
-
-
-def _as_list(value: Any) -> list[float]:
-    converted: list[float] = value.to_list() if hasattr(value, "to_list") else list(value)
-    return converted
-
-
-def _problem_at(field: str, message: str, code: str = "invalid_request") -> InvalidRequest:
-    return InvalidRequest(f"{field}: {message}", code=code, errors=[{"field": field, "message": message}])
 
 
 class _ResponseBudget:
@@ -76,11 +65,11 @@ def check_query(request: SearchRequest, where: str) -> None:
     """Which of vector and text each mode takes (400 naming the field)."""
     if request.mode is SearchMode.VECTOR:
         if (request.vector is None) == (request.text is None):
-            raise _problem_at(f"{where}vector", "give exactly one of 'vector' and 'text'")
+            raise problem_at(f"{where}vector", "give exactly one of 'vector' and 'text'")
     elif request.text is None:
-        raise _problem_at(f"{where}text", f"is required in {request.mode.value} mode")
+        raise problem_at(f"{where}text", f"is required in {request.mode.value} mode")
     elif request.mode is SearchMode.KEYWORD and request.vector is not None:
-        raise _problem_at(f"{where}vector", "keyword mode ranks by text only; leave 'vector' out")
+        raise problem_at(f"{where}vector", "keyword mode ranks by text only; leave 'vector' out")
 
 
 def _fuse(rankings: list[tuple[float, list[Any]]], k: int, top_k: int) -> list[tuple[Any, float]]:
@@ -95,37 +84,20 @@ def _fuse(rankings: list[tuple[float, list[Any]]], k: int, top_k: int) -> list[t
     return [(records[i], scores[i]) for i in best]
 
 
-class StaleCollection(Exception):
-    """A cached collection row whose table is gone (dropped, perhaps created again): look again."""
-
-
-class SearchOperations:
-    """The search half of CollectionService (see service.py for the attributes it relies on)."""
-
-    settings: CollectionsSettings
-    documents: DocumentsSettings
-    embeddings: EmbeddingService | None
-
-    if TYPE_CHECKING:
-
-        def _in_collection(
-            self,
-            principal: Principal,
-            name: str,
-            settings: dict[str, str] | None = None,
-            *,
-            cached: bool = False,
-        ) -> contextlib.AbstractAsyncContextManager[tuple[Any, CollectionRow]]: ...
-
-        async def text_collection(self, principal: Principal, name: str) -> CollectionRow: ...
-
-        def _vectors_matrix(self, row: CollectionRow, vectors: Any, field: Callable[[int], str]) -> Any: ...
-
-        def _encoder(self, row: CollectionRow) -> Callable[[Any], Any]: ...
-
-        async def _charge(self, tenant_id: str, operation: Operation, units: int) -> None: ...
-
-        def _record(self, tenant_id: str, metric: Metric, quantity: int) -> None: ...
+class SearchService:
+    def __init__(
+        self,
+        access: CollectionAccess,
+        settings: CollectionsSettings,
+        documents: DocumentsSettings,
+        embeddings: EmbeddingService | None,
+        usage: Usage,
+    ) -> None:
+        self.access = access
+        self.settings = settings
+        self.documents = documents
+        self.embeddings = embeddings
+        self.usage = usage
 
     def _search_settings(self, request: SearchRequest) -> dict[str, str]:
         return {
@@ -137,7 +109,7 @@ class SearchOperations:
         }
 
     async def _embed_texts(
-        self, principal: Principal, name: str, queries: list[SearchRequest], where: Callable[[int], str]
+        self, principal: TenantPrincipal, name: str, queries: list[SearchRequest], where: Callable[[int], str]
     ) -> tuple[dict[int, Any], int | None]:
         """The query vectors of queries that give text for the vector half, embedded with the
         collection's model (outside any transaction: a model call may queue), and the collection's
@@ -146,7 +118,7 @@ class SearchOperations:
         wanted = [i for i in wanted if queries[i].mode is not SearchMode.KEYWORD]
         if not wanted:
             return {}, None
-        row = await self.text_collection(principal, name)
+        row = await self.access.text_collection(principal, name)
         assert self.embeddings is not None and row.embedding_model is not None  # a text collection
         embedded = await self.embeddings.embed(
             principal,
@@ -156,17 +128,17 @@ class SearchOperations:
         )
         return {i: embedded.vectors[j] for j, i in enumerate(wanted)}, row.id
 
-    async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResult:
+    async def search(self, principal: TenantPrincipal, name: str, request: SearchRequest) -> SearchResult:
         started = time.perf_counter()
-        tenant_id = principal.require_tenant()
+        tenant_id = principal.tenant_id
         check_query(request, "")
-        await self._charge(tenant_id, "search", 1)
+        await self.usage.charge(tenant_id, "search", 1)
         embedded, made_for = await self._embed_texts(principal, name, [request], lambda _: "")
         settings = self._search_settings(request)
         for cached in (True, False):
             budget = _ResponseBudget(self.settings.max_search_response_bytes)
             try:
-                async with self._in_collection(principal, name, settings, cached=cached) as (conn, row):
+                async with self.access.open(principal, name, settings, cached=cached) as (conn, row):
                     self._same_collection(row, made_for)
                     hits, strategy = await self._search_one(
                         conn, row, request, embedded.get(0), "", dict(settings), budget
@@ -174,20 +146,20 @@ class SearchOperations:
                 break
             except StaleCollection:
                 continue  # dropped since it was cached (perhaps created again): look it up afresh
-        self._record(tenant_id, "searches", 1)
-        await self._charge(tenant_id, "search_mib", budget.mib)
+        self.usage.record(tenant_id, "searches", 1)
+        await self.usage.charge(tenant_id, "search_mib", budget.mib)
         return SearchResult(
             results=hits, took_ms=round((time.perf_counter() - started) * 1000, 3), strategy=strategy
         )
 
     async def search_batch(
-        self, principal: Principal, name: str, queries: list[SearchRequest]
+        self, principal: TenantPrincipal, name: str, queries: list[SearchRequest]
     ) -> BatchSearchResult:
         started = time.perf_counter()
-        tenant_id = principal.require_tenant()
+        tenant_id = principal.tenant_id
         for i, query in enumerate(queries):
             check_query(query, f"queries[{i}].")
-        await self._charge(tenant_id, "search", len(queries))
+        await self.usage.charge(tenant_id, "search", len(queries))
         embedded, made_for = await self._embed_texts(principal, name, queries, lambda i: f"queries[{i}].")
         settings = self._search_settings(queries[0])
         for cached in (True, False):
@@ -195,7 +167,7 @@ class SearchOperations:
             budget = _ResponseBudget(self.settings.max_search_response_bytes)
             applied = dict(settings)
             try:
-                async with self._in_collection(principal, name, settings, cached=cached) as (conn, row):
+                async with self.access.open(principal, name, settings, cached=cached) as (conn, row):
                     self._same_collection(row, made_for)
                     for i, query in enumerate(queries):
                         hits, _ = await self._search_one(
@@ -205,8 +177,8 @@ class SearchOperations:
                 break
             except StaleCollection:
                 continue  # dropped since it was cached (perhaps created again): look it up afresh
-        self._record(tenant_id, "searches", len(queries))
-        await self._charge(tenant_id, "search_mib", budget.mib)
+        self.usage.record(tenant_id, "searches", len(queries))
+        await self.usage.charge(tenant_id, "search_mib", budget.mib)
         return BatchSearchResult(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     @staticmethod
@@ -217,7 +189,7 @@ class SearchOperations:
             )
 
     @staticmethod
-    async def _apply(conn: Any, wanted: dict[str, str], applied: dict[str, str]) -> None:
+    async def _apply(conn: TenantConnection, wanted: dict[str, str], applied: dict[str, str]) -> None:
         """Set the transaction-local parameters in `wanted` that differ from `applied` (one round trip)."""
         changed = {k: v for k, v in wanted.items() if applied.get(k) != v}
         if changed:
@@ -226,34 +198,33 @@ class SearchOperations:
 
     async def _search_one(
         self,
-        conn: Any,
+        conn: TenantConnection,
         row: CollectionRow,
         request: SearchRequest,
         embedded: Any,
-        where: str,
+        field: str,
         applied: dict[str, str],
         budget: _ResponseBudget,
     ) -> tuple[list[SearchHit], str]:
         if request.mode is not SearchMode.VECTOR and not row.has_text:
-            raise _problem_at(
-                f"{where}mode",
+            raise problem_at(
+                f"{field}mode",
                 f"{request.mode.value} search ranks the texts of documents; collection '{row.name}' is not "
                 "bound to an embedding model and has none",
                 code="not_a_text_collection",
             )
-        compiled = compile_filter(request.filter, first_param=3) if request.filter else None
-        filter_sql, params = (compiled.sql, compiled.params) if compiled else (None, [])
+        where = compile_filter(request.filter) if request.filter else None
         options = {"include_metadata": request.include_metadata, "include_vector": request.include_vector}
         scored: list[tuple[Any, float]]
         if request.mode is SearchMode.KEYWORD:
             assert request.text is not None
-            records = await store.keyword_ranked(
-                conn, row, request.text, top_k=request.top_k, where=filter_sql, params=params, **options
+            records = await vector_store.keyword_ranked(
+                conn, row, request.text, top_k=request.top_k, where=where, **options
             )
             scored, strategy = [(r, float(r["score"])) for r in records], "keyword"
         else:
             vector = request.vector if embedded is None else embedded
-            query = self._vectors_matrix(row, [vector], lambda _: f"{where}vector")[0]
+            query = check_vectors(row, [vector], lambda _: f"{field}vector")[0]
             strategy = await self._choose_strategy(conn, row, request)
             wanted = self._search_settings(request)
             if strategy == "hnsw_filtered":
@@ -263,20 +234,19 @@ class SearchOperations:
             if hybrid:
                 wanted["hnsw.ef_search"] = str(max(int(wanted["hnsw.ef_search"]), candidates))
             await self._apply(conn, wanted, applied)
-            records = await store.nearest(
+            records = await vector_store.nearest(
                 conn,
                 row,
-                self._encoder(row)(query),
+                encoder(row)(query),
                 top_k=candidates,
-                where=filter_sql,
-                params=params,
+                where=where,
                 exact=strategy == "exact",
                 **options,
             )
             if hybrid:
                 assert request.text is not None
-                keyword = await store.keyword_ranked(
-                    conn, row, request.text, top_k=candidates, where=filter_sql, params=params, **options
+                keyword = await vector_store.keyword_ranked(
+                    conn, row, request.text, top_k=candidates, where=where, **options
                 )
                 scored = _fuse(
                     [
@@ -315,7 +285,7 @@ class SearchOperations:
                     id=record["id"],
                     score=score,
                     metadata=msgspec.json.decode(record["metadata"]) if request.include_metadata else None,
-                    vector=_as_list(record["embedding"]) if request.include_vector else None,
+                    vector=as_list(record["embedding"]) if request.include_vector else None,
                     document_id=record["document_id"] if row.has_text else None,
                     chunk_index=record["chunk_index"] if row.has_text else None,
                     text=text,
@@ -323,7 +293,9 @@ class SearchOperations:
             )
         return hits
 
-    async def _choose_strategy(self, conn: Any, row: CollectionRow, request: SearchRequest) -> str:
+    async def _choose_strategy(
+        self, conn: TenantConnection, row: CollectionRow, request: SearchRequest
+    ) -> str:
         """exact until the HNSW index is ready; then hnsw, or for a filter: exact when it matches
         fewer than filtered_exact_scan_limit vectors (fast, perfect recall), else hnsw_filtered."""
         if row.index_status != IndexStatus.READY:
@@ -331,6 +303,5 @@ class SearchOperations:
         if not request.filter:
             return "hnsw"
         limit = self.settings.filtered_exact_scan_limit
-        counting = compile_filter(request.filter, first_param=2)
-        matches = await store.count_matches(conn, row, counting.sql, counting.params, up_to=limit)
+        matches = await vector_store.count_matches(conn, row, compile_filter(request.filter), up_to=limit)
         return "exact" if matches < limit else "hnsw_filtered"

@@ -1,7 +1,9 @@
-"""SQL for collections and their vector tables.
+"""SQL for the `collections` table and the DDL of each collection's own tables.
 
 Table and index names come from the collection's numeric id (vectors_<id>), never from user text.
-Everything except DDL runs inside Database.tenant_transaction, under row-level security.
+Reads and the write counter run in a tenant transaction (row-level security on `collections`);
+DDL and work that starts from an id run on the service's login. The vector tables' own SQL is
+in vector_store.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from service.collections.models import IndexStatus, Metric, Storage
+from service.db import ServiceConnection, TenantConnection
 
 # (distance operator, HNSW operator class suffix, SQL turning the distance into a higher-is-better score)
 METRIC_SQL: dict[Metric, tuple[str, str, str]] = {
@@ -93,19 +96,20 @@ def _row(record: Any) -> CollectionRow:
 # -- collections (tenant context) -----------------------------------------------------------------
 
 
-async def get(conn: Any, name: str) -> CollectionRow | None:
+async def get(conn: TenantConnection, name: str) -> CollectionRow | None:
     record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM collections WHERE name = $1", name)
     return _row(record) if record else None
 
 
-async def get_by_id(conn: Any, collection_id: int) -> CollectionRow | None:
-    """Service context (no tenant): for background work that starts from an id."""
+async def get_by_id(conn: ServiceConnection, collection_id: int) -> CollectionRow | None:
+    """Service context (no tenant): for background work that starts from an id (index builds, an
+    import's merge)."""
     record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM collections WHERE id = $1", collection_id)
     return _row(record) if record else None
 
 
 async def list_page(
-    conn: Any, *, after: str | None, limit: int, only: list[str] | None
+    conn: TenantConnection, *, after: str | None, limit: int, only: list[str] | None
 ) -> list[CollectionRow]:
     records = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM collections
@@ -118,8 +122,11 @@ async def list_page(
     return [_row(r) for r in records]
 
 
-async def sizes(conn: Any, rows: list[CollectionRow]) -> dict[int, int]:
-    """Bytes on disk of each collection's table, indexes and TOAST (0 if the table is gone)."""
+async def sizes(conn: TenantConnection | ServiceConnection, rows: list[CollectionRow]) -> dict[int, int]:
+    """Bytes on disk of each collection's table, indexes and TOAST (0 if the table is gone).
+
+    Either kind of connection: it reads sizes from the catalog for rows the caller already holds,
+    never a tenant's rows (a collection is measured in the service transaction that creates it)."""
     if not rows:
         return {}
     records = await conn.fetch(
@@ -131,17 +138,7 @@ async def sizes(conn: Any, rows: list[CollectionRow]) -> dict[int, int]:
     return {r["id"]: r["bytes"] for r in records}
 
 
-async def count_new_ids(conn: Any, row: CollectionRow, ids: list[str]) -> int:
-    """How many of these ids the collection does not hold yet (what an upsert would add)."""
-    count: int = await conn.fetchval(
-        f"""SELECT count(*) FROM unnest($1::text[]) AS u(id)
-            WHERE NOT EXISTS (SELECT 1 FROM {row.table} v WHERE v.id = u.id)""",
-        ids,
-    )
-    return count
-
-
-async def record_write(conn: Any, collection_id: int, delta: int) -> CollectionRow:
+async def record_write(conn: TenantConnection, collection_id: int, delta: int) -> CollectionRow:
     """Last statement of every write: counts the vectors and the write itself (data_version).
 
     The collection row stays locked only until the commit that follows."""
@@ -158,7 +155,7 @@ async def record_write(conn: Any, collection_id: int, delta: int) -> CollectionR
 
 
 async def create(
-    conn: Any,
+    conn: ServiceConnection,
     *,
     tenant_id: str,
     name: str,
@@ -221,7 +218,7 @@ class TextBinding:
     text_search_config: str
 
 
-async def _create_text_tables(conn: Any, row: CollectionRow, tenant_role: str) -> None:
+async def _create_text_tables(conn: ServiceConnection, row: CollectionRow, tenant_role: str) -> None:
     """A text collection's chunks are rows of its vector table with their document, place and
     text; the keyword index is a generated tsvector with a GIN index. documents_<id> keeps each
     document whole (its text and metadata); deleting a document deletes its chunks."""
@@ -250,12 +247,25 @@ async def _create_text_tables(conn: Any, row: CollectionRow, tenant_role: str) -
     )
 
 
-async def text_search_config_exists(conn: Any, name: str) -> bool:
+async def text_search_config_exists(conn: ServiceConnection, name: str) -> bool:
     found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", name)
     return found
 
 
-async def drop(conn: Any, row: CollectionRow) -> None:
+async def lock_for_drop(conn: ServiceConnection, row: CollectionRow) -> bool:
+    """Before dropping: wait for the collection's running writes and lock it; False if the
+    collection is gone meanwhile.
+
+    Table first, then the row: writers lock in that order too (rows of the table, then the
+    collection's counter), so the two cannot deadlock."""
+    await conn.execute(f"LOCK TABLE {row.table} IN ACCESS EXCLUSIVE MODE")
+    locked = await conn.fetchrow(
+        "SELECT id FROM collections WHERE id = $1 AND tenant_id = $2 FOR UPDATE", row.id, row.tenant_id
+    )
+    return locked is not None
+
+
+async def drop(conn: ServiceConnection, row: CollectionRow) -> None:
     await conn.execute(f"DROP TABLE IF EXISTS {row.table}")
     await conn.execute(f"DROP TABLE IF EXISTS {row.documents_table}")
     await conn.execute("DELETE FROM collections WHERE id = $1", row.id)
@@ -267,140 +277,3 @@ def hnsw_index_sql(row: CollectionRow) -> str:
         f"CREATE INDEX CONCURRENTLY {row.hnsw_index} ON {row.table} USING hnsw (embedding {opclass}) "
         f"WITH (m = {int(row.hnsw_m)}, ef_construction = {int(row.hnsw_ef_construction)})"
     )
-
-
-# -- vectors (tenant context) ---------------------------------------------------------------------
-
-
-async def upsert(conn: Any, row: CollectionRow, records: list[tuple[str, Any, str]]) -> int:
-    """Binary COPY into a staging table, then merge; returns how many ids were new.
-
-    The merge takes row locks in id order, so that concurrent batches with overlapping ids wait
-    for each other instead of deadlocking.
-    """
-    # Per-connection temporary table, emptied at every commit (see db.database._STAGING_TABLES).
-    staging = f"vh_staging_{row.vector_type}"
-    await conn.copy_records_to_table(staging, records=records, columns=["id", "embedding", "metadata"])
-    inserted: int = await conn.fetchval(
-        f"""WITH merged AS (
-                INSERT INTO {row.table} (id, embedding, metadata)
-                SELECT id, embedding, metadata FROM {staging} ORDER BY id
-                ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
-                RETURNING (xmax = 0) AS inserted)
-            SELECT count(*) FILTER (WHERE inserted) FROM merged"""
-    )
-    return inserted
-
-
-async def get_vector(conn: Any, row: CollectionRow, vector_id: str) -> Any:
-    return await conn.fetchrow(f"SELECT id, embedding, metadata FROM {row.table} WHERE id = $1", vector_id)
-
-
-async def scroll(
-    conn: Any, row: CollectionRow, *, after: str | None, limit: int, include_vector: bool
-) -> list[Any]:
-    columns = "id, metadata, embedding" if include_vector else "id, metadata"
-    records: list[Any] = await conn.fetch(
-        f"SELECT {columns} FROM {row.table} WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
-        after,
-        limit,
-    )
-    return records
-
-
-async def delete_where(conn: Any, row: CollectionRow, where: str, params: list[Any]) -> int:
-    """where: SQL from the filter compiler (or fixed text) whose values are all in params."""
-    deleted: int = await conn.fetchval(
-        f"WITH gone AS (DELETE FROM {row.table} WHERE {where} RETURNING 1) SELECT count(*) FROM gone", *params
-    )
-    return deleted
-
-
-async def drop_documents_without_chunks(conn: Any, row: CollectionRow) -> None:
-    """After chunks were deleted as vectors: documents left with none are gone too."""
-    await conn.execute(
-        f"""DELETE FROM {row.documents_table} d
-            WHERE NOT EXISTS (SELECT 1 FROM {row.table} v WHERE v.document_id = d.id)"""
-    )
-
-
-async def count_matches(conn: Any, row: CollectionRow, where: str, params: list[Any], *, up_to: int) -> int:
-    """Vectors matching a compiled filter whose parameters start at $2, counted up to `up_to`."""
-    count: int = await conn.fetchval(
-        f"SELECT count(*) FROM (SELECT 1 FROM {row.table} WHERE {where} LIMIT $1) s", up_to, *params
-    )
-    return count
-
-
-async def nearest(
-    conn: Any,
-    row: CollectionRow,
-    query: Any,
-    *,
-    top_k: int,
-    where: str | None,
-    params: list[Any],
-    include_metadata: bool,
-    include_vector: bool,
-    exact: bool,
-) -> list[Any]:
-    """The top_k nearest vectors with a higher-is-better score; filter parameters start at $3.
-
-    exact: order by an expression no index can produce (distance + 0), so the planner scans
-    (through the GIN index when the filter allows) instead of walking the approximate HNSW graph.
-    """
-    distance = f"embedding {row.distance_op} $1::{row.vector_type}"
-    order = f"({distance}) + 0" if exact else distance
-    columns = ["id", f"{row.score_sql('distance')} AS score", *_TEXT_COLUMNS[row.has_text]]
-    if include_metadata:
-        columns.append("metadata")
-    if include_vector:
-        columns.append("embedding")
-    # With iterative scans (relaxed_order) neighbours may come slightly out of order:
-    # materialise the candidates, then sort them exactly.
-    records: list[Any] = await conn.fetch(
-        f"""WITH nearest AS MATERIALIZED (
-                SELECT {", ".join(("id", "metadata", "embedding", *_TEXT_COLUMNS[row.has_text]))},
-                       {distance} AS distance FROM {row.table}
-                WHERE {where or "TRUE"}
-                ORDER BY {order} LIMIT $2)
-            SELECT {", ".join(columns)} FROM nearest ORDER BY distance""",
-        query,
-        top_k,
-        *params,
-    )
-    return records
-
-
-# A text collection's hits say which chunk of which document they are, and carry its text.
-_TEXT_COLUMNS = {True: ("document_id", "chunk_index", "text"), False: ()}
-
-
-async def keyword_ranked(
-    conn: Any,
-    row: CollectionRow,
-    text: str,
-    *,
-    top_k: int,
-    where: str | None,
-    params: list[Any],
-    include_metadata: bool,
-    include_vector: bool,
-) -> list[Any]:
-    """Chunks matching the query text (websearch_to_tsquery in the collection's text search
-    configuration), best ts_rank_cd first; filter parameters start at $3."""
-    columns = ["id", "ts_rank_cd(tsv, q) AS score", *_TEXT_COLUMNS[True]]
-    if include_metadata:
-        columns.append("metadata")
-    if include_vector:
-        columns.append("embedding")
-    records: list[Any] = await conn.fetch(
-        f"""SELECT {", ".join(columns)}
-            FROM {row.table}, websearch_to_tsquery('{row.text_search_config}'::regconfig, $1) AS q
-            WHERE tsv @@ q AND {where or "TRUE"}
-            ORDER BY score DESC, id LIMIT $2""",
-        text,
-        top_k,
-        *params,
-    )
-    return records

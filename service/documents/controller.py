@@ -6,17 +6,17 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import requires
-from service.auth.principal import Permission, Principal
+from service.auth.principal import Permission, TenantPrincipal
 from service.documents.models import AddDocumentsRequest, AddDocumentsResult, Document, DocumentPage
 from service.documents.service import DocumentService
 from service.errors import AUTHENTICATED, problem_responses
+from service.pagination import Cursor, PageLimit
 
 Name = FromPath[str]
 DocumentId = FromPath[str]
 Service = NamedDependency[DocumentService]
-Caller = NamedDependency[Principal]
+Tenant = NamedDependency[TenantPrincipal]
 
 READ = [requires(Permission.READ_ONLY)]
 WRITE = [requires(Permission.READ_WRITE)]
@@ -37,9 +37,9 @@ class DocumentsController(Controller):
         summary="Store documents: split into chunks, embedded, replacing earlier versions (all or nothing)",
     )
     async def add_documents(
-        self, principal: Caller, documents: Service, name: Name, data: JSONBody[AddDocumentsRequest]
+        self, tenant: Tenant, documents: Service, name: Name, data: JSONBody[AddDocumentsRequest]
     ) -> AddDocumentsResult:
-        return await documents.add(principal, name, data)
+        return await documents.add(tenant, name, data)
 
     @get(
         "",
@@ -49,9 +49,9 @@ class DocumentsController(Controller):
         summary="Page through the documents in id order",
     )
     async def list_documents(
-        self, principal: Caller, documents: Service, name: Name, limit: PageLimit = 100, cursor: Cursor = None
+        self, tenant: Tenant, documents: Service, name: Name, limit: PageLimit = 100, cursor: Cursor = None
     ) -> DocumentPage:
-        return await documents.list_page(principal, name, cursor=cursor, limit=limit)
+        return await documents.list_page(tenant, name, cursor=cursor, limit=limit)
 
     @get(
         "/{document_id:str}",
@@ -61,9 +61,9 @@ class DocumentsController(Controller):
         summary="A document: its text, metadata and chunks",
     )
     async def get_document(
-        self, principal: Caller, documents: Service, name: Name, document_id: DocumentId
+        self, tenant: Tenant, documents: Service, name: Name, document_id: DocumentId
     ) -> Document:
-        return await documents.get(principal, name, document_id)
+        return await documents.get(tenant, name, document_id)
 
     @delete(
         "/{document_id:str}",
@@ -73,6 +73,6 @@ class DocumentsController(Controller):
         summary="Delete a document and all its chunks",
     )
     async def delete_document(
-        self, principal: Caller, documents: Service, name: Name, document_id: DocumentId
+        self, tenant: Tenant, documents: Service, name: Name, document_id: DocumentId
     ) -> None:
-        await documents.delete(principal, name, document_id)
+        await documents.delete(tenant, name, document_id)

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from service.pagination import Page
+
 DOCUMENT_ID_RULE = "1 to 200 characters, without '/' or control characters"
 DocumentId = Annotated[
     str,
@@ -66,6 +68,6 @@ class DocumentSummary(msgspec.Struct, kw_only=True):
     updated_at: datetime
 
 
-class DocumentPage(msgspec.Struct, kw_only=True):
+class DocumentPage(Page[DocumentSummary]):
+    # Said again: Litestar's schema does not resolve the inherited list[T].
     items: list[DocumentSummary]
-    next_cursor: str | None = None

@@ -1,7 +1,7 @@
 """Documents: split into chunks in the model's tokens, embedded, and stored all or nothing.
 
 The model runs before the transaction opens (it may queue behind other requests); the write
-itself is one tenant transaction through the collection service, so a request either stores
+itself is one tenant transaction on the collection (CollectionAccess), so a request either stores
 every document with all its chunks (replacing earlier versions whole) or changes nothing.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 
 import msgspec
-from pgvector import HalfVector, Vector
 
-from service.auth.principal import Principal
+from service.auth.principal import TenantPrincipal
 from service.collections.service import CollectionService
 from service.collections.store import CollectionRow
+from service.collections.vectors import check_vectors, encoder, problem_at
 from service.config import DocumentsSettings
 from service.documents import store
 from service.documents.chunking import Chunk, split_text
@@ -27,22 +27,20 @@ from service.documents.models import (
     DocumentSummary,
 )
 from service.embeddings.service import EmbeddingService
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, NotFound
 from service.pagination import decode_cursor, split_page
 
 log = logging.getLogger("vectorhive.documents")
 _encode_json = msgspec.json.Encoder().encode
 
 
-def _problem_at(field: str, message: str, code: str = "invalid_request") -> InvalidRequest:
-    return InvalidRequest(f"{field}: {message}", code=code, errors=[{"field": field, "message": message}])
-
-
 class DocumentService:
     def __init__(
         self, collections: CollectionService, embeddings: EmbeddingService, settings: DocumentsSettings
     ) -> None:
-        self.collections = collections
+        self.access = collections.access
+        self.vectors = collections.vectors
+        self.max_metadata_bytes = collections.settings.max_metadata_bytes
         self.embeddings = embeddings
         self.settings = settings
 
@@ -50,7 +48,7 @@ class DocumentService:
         """400 for what the schema cannot say; the documents' metadata as JSON."""
         documents = request.documents
         if len(documents) > self.settings.max_documents_per_request:
-            raise _problem_at(
+            raise problem_at(
                 "documents",
                 f"{len(documents)} documents; at most {self.settings.max_documents_per_request} per request",
             )
@@ -59,13 +57,11 @@ class DocumentService:
         for i, document in enumerate(documents):
             first = seen.setdefault(document.id, i)
             if first != i:
-                raise _problem_at(f"documents[{i}].id", f"'{document.id}' repeats documents[{first}].id")
+                raise problem_at(f"documents[{i}].id", f"'{document.id}' repeats documents[{first}].id")
             encoded = _encode_json(document.metadata or {})
-            limit = self.collections.settings.max_metadata_bytes
+            limit = self.max_metadata_bytes
             if len(encoded) > limit:
-                raise _problem_at(
-                    f"documents[{i}].metadata", f"{len(encoded)} bytes of JSON; at most {limit}"
-                )
+                raise problem_at(f"documents[{i}].metadata", f"{len(encoded)} bytes of JSON; at most {limit}")
             metadata_json.append(encoded.decode())
         self.embeddings.check_texts(
             [d.text for d in documents],
@@ -85,7 +81,7 @@ class DocumentService:
         )
         total = sum(len(c) for c in chunked)
         if total > self.settings.max_chunks_per_request:
-            raise _problem_at(
+            raise problem_at(
                 "documents",
                 f"the documents make {total} chunks of at most {size} tokens; at most "
                 f"{self.settings.max_chunks_per_request} per request (documents.max_chunks_per_request): "
@@ -93,10 +89,12 @@ class DocumentService:
             )
         return chunked
 
-    async def add(self, principal: Principal, name: str, request: AddDocumentsRequest) -> AddDocumentsResult:
-        tenant_id = principal.require_tenant()
+    async def add(
+        self, principal: TenantPrincipal, name: str, request: AddDocumentsRequest
+    ) -> AddDocumentsResult:
+        tenant_id = principal.tenant_id
         metadata_json = self._check(request)
-        row = await self.collections.text_collection(principal, name)
+        row = await self.access.text_collection(principal, name)
         documents = request.documents
         chunked = await self._split(row, [d.text for d in documents])
         places = [(i, chunk) for i, chunks in enumerate(chunked) for chunk in chunks]
@@ -109,11 +107,9 @@ class DocumentService:
             field=lambda j: f"documents[{places[j][0]}].text",
             internal=True,
         )
-        await self.collections.charge_upsert(tenant_id, len(texts))
-        encode = HalfVector if row.storage == "float16" else Vector
-        vectors = self.collections.check_vectors(
-            row, embedded.vectors, lambda j: f"documents[{places[j][0]}].text"
-        )
+        await self.vectors.charge_upsert(tenant_id, len(texts))
+        encode = encoder(row)
+        vectors = check_vectors(row, embedded.vectors, lambda j: f"documents[{places[j][0]}].text")
         records = [
             (
                 store.chunk_id(documents[i].id, chunk.index),
@@ -127,12 +123,12 @@ class DocumentService:
             )
             for j, (i, chunk) in enumerate(places)
         ]
-        async with self.collections.in_collection(principal, name) as (conn, current):
+        async with self.access.open(principal, name) as (conn, current):
             if current.id != row.id or current.embedding_model != row.embedding_model:
                 raise Conflict(
                     f"Collection '{name}' was deleted and created again meanwhile; send the documents again."
                 )
-            await self.collections.check_storage(
+            await self.vectors.check_storage(
                 conn,
                 tenant_id,
                 current,
@@ -143,8 +139,8 @@ class DocumentService:
             removed, added = await store.replace(
                 conn, current, [(d.id, d.text, metadata_json[i]) for i, d in enumerate(documents)], records
             )
-            updated = await self.collections.count_write(conn, current, added - removed)
-        self.collections.written(tenant_id, updated, added)
+            updated = await self.vectors.count_write(conn, current, added - removed)
+        self.vectors.written(tenant_id, updated, added)
         log.info(
             "documents stored",
             extra={
@@ -158,8 +154,8 @@ class DocumentService:
             documents=len(documents), chunks=added, tokens=embedded.total_tokens, replaced_chunks=removed
         )
 
-    async def get(self, principal: Principal, name: str, document_id: str) -> Document:
-        async with self.collections.in_collection(principal, name) as (conn, row):
+    async def get(self, principal: TenantPrincipal, name: str, document_id: str) -> Document:
+        async with self.access.open(principal, name) as (conn, row):
             found = await store.get(conn, row, document_id) if row.has_text else None
         if found is None:
             raise NotFound(f"Document '{document_id}' does not exist in collection '{name}'.")
@@ -176,9 +172,9 @@ class DocumentService:
         )
 
     async def list_page(
-        self, principal: Principal, name: str, *, cursor: str | None, limit: int
+        self, principal: TenantPrincipal, name: str, *, cursor: str | None, limit: int
     ) -> DocumentPage:
-        async with self.collections.in_collection(principal, name) as (conn, row):
+        async with self.access.open(principal, name) as (conn, row):
             records = (
                 await store.list_page(conn, row, after=decode_cursor(cursor), limit=limit + 1)
                 if row.has_text
@@ -199,12 +195,12 @@ class DocumentService:
             next_cursor=next_cursor,
         )
 
-    async def delete(self, principal: Principal, name: str, document_id: str) -> None:
-        tenant_id = principal.require_tenant()
-        async with self.collections.in_collection(principal, name) as (conn, row):
+    async def delete(self, principal: TenantPrincipal, name: str, document_id: str) -> None:
+        tenant_id = principal.tenant_id
+        async with self.access.open(principal, name) as (conn, row):
             chunks = await store.delete(conn, row, document_id) if row.has_text else None
             if chunks is None:
                 raise NotFound(f"Document '{document_id}' does not exist in collection '{name}'.")
             if chunks:
-                await self.collections.count_write(conn, row, -chunks)
-        self.collections.deleted(tenant_id, chunks)
+                await self.vectors.count_write(conn, row, -chunks)
+        self.vectors.deleted(tenant_id, chunks)

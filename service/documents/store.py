@@ -1,7 +1,7 @@
 """SQL for a text collection's documents (documents_<id>) and their chunks (rows of vectors_<id>).
 
-Table names come from the collection's numeric id, never from user text. Everything runs inside
-the collection service's tenant transaction, as the tenant's role.
+Table names come from the collection's numeric id, never from user text. Everything runs in a
+tenant transaction on the collection (CollectionAccess.open), as the tenant's role.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.collections.store import CollectionRow
+from service.db import TenantConnection
 
 CHUNK_COLUMNS = [
     "id",
@@ -27,7 +28,10 @@ def chunk_id(document_id: str, index: int) -> str:
 
 
 async def replace(
-    conn: Any, row: CollectionRow, documents: list[tuple[str, str, str]], chunks: list[tuple[Any, ...]]
+    conn: TenantConnection,
+    row: CollectionRow,
+    documents: list[tuple[str, str, str]],
+    chunks: list[tuple[Any, ...]],
 ) -> tuple[int, int]:
     """Store documents (id, text, metadata JSON) and their chunk rows (CHUNK_COLUMNS), replacing
     any earlier version with all its chunks. Returns (chunks removed, chunks added).
@@ -53,7 +57,7 @@ async def replace(
     return removed, len(chunks)
 
 
-async def get(conn: Any, row: CollectionRow, document_id: str) -> tuple[Any, list[Any]] | None:
+async def get(conn: TenantConnection, row: CollectionRow, document_id: str) -> tuple[Any, list[Any]] | None:
     document = await conn.fetchrow(
         f"SELECT id, text, metadata, updated_at FROM {row.documents_table} WHERE id = $1", document_id
     )
@@ -67,7 +71,9 @@ async def get(conn: Any, row: CollectionRow, document_id: str) -> tuple[Any, lis
     return document, chunks
 
 
-async def list_page(conn: Any, row: CollectionRow, *, after: str | None, limit: int) -> list[Any]:
+async def list_page(
+    conn: TenantConnection, row: CollectionRow, *, after: str | None, limit: int
+) -> list[Any]:
     records: list[Any] = await conn.fetch(
         f"""SELECT d.id, d.metadata, length(d.text) AS characters, d.updated_at,
                    (SELECT count(*) FROM {row.table} v WHERE v.document_id = d.id) AS chunks
@@ -79,7 +85,7 @@ async def list_page(conn: Any, row: CollectionRow, *, after: str | None, limit: 
     return records
 
 
-async def delete(conn: Any, row: CollectionRow, document_id: str) -> int | None:
+async def delete(conn: TenantConnection, row: CollectionRow, document_id: str) -> int | None:
     """Delete a document and its chunks: the number of chunks, or None if there was no document."""
     chunks: int = await conn.fetchval(
         f"""WITH gone AS (DELETE FROM {row.table} WHERE document_id = $1 RETURNING 1)

@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from service.auth.guards import requires
-from service.auth.principal import Permission, Principal
+from service.auth.principal import Permission, TenantPrincipal
 from service.embeddings.models import (
     EmbeddingItem,
     EmbeddingsRequest,
@@ -24,7 +24,7 @@ from service.errors import AUTHENTICATED, OPENAI_COMPATIBLE, InvalidRequest, pro
 from service.rag.service import GenerationService
 
 Service = NamedDependency[EmbeddingService]
-Caller = NamedDependency[Principal]
+Tenant = NamedDependency[TenantPrincipal]
 READ = [requires(Permission.READ_ONLY)]
 
 
@@ -32,29 +32,30 @@ def _texts(request: EmbeddingsRequest) -> list[str]:
     if isinstance(request.input, str):
         return [request.input]
     if not request.input:
-        raise InvalidRequest(
-            "input: is an empty list; give a text or a list of texts",
-            errors=[{"field": "input", "message": "empty"}],
+        raise InvalidRequest.field(
+            "input", "empty", "input: is an empty list; give a text or a list of texts"
         )
     if not all(isinstance(item, str) for item in request.input):
-        raise InvalidRequest(
+        raise InvalidRequest.field(
+            "input",
+            "a string or a list of strings",
             "input: token arrays are not accepted; send the texts themselves",
-            errors=[{"field": "input", "message": "a string or a list of strings"}],
         )
     return [item for item in request.input if isinstance(item, str)]
 
 
 async def _embed(
-    principal: Principal, embeddings: EmbeddingService, data: EmbeddingsRequest
+    tenant: TenantPrincipal, embeddings: EmbeddingService, data: EmbeddingsRequest
 ) -> EmbeddingsResponse:
     texts = _texts(data)
     model = embeddings.model(data.model)
     if data.dimensions is not None and data.dimensions != model.dimension:
-        raise InvalidRequest(
+        raise InvalidRequest.field(
+            "dimensions",
+            f"must be {model.dimension} (or omitted)",
             f"dimensions: model '{model.name}' makes {model.dimension}-d vectors and does not shorten them",
-            errors=[{"field": "dimensions", "message": f"must be {model.dimension} (or omitted)"}],
         )
-    result = await embeddings.embed(principal, texts, model.name)
+    result = await embeddings.embed(tenant, texts, model.name)
     if data.encoding_format == "base64":
         vectors: list[list[float] | str] = [
             base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in result.vectors
@@ -85,9 +86,9 @@ class EmbeddingsController(Controller):
         summary="Embed texts (OpenAI-compatible)",
     )
     async def create_embeddings(
-        self, principal: Caller, embeddings: Service, data: JSONBody[EmbeddingsRequest]
+        self, tenant: Tenant, embeddings: Service, data: JSONBody[EmbeddingsRequest]
     ) -> EmbeddingsResponse:
-        return await _embed(principal, embeddings, data)
+        return await _embed(tenant, embeddings, data)
 
     @post(
         "/embeddings/generate",
@@ -99,9 +100,9 @@ class EmbeddingsController(Controller):
         summary="Embed texts (alias of POST /embeddings)",
     )
     async def generate_embeddings(
-        self, principal: Caller, embeddings: Service, data: JSONBody[EmbeddingsRequest]
+        self, tenant: Tenant, embeddings: Service, data: JSONBody[EmbeddingsRequest]
     ) -> EmbeddingsResponse:
-        return await _embed(principal, embeddings, data)
+        return await _embed(tenant, embeddings, data)
 
     @get(
         "/models",

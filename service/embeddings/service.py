@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.auth.principal import Principal
+from service.auth.principal import TenantPrincipal
 from service.config import EmbeddingsSettings
 from service.errors import InvalidRequest
 from service.inference.base import Embedder, Embeddings, TextTooLong
@@ -27,8 +27,8 @@ class ModelShape:
     max_tokens: int
 
 
-def _problem_at(field: str, message: str, code: str = "invalid_request") -> InvalidRequest:
-    return InvalidRequest(f"{field}: {message}", code=code, errors=[{"field": field, "message": message}])
+def _problem_at(field: str, message: str, code: str | None = None) -> InvalidRequest:
+    return InvalidRequest.field(field, message, f"{field}: {message}", code=code)
 
 
 class EmbeddingService:
@@ -77,7 +77,7 @@ class EmbeddingService:
 
     async def embed(
         self,
-        principal: Principal,
+        principal: TenantPrincipal,
         texts: list[str],
         model: str | None = None,
         *,
@@ -88,7 +88,6 @@ class EmbeddingService:
 
         400 for bad texts (named by `field`) or an unknown model; 503 with Retry-After while the
         model is loading, failed, or too busy."""
-        assert principal.tenant_id is not None
         # The limits are for texts a client sends; documents were checked whole and their chunks
         # are bounded by documents.max_chunks_per_request instead (internal=True).
         if not internal:
@@ -104,11 +103,12 @@ class EmbeddingService:
             result = await embedder.embed(texts)
         except TextTooLong as exc:  # named as the caller's field (input[i], text, queries[i].text)
             message = f"{exc.tokens} tokens; model '{embedder.name}' takes at most {exc.limit}"
-            raise InvalidRequest(
+            raise InvalidRequest.field(
+                field(exc.index),
+                message,
                 f"{field(exc.index)}: {message}. Shorten it, or store it as a document "
                 "(documents are split into chunks that fit).",
                 code=exc.code,
-                errors=[{"field": field(exc.index), "message": message}],
             ) from None
         if self.meter is not None:
             self.meter.record(principal.tenant_id, "texts_embedded", len(texts))
