@@ -106,11 +106,9 @@ async def nearest(
     """
     distance = f"embedding {row.distance_op} $1::{row.vector_type}"
     order = f"({distance}) + 0" if exact else distance
-    columns = ["id", f"{row.score_sql('distance')} AS score", *_TEXT_COLUMNS[row.has_text]]
-    if include_metadata:
-        columns.append("metadata")
-    if include_vector:
-        columns.append("embedding")
+    columns = _hit_columns(
+        f"{row.score_sql('distance')} AS score", row.has_text, include_metadata, include_vector
+    )
     params: list[Any] = [query, top_k]
     condition = where.bind(params) if where is not None else "TRUE"
     # With iterative scans (relaxed_order) neighbours may come slightly out of order:
@@ -131,6 +129,16 @@ async def nearest(
 _TEXT_COLUMNS = {True: ("document_id", "chunk_index", "text"), False: ()}
 
 
+def _hit_columns(score: str, has_text: bool, include_metadata: bool, include_vector: bool) -> list[str]:
+    """What a search returns per hit: id, score, the chunk's place and text, and what was asked."""
+    columns = ["id", score, *_TEXT_COLUMNS[has_text]]
+    if include_metadata:
+        columns.append("metadata")
+    if include_vector:
+        columns.append("embedding")
+    return columns
+
+
 async def keyword_ranked(
     conn: TenantConnection,
     row: CollectionRow,
@@ -143,11 +151,7 @@ async def keyword_ranked(
 ) -> list[Any]:
     """Chunks matching the query text (websearch_to_tsquery in the collection's text search
     configuration) and `where`, best ts_rank_cd first."""
-    columns = ["id", "ts_rank_cd(tsv, q) AS score", *_TEXT_COLUMNS[True]]
-    if include_metadata:
-        columns.append("metadata")
-    if include_vector:
-        columns.append("embedding")
+    columns = _hit_columns("ts_rank_cd(tsv, q) AS score", True, include_metadata, include_vector)
     params: list[Any] = [text, top_k]
     condition = where.bind(params) if where is not None else "TRUE"
     records: list[Any] = await conn.fetch(

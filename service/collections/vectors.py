@@ -71,6 +71,22 @@ def check_vectors(row: CollectionRow, vectors: Any, field: Callable[[int], str])
     return matrix
 
 
+def metadata_as_json(items: list[tuple[str, Any]], what: str, max_bytes: int) -> list[str]:
+    """The items' (id, metadata) rules: each id once in a request, each metadata object at most
+    max_bytes of JSON (400 naming the item as `<what>[i]`). Returns the metadata as JSON."""
+    seen: dict[str, int] = {}
+    encoded_all: list[str] = []
+    for i, (item_id, metadata) in enumerate(items):
+        first = seen.setdefault(item_id, i)
+        if first != i:
+            raise problem_at(f"{what}[{i}].id", f"'{item_id}' repeats {what}[{first}].id")
+        encoded = _encode_json(metadata or {})
+        if len(encoded) > max_bytes:
+            raise problem_at(f"{what}[{i}].metadata", f"{len(encoded)} bytes of JSON; at most {max_bytes}")
+        encoded_all.append(encoded.decode())
+    return encoded_all
+
+
 def vector_not_found(name: str, vector_id: str) -> NotFound:
     return NotFound(f"Vector '{vector_id}' does not exist in collection '{name}'.")
 
@@ -132,19 +148,9 @@ class VectorService:
             raise problem_at(
                 "vectors", f"{len(items)} vectors; at most {self.settings.max_batch_vectors} per request"
             )
-        seen: dict[str, int] = {}
-        metadata_json: list[str] = []
-        for i, item in enumerate(items):
-            first = seen.setdefault(item.id, i)
-            if first != i:
-                raise problem_at(f"vectors[{i}].id", f"'{item.id}' repeats vectors[{first}].id")
-            encoded = _encode_json(item.metadata or {})
-            if len(encoded) > self.settings.max_metadata_bytes:
-                raise problem_at(
-                    f"vectors[{i}].metadata",
-                    f"{len(encoded)} bytes of JSON; at most {self.settings.max_metadata_bytes}",
-                )
-            metadata_json.append(encoded.decode())
+        metadata_json = metadata_as_json(
+            [(item.id, item.metadata) for item in items], "vectors", self.settings.max_metadata_bytes
+        )
 
         await self.charge_upsert(principal.tenant_id, len(items))
         async with self.access.open(principal, name) as (conn, row):
@@ -157,7 +163,7 @@ class VectorService:
                         "(<document id>#<chunk index>); store documents through .../documents",
                     )
             matrix = check_vectors(row, [item.vector for item in items], lambda i: f"vectors[{i}].vector")
-            await self.check_storage(conn, principal.tenant_id, row, list(seen), metadata_json)
+            await self.check_storage(conn, principal.tenant_id, row, [i.id for i in items], metadata_json)
             encode = encoder(row)
             inserted = await vector_store.upsert(
                 conn, row, [(item.id, encode(matrix[i]), metadata_json[i]) for i, item in enumerate(items)]

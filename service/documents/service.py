@@ -14,7 +14,7 @@ import msgspec
 from service.auth.principal import TenantPrincipal
 from service.collections.service import CollectionService
 from service.collections.store import CollectionRow
-from service.collections.vectors import check_vectors, encoder, problem_at
+from service.collections.vectors import check_vectors, encoder, metadata_as_json, problem_at
 from service.config import DocumentsSettings
 from service.documents import store
 from service.documents.chunking import Chunk, split_text
@@ -31,7 +31,6 @@ from service.errors import Conflict, NotFound
 from service.pagination import decode_cursor, split_page
 
 log = logging.getLogger("vectorhive.documents")
-_encode_json = msgspec.json.Encoder().encode
 
 
 class DocumentService:
@@ -52,17 +51,9 @@ class DocumentService:
                 "documents",
                 f"{len(documents)} documents; at most {self.settings.max_documents_per_request} per request",
             )
-        seen: dict[str, int] = {}
-        metadata_json = []
-        for i, document in enumerate(documents):
-            first = seen.setdefault(document.id, i)
-            if first != i:
-                raise problem_at(f"documents[{i}].id", f"'{document.id}' repeats documents[{first}].id")
-            encoded = _encode_json(document.metadata or {})
-            limit = self.max_metadata_bytes
-            if len(encoded) > limit:
-                raise problem_at(f"documents[{i}].metadata", f"{len(encoded)} bytes of JSON; at most {limit}")
-            metadata_json.append(encoded.decode())
+        metadata_json = metadata_as_json(
+            [(d.id, d.metadata) for d in documents], "documents", self.max_metadata_bytes
+        )
         self.embeddings.check_texts(
             [d.text for d in documents],
             lambda i: f"documents[{i}].text",
