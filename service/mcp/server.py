@@ -19,7 +19,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 
 from service import __version__
-from service.auth.principal import Principal
+from service.auth.principal import TenantPrincipal
 from service.auth.service import Authenticator
 from service.config import Settings
 from service.errors import problem_of
@@ -35,11 +35,11 @@ INSTRUCTIONS = (
 )
 
 
-def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
+def _principal(ctx: ServerRequestContext[Any, Any]) -> TenantPrincipal:
     """The caller McpAuthentication put into the HTTP request's scope."""
     request = ctx.request
     principal = getattr(request, "scope", {}).get("user")
-    if not isinstance(principal, Principal):
+    if not isinstance(principal, TenantPrincipal):
         # Only reachable if the SDK were served without McpAuthentication in front of it.
         raise MCPError(code=types.INVALID_REQUEST, message="Not authenticated")
     return principal
