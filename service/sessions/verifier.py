@@ -177,6 +177,8 @@ class SessionVerifier:
         if len(self._limited_sessions) >= self.settings.verified_cache_size:
             self._limited_sessions.clear()
         self._limited_sessions[session.id] = session.max_queries is not None
+        # A plain Principal, as every authentication makes: it becomes the request's user, and the
+        # guards hand handlers its TenantPrincipal form (service.auth.guards.provide_tenant).
         principal = Principal(
             kind=KeyKind.TENANT,
             key_id=session.parent_key_id,
