@@ -435,8 +435,10 @@ _STATUS_TEXT = {
 }
 
 
-def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the error statuses a route can answer with."""
+def problem_responses(*errors: type[ServiceError] | int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the errors a route can answer with: the ServiceError classes it raises
+    (their status is taken from the class), or bare statuses (being replaced by classes)."""
+    statuses = [error if isinstance(error, int) else error.status for error in errors]
     return {
         status: ResponseSpec(
             data_container=ProblemDocument,
@@ -451,7 +453,13 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
 # What any authenticated operation may answer: authentication can be refused (401, 403), limited
 # before it runs argon2 or by the tenant's rate limits (429), and needs the database for a key not
 # yet cached, as does every operation behind it (503 database_unavailable).
-AUTHENTICATED = (400, 401, 403, 429, 503)
+AUTHENTICATED: tuple[type[ServiceError], ...] = (
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    TooManyRequests,
+    ServiceUnavailable,
+)
 
 
 def problem_of(exc: Exception) -> Problem:

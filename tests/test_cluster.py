@@ -215,6 +215,7 @@ async def test_retention_deletes_old_rows_but_never_unreported_usage(
 ) -> None:
     import uuid
 
+    from service.audit import store as audit_store
     from service.quota import store as quota_store
     from service.tenants import store as tenant_store
 
@@ -248,7 +249,8 @@ async def test_retention_deletes_old_rows_but_never_unreported_usage(
         hub_tenant,
     )
     async with db.transaction() as conn:
-        await quota_store.prune(conn, usage_days=400, audit_days=400)
+        await quota_store.prune_usage(conn, days=400)
+        await audit_store.prune(conn, days=400)
     left = {
         r["id"]
         for r in await db.pool.fetch("SELECT id FROM usage_outbox WHERE id = ANY($1)", list(ids.values()))

@@ -17,8 +17,8 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.auth.authenticator import Authenticator
 from service.auth.principal import Principal
-from service.auth.service import Authenticator
 from service.config import McpSettings
 from service.errors import (
     PROBLEM_MEDIA_TYPE,

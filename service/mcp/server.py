@@ -19,8 +19,8 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 
 from service import __version__
+from service.auth.authenticator import Authenticator
 from service.auth.principal import Principal
-from service.auth.service import Authenticator
 from service.config import Settings
 from service.errors import problem_of
 from service.mcp.auth import McpAuthentication, transport_security

@@ -32,9 +32,9 @@ from typing import Any
 
 import msgspec
 
+from service.auth.authenticator import SessionTokens
 from service.auth.guards import SESSION_OPERATIONS
 from service.auth.principal import Permission, Principal
-from service.auth.service import SessionTokens
 from service.body import validation_problem
 from service.errors import PROBLEM_TYPE_PREFIX, Forbidden, InvalidRequest, problem_of
 from service.inference.base import ModelUnavailable

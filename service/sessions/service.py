@@ -17,10 +17,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from service.audit import store as audit
 from service.auth.keys import KeyKind
 from service.auth.principal import Permission, Principal
 from service.auth.service import KeyService
-from service.cluster import audit
 from service.collections.models import SearchRequest
 from service.collections.service import CollectionService
 from service.config import SessionsSettings
