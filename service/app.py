@@ -44,7 +44,6 @@ from service.documents.controller import DocumentsController
 from service.documents.service import DocumentService
 from service.embeddings.controller import EmbeddingsController
 from service.embeddings.service import EmbeddingService
-from service.errors import problem_details_plugin
 from service.health import HealthController, Readiness
 from service.hivehub.client import HiveHubClient
 from service.imports.controller import ImportsController
@@ -58,6 +57,7 @@ from service.mcp.server import McpEndpoint
 from service.mcp.service import McpService
 from service.mcp.tools import Services as McpServices
 from service.middleware import RequestContextMiddleware
+from service.problems import problem_details_plugin
 from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
 from service.quota.controller import QuotasAdminController, UsageController

@@ -26,8 +26,8 @@ from service.errors import (
     Forbidden,
     ServiceError,
     Unauthorized,
-    problem_of,
 )
+from service.problems import problem_of
 
 METADATA_PATH = "/.well-known/oauth-protected-resource/mcp"
 ENDPOINT_PATH = "/mcp"
