@@ -17,8 +17,8 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.auth.authenticator import Authenticator
 from service.auth.principal import Principal, TenantPrincipal
-from service.auth.service import Authenticator
 from service.config import McpSettings
 from service.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -26,8 +26,8 @@ from service.errors import (
     Forbidden,
     ServiceError,
     Unauthorized,
-    problem_of,
 )
+from service.problems import problem_of
 
 METADATA_PATH = "/.well-known/oauth-protected-resource/mcp"
 ENDPOINT_PATH = "/mcp"

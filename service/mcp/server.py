@@ -19,13 +19,13 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 
 from service import __version__
+from service.auth.authenticator import Authenticator
 from service.auth.principal import TenantPrincipal
-from service.auth.service import Authenticator
 from service.config import Settings
-from service.errors import problem_of
 from service.mcp.auth import McpAuthentication, transport_security
 from service.mcp.service import McpService
 from service.mcp.tools import TOOLS, Tool
+from service.problems import problem_of
 
 INSTRUCTIONS = (
     "vectorhive: a vector database. Collections hold vectors of one dimension with JSON metadata. "

@@ -32,14 +32,15 @@ from typing import Any
 
 import msgspec
 
+from service.auth.authenticator import SessionTokens
 from service.auth.guards import SESSION_OPERATIONS
 from service.auth.principal import Permission, Principal, TenantPrincipal
-from service.auth.service import SessionTokens
 from service.body import validation_problem
-from service.errors import PROBLEM_TYPE_PREFIX, Forbidden, InvalidRequest, problem_of
+from service.errors import PROBLEM_TYPE_PREFIX, Forbidden, InvalidRequest
 from service.inference.base import ModelUnavailable
 from service.mcp.tools import TOOLS, Services, Tool
 from service.metrics import MCP_TOOL_CALLS, MCP_TOOL_SECONDS, TENANT_REQUESTS
+from service.problems import problem_of
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from service.audit import store as audit
 from service.auth.keys import KeyKind
 from service.auth.principal import Permission, TenantPrincipal
 from service.auth.service import KeyService
-from service.cluster import audit
 from service.config import SessionsSettings
 from service.db import Database
 from service.errors import Forbidden, NotFound, Unauthorized

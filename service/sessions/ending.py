@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from service.audit import store as audit
 from service.auth.keys import KeyKind
 from service.auth.principal import Permission, Principal, TenantPrincipal
-from service.cluster import audit
 from service.config import SessionsSettings
 from service.db import Database, ServiceConnection
 from service.db.connections import service_connection

@@ -15,8 +15,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from service.audit import store as audit
 from service.auth.principal import TenantPrincipal
-from service.cluster import audit
 from service.collections.service import CollectionService
 from service.config import SessionsSettings
 from service.db import Database

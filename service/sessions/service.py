@@ -11,10 +11,10 @@ import dataclasses
 import logging
 from datetime import UTC, datetime
 
+from service.audit import store as audit
 from service.auth.keys import KeyKind
 from service.auth.principal import Permission, Principal, TenantPrincipal
 from service.auth.service import KeyService
-from service.cluster import audit
 from service.collections.models import SearchRequest
 from service.collections.service import CollectionService
 from service.config import SessionsSettings
