@@ -21,16 +21,19 @@ from prometheus_client import start_http_server
 
 from service import __version__
 from service.admin.controller import AdminController
+from service.audit import store as audit_store
+from service.audit.controller import AuditController, ClusterAuditController
+from service.audit.service import AuditBuffer, AuditService
+from service.auth.authenticator import Authenticator
 from service.auth.cache import KeyCache
 from service.auth.controller import KeysController, MeController
 from service.auth.guards import PUBLIC_PATHS, BearerAuthMiddleware, provide_principal, provide_tenant
-from service.auth.hivehub import HiveHubClient
-from service.auth.service import Authenticator, KeyService, LastUsedRecorder
+from service.auth.last_used import LastUsedRecorder
+from service.auth.service import KeyService
 from service.body import decode_body_strictly
-from service.cluster.audit import AuditBuffer
 from service.cluster.controller import ClusterController
-from service.cluster.jobs import BackgroundJobs
-from service.cluster.metrics import MetricsController, refresh_storage_gauges
+from service.cluster.metrics import MetricsController, StorageGauges
+from service.cluster.service import ClusterHealthService, ClusterService
 from service.collections.controller import CollectionsController
 from service.collections.indexer import IndexBuilder
 from service.collections.service import CollectionService
@@ -41,18 +44,20 @@ from service.documents.controller import DocumentsController
 from service.documents.service import DocumentService
 from service.embeddings.controller import EmbeddingsController
 from service.embeddings.service import EmbeddingService
-from service.errors import problem_details_plugin
-from service.health import HealthController
+from service.health import HealthController, Readiness
+from service.hivehub.client import HiveHubClient
 from service.imports.controller import ImportsController
 from service.imports.runner import ImportRunner
 from service.imports.service import ImportService
 from service.inference.generators import GeneratorRegistry
 from service.inference.registry import ModelRegistry
+from service.jobs import BackgroundJobs
 from service.mcp import controller as mcp_controller
 from service.mcp.server import McpEndpoint
 from service.mcp.service import McpService
 from service.mcp.tools import Services as McpServices
 from service.middleware import RequestContextMiddleware
+from service.problems import problem_details_plugin
 from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
 from service.quota.controller import QuotasAdminController, UsageController
@@ -170,8 +175,8 @@ def create_app(settings: Settings) -> Litestar:
     limiter = Limiter(settings.rate_limiting.storage_uri)
     quotas = QuotaService(db, settings, limiter, hub)
     quotas.attach(notifications)
-    meter = UsageMeter(db, settings.usage.flush_interval)
-    audit_buffer = AuditBuffer()
+    meter = UsageMeter(db)
+    audit_buffer = AuditBuffer(db)
     reporter = (
         UsageReporter(
             db, hub, settings.cluster.usage_report_interval, settings.cluster.usage_report_batch_size
@@ -181,6 +186,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     jobs = BackgroundJobs()
     metrics_port = settings.metrics.port if settings.metrics.enabled else None
+    storage_gauges = StorageGauges(db)
     import_runner = ImportRunner(db, settings, indexer, quotas=quotas, meter=meter)
     generators = GeneratorRegistry(settings.generation)
     models = ModelRegistry(settings.embeddings)
@@ -197,54 +203,32 @@ def create_app(settings: Settings) -> Litestar:
     collections.attach(notifications)
     generation = GenerationService(generators, settings.generation, quotas=quotas, meter=meter)
     rag = RagService(db, collections, embeddings, generation, settings.rag)
-    state = State(
-        {
-            "settings": settings,
-            "db": db,
-            "notifications": notifications,
-            "key_cache": cache,
-            "authenticator": Authenticator(
-                db,
-                settings.auth,
-                cache,
-                recorder,
-                hub=hub,
-                quotas=quotas,
-                audit_buffer=audit_buffer,
-                limiter=limiter,
-                trusted_proxies=settings.server.trusted_proxies,
-            ),
-            "key_service": KeyService(db, cache),
-            "tenant_service": TenantService(db, cache),
-            "indexer": indexer,
-            "collection_service": collections,
-            "embedding_service": embeddings,
-            "document_service": DocumentService(collections, embeddings, settings.documents),
-            "import_runner": import_runner,
-            "import_service": ImportService(db, settings.s5, import_runner),
-            "hivehub": hub,
-            "limiter": limiter,
-            "quota_service": quotas,
-            "usage_meter": meter,
-            "usage_reporter": reporter,
-            "usage_service": UsageService(db, meter),
-            "audit_buffer": audit_buffer,
-            "jobs": jobs,
-            "generators": generators,
-            "generation_service": generation,
-            "rag_service": rag,
-        }
+    authenticator = Authenticator(
+        db,
+        settings.auth,
+        cache,
+        recorder,
+        hub=hub,
+        quotas=quotas,
+        audit_buffer=audit_buffer,
+        limiter=limiter,
+        trusted_proxies=settings.server.trusted_proxies,
     )
+    keys = KeyService(db, cache)
+    tenants = TenantService(db, cache)
+    documents = DocumentService(collections, embeddings, settings.documents)
+    imports = ImportService(db, settings.s5, import_runner)
+    usage = UsageService(db, meter)
 
     # MCP tools call the same services as REST (service/mcp); the SDK's manager runs in the lifespan.
     mcp = (
         McpEndpoint(
             settings,
-            state["authenticator"],
+            authenticator,
             McpService(
                 McpServices(
                     collections=collections,
-                    documents=state["document_service"],
+                    documents=documents,
                     rag=rag,
                     generation=settings.generation.enabled,
                 ),
@@ -260,33 +244,29 @@ def create_app(settings: Settings) -> Litestar:
     keyring = KeyRing(db, settings.sessions)
     session_verifier = SessionVerifier(db, settings.sessions, keyring)
     session_verifier.attach(notifications, cache)
-    state.authenticator.sessions = session_verifier
+    authenticator.sessions = session_verifier
     session_service = SessionService(
         db,
         settings.sessions,
         keyring,
         session_verifier,
-        state.collection_service,
-        state.key_service,
-        state.tenant_service,
+        collections,
+        keys,
+        tenants,
         quotas,
-        state.import_service,
+        imports,
     )
     session_service.attach(notifications)
-    state.session_service = session_service
 
     async def flush_usage() -> None:
         await meter.flush()
-        await audit_buffer.flush(db.pool)
+        await audit_buffer.flush()
 
     async def prune_old_rows() -> None:
         while True:
             async with db.transaction() as conn:
-                usage_rows, audit_rows = await quota_store.prune(
-                    conn,
-                    usage_days=settings.usage.retention_days,
-                    audit_days=settings.usage.audit_retention_days,
-                )
+                usage_rows = await quota_store.prune_usage(conn, days=settings.usage.retention_days)
+                audit_rows = await audit_store.prune(conn, days=settings.usage.audit_retention_days)
             if max(usage_rows, audit_rows) < 10_000:
                 return
 
@@ -313,7 +293,7 @@ def create_app(settings: Settings) -> Litestar:
             jobs.start("usage-report", reporter.interval, reporter.report_all)
         metrics_server = None
         if metrics_port is not None:
-            jobs.start("storage-gauges", 30.0, lambda: refresh_storage_gauges(db))
+            jobs.start("storage-gauges", 30.0, storage_gauges.refresh)
             metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
         await keyring.start()
         jobs.start("session-sweep", settings.sessions.sweep_interval_seconds, session_service.sweep)
@@ -360,7 +340,9 @@ def create_app(settings: Settings) -> Litestar:
             AdminController,
             QuotasAdminController,
             UsageController,
+            AuditController,
             ClusterController,
+            ClusterAuditController,
             ChatController,
             AnswersController,
             SessionsController,
@@ -373,26 +355,45 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={
             "principal": Provide(provide_principal, sync_to_thread=False),
             "tenant": Provide(provide_tenant, sync_to_thread=False),
-            "keys": provide(state.key_service),
-            "tenants": provide(state.tenant_service),
+            "readiness": provide(Readiness(db)),
+            "keys": provide(keys),
+            "tenants": provide(tenants),
             "collections": provide(collections),
-            "imports": provide(state.import_service),
+            "imports": provide(imports),
             "embeddings": provide(embeddings),
-            "documents": provide(state.document_service),
+            "documents": provide(documents),
             "quotas": provide(quotas),
-            "usage": provide(state.usage_service),
+            "usage": provide(usage),
+            "audit": provide(AuditService(db, audit_buffer)),
+            "cluster": provide(ClusterService(tenants, usage, quotas, authenticator)),
+            "cluster_health": provide(ClusterHealthService(db, settings, limiter, jobs, import_runner, hub)),
+            "storage_gauges": provide(storage_gauges),
             "generation": provide(generation),
             "rag": provide(rag),
             "sessions": provide(session_service),
         },
         middleware=[
-            DefineMiddleware(BearerAuthMiddleware, authenticator=state.authenticator, exclude=PUBLIC_PATHS),
+            DefineMiddleware(BearerAuthMiddleware, authenticator=authenticator, exclude=PUBLIC_PATHS),
             DefineMiddleware(TenantLimitsMiddleware, quotas=quotas, meter=meter),
         ],
         before_request=check_request,
         plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],
         lifespan=[lifespan, *([mcp.lifespan] if mcp is not None else [])],
-        state=state,
+        # Not read by the service (handlers get their objects from the providers above): the
+        # built objects, for tests that reach into a running app.
+        state=State(
+            {
+                "settings": settings,
+                "db": db,
+                "key_cache": cache,
+                "indexer": indexer,
+                "collection_service": collections,
+                "embedding_service": embeddings,
+                "import_runner": import_runner,
+                "rag_service": rag,
+                "session_service": session_service,
+            }
+        ),
         openapi_config=openapi_config(),
         logging_config=None,
         debug=False,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller, get
+from litestar.di import NamedDependency
 
 from service import __version__
 from service.db import Database
@@ -15,6 +14,22 @@ from service.errors import ServiceUnavailable, problem_responses
 class Health(msgspec.Struct, kw_only=True):
     status: str
     version: str
+
+
+class Readiness:
+    """Whether this process can serve requests: its database answers."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def check(self) -> None:
+        try:
+            await self.db.ping()
+        except Exception as exc:
+            raise ServiceUnavailable(
+                f"The database is not reachable ({type(exc).__name__}).",
+                headers={"Retry-After": "2"},
+            ) from exc
 
 
 class HealthController(Controller):
@@ -28,16 +43,9 @@ class HealthController(Controller):
     @get(
         "/readyz",
         operation_id="getReadiness",
-        responses=problem_responses(503),
+        responses=problem_responses(ServiceUnavailable),
         summary="The database is reachable",
     )
-    async def readyz(self, request: Request[Any, Any, Any]) -> Health:
-        db: Database = request.app.state.db
-        try:
-            await db.ping()
-        except Exception as exc:
-            raise ServiceUnavailable(
-                f"The database is not reachable ({type(exc).__name__}).",
-                headers={"Retry-After": "2"},
-            ) from exc
+    async def readyz(self, readiness: NamedDependency[Readiness]) -> Health:
+        await readiness.check()
         return Health(status="ready", version=__version__)

@@ -154,17 +154,25 @@ async def test_key_expired_in_database_gets_401(
     assert "expired" in body["detail"]
 
 
-async def test_expiry_in_the_past_is_refused(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+@pytest.mark.parametrize(
+    ("expires_at", "detail"),
+    [("2020-01-01T00:00:00Z", "in the future"), ("2099-01-01T00:00:00", "timezone")],
+    ids=["in_the_past", "without_a_time_zone"],
+)
+async def test_expiry_in_the_past_or_without_a_zone_is_refused(
+    client: AsyncTestClient[Litestar], make_tenant: Any, expires_at: str, detail: str
+) -> None:
     tenant = await make_tenant()
     body = assert_problem(
         await client.post(
             "/api/v1/keys",
             headers=bearer(tenant.admin),
-            json={"permission": "read_only", "expires_at": "2020-01-01T00:00:00Z"},
+            json={"permission": "read_only", "expires_at": expires_at},
         ),
         400,
     )
     assert body["errors"][0]["field"] == "expires_at"
+    assert detail in body["detail"]
 
 
 async def test_revocation_takes_effect_at_once(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:

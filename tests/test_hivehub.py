@@ -282,7 +282,7 @@ async def test_a_hub_expiry_without_a_time_zone_is_a_broken_answer(
 async def test_usage_the_hub_refuses_is_set_aside_without_blocking_the_rest(
     hub: FakeHub, db: Database, make_settings: Callable[..., Settings], unique_id: Callable[[str], str]
 ) -> None:
-    from service.auth.hivehub import HiveHubClient
+    from service.hivehub.client import HiveHubClient
     from service.quota import store as quota_store
     from service.quota.usage import UsageReporter
     from service.tenants import store as tenant_store

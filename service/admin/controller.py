@@ -14,7 +14,7 @@ from service.auth.guards import operator_only
 from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.principal import Principal
 from service.auth.service import KeyService
-from service.errors import AUTHENTICATED, problem_responses
+from service.errors import AUTHENTICATED, Conflict, NotFound, problem_responses
 from service.pagination import Page
 from service.tenants.models import Tenant, TenantId, TenantStatus
 from service.tenants.service import TenantService
@@ -33,7 +33,7 @@ class AdminController(Controller):
     @post(
         "/tenants",
         operation_id="createTenant",
-        responses=problem_responses(*AUTHENTICATED, 409),
+        responses=problem_responses(*AUTHENTICATED, Conflict),
         summary="Create a tenant",
     )
     async def create_tenant(
@@ -64,7 +64,7 @@ class AdminController(Controller):
     @get(
         "/tenants/{tenant_id:str}",
         operation_id="getTenant",
-        responses=problem_responses(*AUTHENTICATED, 404),
+        responses=problem_responses(*AUTHENTICATED, NotFound),
         summary="One tenant",
     )
     async def get_tenant(self, tenants: NamedDependency[TenantService], tenant_id: FromPath[str]) -> Tenant:
@@ -73,7 +73,7 @@ class AdminController(Controller):
     @post(
         "/tenants/{tenant_id:str}/suspend",
         operation_id="suspendTenant",
-        responses=problem_responses(*AUTHENTICATED, 404),
+        responses=problem_responses(*AUTHENTICATED, NotFound),
         status_code=200,
         summary="Suspend a tenant: its keys get 403 until it is resumed",
     )
@@ -88,7 +88,7 @@ class AdminController(Controller):
     @post(
         "/tenants/{tenant_id:str}/resume",
         operation_id="resumeTenant",
-        responses=problem_responses(*AUTHENTICATED, 404),
+        responses=problem_responses(*AUTHENTICATED, NotFound),
         status_code=200,
         summary="Resume a suspended tenant",
     )
@@ -103,7 +103,7 @@ class AdminController(Controller):
     @post(
         "/tenants/{tenant_id:str}/keys",
         operation_id="createTenantKey",
-        responses=problem_responses(*AUTHENTICATED, 404),
+        responses=problem_responses(*AUTHENTICATED, NotFound),
         summary="Create an API key for a tenant (the key is shown only in this response)",
     )
     async def create_tenant_key(
@@ -118,7 +118,7 @@ class AdminController(Controller):
     @get(
         "/tenants/{tenant_id:str}/keys",
         operation_id="listTenantKeys",
-        responses=problem_responses(*AUTHENTICATED, 404),
+        responses=problem_responses(*AUTHENTICATED, NotFound),
         summary="List a tenant's API keys",
     )
     async def list_tenant_keys(
@@ -135,7 +135,7 @@ class AdminController(Controller):
     @delete(
         "/tenants/{tenant_id:str}/keys/{key_id:str}",
         operation_id="revokeTenantKey",
-        responses=problem_responses(*AUTHENTICATED, 404),
+        responses=problem_responses(*AUTHENTICATED, NotFound),
         status_code=200,
         summary="Revoke one of a tenant's API keys",
     )

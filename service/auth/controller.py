@@ -12,9 +12,9 @@ from litestar.params import FromPath, JSONBody
 from service.auth.guards import any_principal, requires
 from service.auth.keys import KeyKind
 from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
-from service.auth.principal import Permission, Principal
+from service.auth.principal import Permission, Principal, TenantPrincipal
 from service.auth.service import KeyService
-from service.errors import AUTHENTICATED, problem_responses
+from service.errors import AUTHENTICATED, Conflict, NotFound, problem_responses
 from service.pagination import Cursor as Cursor  # re-exported: other controllers import it from here
 from service.pagination import Page
 from service.pagination import PageLimit as PageLimit  # re-exported, as Cursor
@@ -66,14 +66,12 @@ class KeysController(Controller):
     )
     async def list_keys(
         self,
-        principal: NamedDependency[Principal],
+        tenant: NamedDependency[TenantPrincipal],
         keys: NamedDependency[KeyService],
         limit: PageLimit = 100,
         cursor: Cursor = None,
     ) -> Page[ApiKey]:
-        return await keys.list_page(
-            principal.tenant_id, cursor=cursor, limit=limit, scope=principal.collections
-        )
+        return await keys.list_page(tenant.tenant_id, cursor=cursor, limit=limit, scope=tenant.collections)
 
     @post(
         "",
@@ -83,43 +81,51 @@ class KeysController(Controller):
     )
     async def create_key(
         self,
-        principal: NamedDependency[Principal],
+        tenant: NamedDependency[TenantPrincipal],
         keys: NamedDependency[KeyService],
         data: JSONBody[CreateKeyRequest],
     ) -> CreatedApiKey:
-        return await keys.create(principal.tenant_id, data, scope=principal.collections, actor=principal)
+        return await keys.create(tenant.tenant_id, data, scope=tenant.collections, actor=tenant)
 
     @get(
         "/{key_id:str}",
         operation_id="getKey",
-        responses=problem_responses(*AUTHENTICATED, 404),
+        responses=problem_responses(*AUTHENTICATED, NotFound),
         summary="One API key",
     )
     async def get_key(
-        self, principal: NamedDependency[Principal], keys: NamedDependency[KeyService], key_id: FromPath[str]
+        self,
+        tenant: NamedDependency[TenantPrincipal],
+        keys: NamedDependency[KeyService],
+        key_id: FromPath[str],
     ) -> ApiKey:
-        return await keys.get(principal.tenant_id, key_id, scope=principal.collections)
+        return await keys.get(tenant.tenant_id, key_id, scope=tenant.collections)
 
     @delete(
         "/{key_id:str}",
         operation_id="revokeKey",
-        responses=problem_responses(*AUTHENTICATED, 404),
+        responses=problem_responses(*AUTHENTICATED, NotFound),
         status_code=200,
         summary="Revoke an API key at once",
     )
     async def revoke_key(
-        self, principal: NamedDependency[Principal], keys: NamedDependency[KeyService], key_id: FromPath[str]
+        self,
+        tenant: NamedDependency[TenantPrincipal],
+        keys: NamedDependency[KeyService],
+        key_id: FromPath[str],
     ) -> ApiKey:
-        return await keys.revoke(principal.tenant_id, key_id, scope=principal.collections, actor=principal)
+        return await keys.revoke(tenant.tenant_id, key_id, scope=tenant.collections, actor=tenant)
 
     @post(
         "/{key_id:str}/rotate",
         operation_id="rotateKey",
-        responses=problem_responses(*AUTHENTICATED, 404, 409),
+        responses=problem_responses(*AUTHENTICATED, NotFound, Conflict),
         summary="Replace a key: a new key with the same settings; the old one is revoked at once",
     )
     async def rotate_key(
-        self, principal: NamedDependency[Principal], keys: NamedDependency[KeyService], key_id: FromPath[str]
+        self,
+        tenant: NamedDependency[TenantPrincipal],
+        keys: NamedDependency[KeyService],
+        key_id: FromPath[str],
     ) -> CreatedApiKey:
-        assert principal.tenant_id is not None
-        return await keys.rotate(principal.tenant_id, key_id, scope=principal.collections, actor=principal)
+        return await keys.rotate(tenant.tenant_id, key_id, scope=tenant.collections, actor=tenant)

@@ -10,8 +10,8 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from service.auth.authenticator import Authenticator
 from service.auth.principal import Permission, Principal, TenantPrincipal
-from service.auth.service import Authenticator
 from service.errors import Forbidden, Unauthorized
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]

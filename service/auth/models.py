@@ -55,4 +55,19 @@ class CreateKeyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     permission: Permission
     name: KeyName = "api key"
     collections: Annotated[list[CollectionName], msgspec.Meta(min_length=1, max_length=1000)] | None = None
+    # With its zone: a naive time would be a guess (msgspec refuses it: 400 naming expires_at).
+    expires_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+
+
+class KeyStatus(msgspec.Struct, kw_only=True):
+    """What POST /api/v1/cluster/keys/validate tells an operator about a key: never its hash."""
+
+    valid: bool
+    status: str  # active | revoked | expired | unknown | malformed | tenant_suspended
+    source: str | None = None  # local | hivehub
+    kind: KeyKind | None = None
+    key_id: str | None = None
+    tenant_id: str | None = None
+    permission: Permission | None = None
+    collections: list[str] | None = None
     expires_at: datetime | None = None

@@ -9,6 +9,7 @@ from typing import Any
 from service.auth.keys import KeyKind
 from service.auth.models import ApiKey
 from service.auth.principal import Permission
+from service.db import ServiceConnection
 
 _COLUMNS = (
     "id, kind, tenant_id, name, permission, collections, created_at, expires_at, revoked_at, "
@@ -39,7 +40,7 @@ class KeyForAuth:
     tenant_active: bool
 
 
-async def for_auth(conn: Any, key_id: str) -> KeyForAuth | None:
+async def for_auth(conn: ServiceConnection, key_id: str) -> KeyForAuth | None:
     row = await conn.fetchrow(
         f"""SELECT {", ".join("k." + c.strip() for c in _COLUMNS.split(","))}, k.secret_hash,
                    t.status AS tenant_status
@@ -57,7 +58,7 @@ async def for_auth(conn: Any, key_id: str) -> KeyForAuth | None:
 
 
 async def insert(
-    conn: Any,
+    conn: ServiceConnection,
     *,
     key_id: str,
     kind: KeyKind,
@@ -87,7 +88,7 @@ async def insert(
 
 
 async def get(
-    conn: Any, key_id: str, *, tenant_id: str | None, kind: KeyKind, for_update: bool = False
+    conn: ServiceConnection, key_id: str, *, tenant_id: str | None, kind: KeyKind, for_update: bool = False
 ) -> ApiKey | None:
     """A key of one tenant (or, with tenant_id None and kind OPERATOR, an operator key)."""
     row = await conn.fetchrow(
@@ -102,7 +103,7 @@ async def get(
 
 
 async def list_page(
-    conn: Any,
+    conn: ServiceConnection,
     *,
     tenant_id: str | None,
     kind: KeyKind,
@@ -125,7 +126,7 @@ async def list_page(
     return [_api_key(r) for r in rows]
 
 
-async def revoke(conn: Any, key_id: str) -> ApiKey | None:
+async def revoke(conn: ServiceConnection, key_id: str) -> ApiKey | None:
     """Revoke (idempotent: an already revoked key keeps its first revocation time)."""
     row = await conn.fetchrow(
         f"""UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
@@ -135,7 +136,7 @@ async def revoke(conn: Any, key_id: str) -> ApiKey | None:
     return _api_key(row) if row else None
 
 
-async def touch(conn: Any, key_ids: list[str], used_at: list[datetime]) -> None:
+async def touch(conn: ServiceConnection, key_ids: list[str], used_at: list[datetime]) -> None:
     await conn.execute(
         """UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.used_at)
            FROM unnest($1::text[], $2::timestamptz[]) AS u(id, used_at)

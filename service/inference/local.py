@@ -130,8 +130,8 @@ class LocalEmbedder:
                 job.future.set_exception(
                     ModelUnavailable(f"Model '{self.name}' is shutting down.", retry_after=5)
                 )
-        self._worker.shutdown(wait=True, cancel_futures=True)
-        self._tokenizer.shutdown(wait=True, cancel_futures=True)
+        for executor in (self._worker, self._tokenizer):  # off the event loop: a load may be running
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         self._llama = self._vocab = None
 
     # -- embedding ----------------------------------------------------------------------------------

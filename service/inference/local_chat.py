@@ -219,9 +219,8 @@ class LocalGenerator:
 
             if isinstance(exc, InvalidRequest):
                 raise
-            raise InvalidRequest(
-                f"Model '{self.name}''s chat template refused the messages: {exc}",
-                errors=[{"field": "messages", "message": str(exc)}],
+            raise InvalidRequest.field(
+                "messages", str(exc), f"Model '{self.name}''s chat template refused the messages: {exc}"
             ) from None
 
     async def count_tokens(self, texts: list[str]) -> list[int]:

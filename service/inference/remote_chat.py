@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from typing import Any
 
@@ -35,6 +34,7 @@ from service.inference.chat import (
     GenerationEvent,
     GenerationParams,
 )
+from service.inference.openai_http import OpenAIEndpoint
 from service.metrics import (
     GENERATION_FIRST_TOKEN_SECONDS,
     GENERATION_REJECTED,
@@ -162,24 +162,19 @@ class RemoteStream:
         yield Finished(reason, prompt, completion, first, total)
 
 
-class RemoteGenerator:
+class RemoteGenerator(OpenAIEndpoint):
     def __init__(self, name: str, model: GenerationModelSettings, limits: GenerationSettings) -> None:
         assert model.url is not None
-        self.name = name
+        super().__init__(
+            name,
+            model.url,
+            "/chat/completions",
+            api_key=model.api_key,
+            remote_model=model.remote_model,
+            timeout=limits.remote_timeout_seconds,
+        )
         self.n_ctx = model.n_ctx
         self.limits = limits
-        self._remote_name = model.remote_model or name
-        self._url = model.url.rstrip("/") + "/chat/completions"
-        headers = {"Authorization": f"Bearer {model.api_key}"} if model.api_key else {}
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(limits.remote_timeout_seconds), headers=headers, follow_redirects=False
-        )
-
-    async def load(self) -> None:
-        """Nothing to load; the first request shows whether the server is there."""
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
     async def count_tokens(self, texts: list[str]) -> list[int]:
         return [approximate_tokens(t) for t in texts]
@@ -246,7 +241,7 @@ class RemoteGenerator:
                     )
                 problem = f"status {response.status_code}"
             if attempt + 1 < attempts:
-                await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))  # noqa: S311
+                await self.pause_before_retry(attempt)
         log.warning("remote chat model failed", extra={"model": self.name, "problem": problem})
         raise ModelUnavailable(
             f"Remote model '{self.name}' ({self._url}) is unavailable: {problem} after {attempts} attempts "

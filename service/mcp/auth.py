@@ -17,8 +17,8 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.auth.principal import Principal
-from service.auth.service import Authenticator
+from service.auth.authenticator import Authenticator
+from service.auth.principal import Principal, TenantPrincipal
 from service.config import McpSettings
 from service.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -26,8 +26,8 @@ from service.errors import (
     Forbidden,
     ServiceError,
     Unauthorized,
-    problem_of,
 )
+from service.problems import problem_of
 
 METADATA_PATH = "/.well-known/oauth-protected-resource/mcp"
 ENDPOINT_PATH = "/mcp"
@@ -179,23 +179,28 @@ class McpAuthentication:
             code="origin_not_allowed",
         )
 
-    async def _authenticate(self, scope: Scope, request: Request) -> Principal:
+    async def _authenticate(self, scope: Scope, request: Request) -> TenantPrincipal:
         header = request.headers.get("authorization")
         if header is None:
             if not self.authenticator.settings.require_authentication:
-                return self.authenticator.default_principal()
+                return self._tenant(self.authenticator.default_principal())
             raise Unauthorized("No API key was sent: add the header 'Authorization: Bearer <key>'.")
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
         client = scope.get("client")
-        principal = await self.authenticator.authenticate(token, client[0] if client else None)
-        if principal.is_operator or principal.permission is None:
+        return self._tenant(await self.authenticator.authenticate(token, client[0] if client else None))
+
+    @staticmethod
+    def _tenant(principal: Principal) -> TenantPrincipal:
+        """Only a caller that acts for an active tenant reaches the tools (as a TenantPrincipal)."""
+        tenant = principal.as_tenant()
+        if principal.is_operator or tenant is None:
             raise Forbidden(
                 "Operator keys cannot use the MCP endpoint; use an MCP key or a tenant key.",
                 code="operator_key_not_allowed",
             )
-        if not principal.tenant_active:
-            raise Forbidden(f"Tenant '{principal.tenant_id}' is suspended.", code="tenant_suspended")
-        return principal
+        if not tenant.tenant_active:
+            raise Forbidden(f"Tenant '{tenant.tenant_id}' is suspended.", code="tenant_suspended")
+        return tenant

@@ -19,13 +19,13 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 
 from service import __version__
-from service.auth.principal import Principal
-from service.auth.service import Authenticator
+from service.auth.authenticator import Authenticator
+from service.auth.principal import TenantPrincipal
 from service.config import Settings
-from service.errors import problem_of
 from service.mcp.auth import McpAuthentication, transport_security
 from service.mcp.service import McpService
 from service.mcp.tools import TOOLS, Tool
+from service.problems import problem_of
 
 INSTRUCTIONS = (
     "vectorhive: a vector database. Collections hold vectors of one dimension with JSON metadata. "
@@ -35,11 +35,11 @@ INSTRUCTIONS = (
 )
 
 
-def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
+def _principal(ctx: ServerRequestContext[Any, Any]) -> TenantPrincipal:
     """The caller McpAuthentication put into the HTTP request's scope."""
     request = ctx.request
     principal = getattr(request, "scope", {}).get("user")
-    if not isinstance(principal, Principal):
+    if not isinstance(principal, TenantPrincipal):
         # Only reachable if the SDK were served without McpAuthentication in front of it.
         raise MCPError(code=types.INVALID_REQUEST, message="Not authenticated")
     return principal

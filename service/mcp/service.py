@@ -32,14 +32,15 @@ from typing import Any
 
 import msgspec
 
+from service.auth.authenticator import SessionTokens
 from service.auth.guards import SESSION_OPERATIONS
-from service.auth.principal import Permission, Principal
-from service.auth.service import SessionTokens
+from service.auth.principal import Permission, Principal, TenantPrincipal
 from service.body import validation_problem
-from service.errors import PROBLEM_TYPE_PREFIX, Forbidden, InvalidRequest, problem_of
+from service.errors import PROBLEM_TYPE_PREFIX, Forbidden, InvalidRequest
 from service.inference.base import ModelUnavailable
 from service.mcp.tools import TOOLS, Services, Tool
 from service.metrics import MCP_TOOL_CALLS, MCP_TOOL_SECONDS, TENANT_REQUESTS
+from service.problems import problem_of
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter
 
@@ -108,19 +109,18 @@ class McpService:
         """Whether the server offers the tool at all (answer and context need generation)."""
         return self.services.generation or not tool.needs_generation
 
-    def tools_for(self, principal: Principal) -> list[Tool]:
+    def tools_for(self, principal: TenantPrincipal) -> list[Tool]:
         """The tools this credential may call (tools/list shows exactly these)."""
         return [tool for tool in TOOLS.values() if self.available(tool) and may_call(principal, tool)]
 
-    async def count_request(self, principal: Principal, name: str) -> None:
+    async def count_request(self, principal: TenantPrincipal, name: str) -> None:
         """A tenant's window limits, metric and usage, as TenantLimitsMiddleware does for REST
         requests, with the tool (or MCP method) as the operation."""
-        assert principal.tenant_id is not None
         await self.quotas.check_request(principal.tenant_id)
         TENANT_REQUESTS.labels(principal.tenant_id, operation(name)).inc()
         self.meter.record(principal.tenant_id, "requests", 1, operation(name))
 
-    async def _check_permission(self, principal: Principal, tool: Tool) -> None:
+    async def _check_permission(self, principal: TenantPrincipal, tool: Tool) -> None:
         if not self.available(tool):
             # What REST answers for the same operation (GeneratorRegistry.generator).
             raise ModelUnavailable(
@@ -138,7 +138,7 @@ class McpService:
                 code="insufficient_permission",
             )
 
-    async def _check_session(self, principal: Principal, tool: Tool) -> None:
+    async def _check_session(self, principal: TenantPrincipal, tool: Tool) -> None:
         """REST's session guard (service/auth/guards.py) for a tool: the same refusal, and the
         call counted as a use of the session (max_queries) before it runs, as REST counts it."""
         if tool.name not in SESSION_TOOLS:
@@ -158,13 +158,14 @@ class McpService:
         except msgspec.ValidationError as exc:
             raise validation_problem(exc, tool.args) from None
         except RecursionError:
-            raise InvalidRequest(
+            raise InvalidRequest.field(
+                None,
+                "nested too deeply",
                 "The arguments nest arrays and objects too deeply (about 1,000 levels or more).",
-                errors=[{"source": "body", "message": "nested too deeply"}],
             ) from None
 
     async def call(
-        self, principal: Principal, tool: Tool, arguments: dict[str, Any], request_id: str | None
+        self, principal: TenantPrincipal, tool: Tool, arguments: dict[str, Any], request_id: str | None
     ) -> ToolOutcome:
         """Limits, permission, arguments, the service call; any failure becomes a tool error."""
         started = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from service.auth.principal import Principal
+from service.auth.principal import TenantPrincipal
 from service.collections.models import (
     Collection,
     CollectionPage,
@@ -56,7 +56,7 @@ class Services:
     generation: bool = True
 
 
-Runner = Callable[[Services, Principal, Any], Awaitable[msgspec.Struct]]
+Runner = Callable[[Services, TenantPrincipal, Any], Awaitable[msgspec.Struct]]
 
 
 def json_schema(struct: type[Any]) -> dict[str, Any]:
@@ -104,24 +104,24 @@ class Tool:
 # -- runners ---------------------------------------------------------------------------------------
 
 
-async def _list_collections(s: Services, p: Principal, a: ListCollectionsArgs) -> CollectionPage:
+async def _list_collections(s: Services, p: TenantPrincipal, a: ListCollectionsArgs) -> CollectionPage:
     return await s.collections.list_page(p, cursor=a.cursor, limit=a.limit)
 
 
-async def _describe_collection(s: Services, p: Principal, a: CollectionArgs) -> Collection:
+async def _describe_collection(s: Services, p: TenantPrincipal, a: CollectionArgs) -> Collection:
     return await s.collections.get(p, a.collection)
 
 
-async def _search(s: Services, p: Principal, a: SearchArgs) -> SearchResult:
+async def _search(s: Services, p: TenantPrincipal, a: SearchArgs) -> SearchResult:
     # SearchArgs is a SearchRequest (a subclass): the service reads the fields it knows.
     return await s.collections.search(p, a.collection, a)
 
 
-async def _upsert_vectors(s: Services, p: Principal, a: UpsertArgs) -> UpsertResult:
+async def _upsert_vectors(s: Services, p: TenantPrincipal, a: UpsertArgs) -> UpsertResult:
     return await s.collections.upsert(p, a.collection, a)
 
 
-async def _delete(s: Services, p: Principal, a: DeleteArgs) -> DeleteToolResult:
+async def _delete(s: Services, p: TenantPrincipal, a: DeleteArgs) -> DeleteToolResult:
     request = DeleteRequest(ids=a.ids, filter=a.filter)
     if a.dry_run:
         matched = await s.collections.count_matching(p, a.collection, request)
@@ -130,7 +130,7 @@ async def _delete(s: Services, p: Principal, a: DeleteArgs) -> DeleteToolResult:
     return DeleteToolResult(dry_run=False, matched=deleted, deleted=deleted)
 
 
-async def _get_documents(s: Services, p: Principal, a: GetDocumentsArgs) -> GetDocumentsResult:
+async def _get_documents(s: Services, p: TenantPrincipal, a: GetDocumentsArgs) -> GetDocumentsResult:
     if a.ids is None:
         page = await s.documents.list_page(p, a.collection, cursor=a.cursor, limit=a.limit)
         return GetDocumentsResult(listed=page.items, next_cursor=page.next_cursor)
@@ -147,15 +147,16 @@ async def _get_documents(s: Services, p: Principal, a: GetDocumentsArgs) -> GetD
     return GetDocumentsResult(documents=documents, not_found=not_found)
 
 
-async def _answer(s: Services, p: Principal, a: AnswerArgs) -> Answer:
+async def _answer(s: Services, p: TenantPrincipal, a: AnswerArgs) -> Answer:
     """POST /collections/{name}/answer without streaming: the same RagService calls as the REST
     handler (cache lookup, retrieval, admitted and charged generation, then the cache stored)."""
     if a.stream:
         # A tool result is one message; the REST route streams Server-Sent Events instead.
-        raise InvalidRequest(
+        raise InvalidRequest.field(
+            "stream",
+            "must be false for the answer tool",
             "The answer tool does not stream: leave 'stream' out or false (POST "
             "/api/v1/collections/{name}/answer streams).",
-            errors=[{"field": "stream", "message": "must be false for the answer tool"}],
         )
     run = await s.rag.answer(p, a.collection, a)
     if run.cached is not None:
@@ -169,11 +170,11 @@ async def _answer(s: Services, p: Principal, a: AnswerArgs) -> Answer:
     return run.shown(answer)
 
 
-async def _context(s: Services, p: Principal, a: ContextArgs) -> ContextResult:
+async def _context(s: Services, p: TenantPrincipal, a: ContextArgs) -> ContextResult:
     return await s.rag.context(p, a.collection, a)
 
 
-async def _add_documents(s: Services, p: Principal, a: AddDocumentsArgs) -> AddDocumentsResult:
+async def _add_documents(s: Services, p: TenantPrincipal, a: AddDocumentsArgs) -> AddDocumentsResult:
     return await s.documents.add(p, a.collection, a)
 
 

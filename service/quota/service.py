@@ -25,6 +25,7 @@ import msgspec
 
 from service.config import Settings
 from service.db import Database
+from service.db.connections import service_connection
 from service.db.notify import QUOTA_CHANNEL, NotificationHub, notify
 from service.errors import NotFound, QuotaExceeded, TooManyRequests
 from service.metrics import TENANT_QUOTA_EXCEEDED, TENANT_RATE_LIMITED
@@ -33,8 +34,8 @@ from service.quota.limiter import Limiter, retry_after
 from service.quota.models import HubQuotas, QuotaOverrides, TenantLimits, TenantQuotas
 
 if TYPE_CHECKING:
-    from service.auth.hivehub import HiveHubClient
     from service.auth.principal import Principal
+    from service.hivehub.client import HiveHubClient
 
 log = logging.getLogger("vectorhive.quota")
 
@@ -101,7 +102,7 @@ class QuotaService:
         return await self._load(tenant_id)
 
     async def _load(self, tenant_id: str) -> TenantLimits:
-        overrides = await store.get_overrides(self.db.pool, tenant_id)
+        overrides = await store.get_overrides(service_connection(self.db.pool), tenant_id)
         if overrides is not None:
             self._overrides[tenant_id] = overrides
         hub = self._hub.get(tenant_id)
@@ -112,7 +113,7 @@ class QuotaService:
     async def _refresh(self, tenant_id: str) -> None:
         hub = self._hub.get(tenant_id)
         if hub is not None and self.hub is not None and time.monotonic() - hub[1] > self.interval:
-            from service.auth.hivehub import HubUnavailable
+            from service.hivehub.client import HubUnavailable
 
             try:
                 self._hub[tenant_id] = (await self.hub.tenant_quotas(tenant_id), time.monotonic())
@@ -145,9 +146,6 @@ class QuotaService:
                 entry[1],
             )
 
-    def is_hub_tenant(self, tenant_id: str) -> bool:
-        return tenant_id in self._hub
-
     async def close(self) -> None:
         for task in list(self._refreshing.values()):
             task.cancel()
@@ -157,7 +155,7 @@ class QuotaService:
     # -- operator API ---------------------------------------------------------------------------------
 
     async def get_quotas(self, tenant_id: str) -> TenantQuotas:
-        overrides = await store.get_overrides(self.db.pool, tenant_id)
+        overrides = await store.get_overrides(service_connection(self.db.pool), tenant_id)
         if overrides is None:
             raise NotFound(f"Tenant '{tenant_id}' does not exist.")
         hub = self._hub.get(tenant_id)
@@ -170,7 +168,7 @@ class QuotaService:
     async def set_quotas(
         self, tenant_id: str, overrides: QuotaOverrides, *, actor: Principal | None = None
     ) -> TenantQuotas:
-        from service.cluster import audit
+        from service.audit import store as audit
 
         async with self.db.transaction() as conn:
             if not await store.set_overrides(conn, tenant_id, overrides):
@@ -271,7 +269,7 @@ class QuotaService:
             requested=requested,
         )
 
-    async def check_collections(self, conn: Any, tenant_id: str, dimension: int) -> None:
+    async def check_collections(self, conn: store.WriterConnection, tenant_id: str, dimension: int) -> None:
         limits = await self.limits_for(tenant_id)
         if limits.max_dimension is not None and dimension > limits.max_dimension:
             raise self._exceeded(tenant_id, "dimension", limits.max_dimension, dimension, dimension)
@@ -282,7 +280,9 @@ class QuotaService:
         if count + 1 > limits.max_collections:
             raise self._exceeded(tenant_id, "collections", limits.max_collections, count, 1)
 
-    async def check_vectors(self, conn: Any, tenant_id: str, adding: int, adding_bytes: int = 0) -> None:
+    async def check_vectors(
+        self, conn: store.WriterConnection, tenant_id: str, adding: int, adding_bytes: int = 0
+    ) -> None:
         """adding: vectors the write will add (new ids); adding_bytes: its estimated size on disk."""
         limits = await self.limits_for(tenant_id)
         if not limits.has_storage_limits:

@@ -8,12 +8,19 @@ from typing import Any
 
 import msgspec
 
+from service.db import ServiceConnection, TenantConnection
 from service.quota.models import QuotaOverrides
+
+# The storage quota checks run on the writer's own connection, inside the transaction that will
+# write: a tenant connection (vector upserts) or a service one (collection creation, the import
+# merge). Either is safe here: the queries name the tenant themselves, and on a tenant connection
+# row-level security on `collections` admits exactly the rows they name; the lock is advisory.
+WriterConnection = TenantConnection | ServiceConnection
 
 # -- quota overrides (tenants.quotas) ---------------------------------------------------------------
 
 
-async def get_overrides(conn: Any, tenant_id: str) -> QuotaOverrides | None:
+async def get_overrides(conn: ServiceConnection, tenant_id: str) -> QuotaOverrides | None:
     """None when the tenant does not exist."""
     raw = await conn.fetchval("SELECT quotas::text FROM tenants WHERE id = $1", tenant_id)
     if raw is None:
@@ -21,7 +28,7 @@ async def get_overrides(conn: Any, tenant_id: str) -> QuotaOverrides | None:
     return msgspec.json.decode(raw, type=QuotaOverrides)
 
 
-async def set_overrides(conn: Any, tenant_id: str, overrides: QuotaOverrides) -> bool:
+async def set_overrides(conn: ServiceConnection, tenant_id: str, overrides: QuotaOverrides) -> bool:
     status = await conn.execute(
         "UPDATE tenants SET quotas = $2::jsonb, updated_at = now() WHERE id = $1",
         tenant_id,
@@ -33,19 +40,19 @@ async def set_overrides(conn: Any, tenant_id: str, overrides: QuotaOverrides) ->
 # -- storage in use (inside the writer's transaction) ----------------------------------------------
 
 
-async def lock_tenant_quota(conn: Any, tenant_id: str) -> None:
+async def lock_tenant_quota(conn: WriterConnection, tenant_id: str) -> None:
     """Serialise a tenant's quota-checked writes until the transaction ends (any role may do this)."""
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('vectorhive-quota:' || $1, 0))", tenant_id
     )
 
 
-async def collection_count(conn: Any, tenant_id: str) -> int:
+async def collection_count(conn: WriterConnection, tenant_id: str) -> int:
     count: int = await conn.fetchval("SELECT count(*) FROM collections WHERE tenant_id = $1", tenant_id)
     return count
 
 
-async def vectors_and_bytes(conn: Any, tenant_id: str) -> tuple[int, int]:
+async def vectors_and_bytes(conn: WriterConnection, tenant_id: str) -> tuple[int, int]:
     row = await conn.fetchrow(
         """SELECT coalesce(sum(vector_count), 0)::bigint AS vectors,
                   coalesce(sum(pg_total_relation_size(to_regclass('vectors_' || id))), 0)::bigint AS bytes
@@ -56,7 +63,7 @@ async def vectors_and_bytes(conn: Any, tenant_id: str) -> tuple[int, int]:
 
 
 async def storage_by_tenant(
-    conn: Any, tenant_ids: list[str] | None = None, collections: list[str] | None = None
+    conn: ServiceConnection, tenant_ids: list[str] | None = None, collections: list[str] | None = None
 ) -> dict[str, tuple[int, int, int]]:
     """tenant -> (collections, vectors, bytes on disk), for tenants that have collections;
     collections: count only those (what a key limited to them may see)."""
@@ -76,7 +83,7 @@ async def storage_by_tenant(
 
 
 async def insert_usage(
-    conn: Any,
+    conn: ServiceConnection,
     rows: list[tuple[str, str, str, int]],
     period_start: datetime,
     period_end: datetime,
@@ -97,7 +104,7 @@ async def insert_usage(
     )
 
 
-async def snapshot_storage(conn: Any, min_age_seconds: float) -> int:
+async def snapshot_storage(conn: ServiceConnection, min_age_seconds: float) -> int:
     """A `bytes_stored` row per HiveHub tenant (its bytes on disk now), unless one was written in
     the last min_age_seconds (by any replica: serialised by an advisory lock). Returns rows written."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('vectorhive-storage-snapshot', 0))")
@@ -119,7 +126,7 @@ async def snapshot_storage(conn: Any, min_age_seconds: float) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-async def claim_unsent(conn: Any, limit: int) -> list[Any]:
+async def claim_unsent(conn: ServiceConnection, limit: int) -> list[Any]:
     """The oldest unsent rows of HiveHub's tenants, locked for this transaction; other replicas skip
     them. Local tenants' usage stays here (GET /api/v1/usage): the hub does not know those tenants."""
     rows: list[Any] = await conn.fetch(
@@ -134,13 +141,13 @@ async def claim_unsent(conn: Any, limit: int) -> list[Any]:
     return rows
 
 
-async def mark_sent(conn: Any, ids: list[uuid.UUID]) -> None:
+async def mark_sent(conn: ServiceConnection, ids: list[uuid.UUID]) -> None:
     await conn.execute(
         "UPDATE usage_outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1::uuid[])", ids
     )
 
 
-async def mark_rejected(conn: Any, row_id: uuid.UUID, reason: str) -> None:
+async def mark_rejected(conn: ServiceConnection, row_id: uuid.UUID, reason: str) -> None:
     await conn.execute(
         """UPDATE usage_outbox SET rejected_at = now(), rejected_reason = $2, attempts = attempts + 1
            WHERE id = $1""",
@@ -149,7 +156,7 @@ async def mark_rejected(conn: Any, row_id: uuid.UUID, reason: str) -> None:
     )
 
 
-async def unsent_count(conn: Any) -> int:
+async def unsent_count(conn: ServiceConnection) -> int:
     """Rows still to report to HiveHub (its tenants' rows, neither sent nor rejected)."""
     count: int = await conn.fetchval(
         """SELECT count(*) FROM usage_outbox
@@ -160,7 +167,7 @@ async def unsent_count(conn: Any) -> int:
 
 
 async def usage_totals(
-    conn: Any, *, tenant_ids: list[str] | None, since: datetime, until: datetime
+    conn: ServiceConnection, *, tenant_ids: list[str] | None, since: datetime, until: datetime
 ) -> list[Any]:
     """Summed outbox rows whose period started in [since, until), by tenant, metric and operation."""
     rows: list[Any] = await conn.fetch(
@@ -175,23 +182,17 @@ async def usage_totals(
     return rows
 
 
-async def prune(conn: Any, *, usage_days: int, audit_days: int, batch: int = 10_000) -> tuple[int, int]:
-    """Delete old usage rows (never rows HiveHub still waits for) and old audit entries, a batch of
-    each; returns how many of each went (call again while it returns full batches)."""
-    usage: str = await conn.execute(
+async def prune_usage(conn: ServiceConnection, *, days: int, batch: int = 10_000) -> int:
+    """Delete a batch of old usage rows (never rows HiveHub still waits for); returns how many went
+    (call again while it returns full batches)."""
+    status: str = await conn.execute(
         """DELETE FROM usage_outbox WHERE id IN (
                SELECT u.id FROM usage_outbox u LEFT JOIN tenants t ON t.id = u.tenant_id
                WHERE u.created_at < now() - make_interval(days => $1)
                  AND (u.sent_at IS NOT NULL OR u.rejected_at IS NOT NULL
                       OR t.source IS DISTINCT FROM 'hivehub')
                LIMIT $2)""",
-        usage_days,
+        days,
         batch,
     )
-    audit: str = await conn.execute(
-        """DELETE FROM audit_log WHERE id IN (
-               SELECT id FROM audit_log WHERE at < now() - make_interval(days => $1) LIMIT $2)""",
-        audit_days,
-        batch,
-    )
-    return int(usage.rsplit(" ", 1)[1]), int(audit.rsplit(" ", 1)[1])
+    return int(status.rsplit(" ", 1)[1])

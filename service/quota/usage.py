@@ -16,18 +16,19 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, get_args
 
 import msgspec
 
 from service.db import Database
-from service.errors import InvalidRequest
+from service.db.connections import service_connection
 from service.metrics import USAGE_REPORTED, USAGE_UNREPORTED
 from service.quota import store
+from service.timerange import time_range
 
 if TYPE_CHECKING:
-    from service.auth.hivehub import HiveHubClient
+    from service.hivehub.client import HiveHubClient
 
 log = logging.getLogger("vectorhive.usage")
 
@@ -48,9 +49,8 @@ METRICS: tuple[str, ...] = get_args(Metric)
 class UsageMeter:
     """In-memory counters by (tenant, metric, operation); record() costs a dict update, no I/O."""
 
-    def __init__(self, db: Database, flush_interval: float) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.flush_interval = flush_interval
         self._counts: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._since = datetime.now(UTC)
         self._lock = asyncio.Lock()
@@ -85,11 +85,6 @@ class UsageMeter:
             self.last_flush_at, self.last_error = now, None
             return len(rows)
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            await self.flush()
-
 
 class UsageReporter:
     """Sends outbox rows to HiveHub in batches; any replica may run it (rows are claimed SKIP LOCKED)."""
@@ -104,7 +99,7 @@ class UsageReporter:
 
     async def report_once(self) -> int:
         """One batch: claim, send, mark sent after the hub's 2xx. Returns rows sent (0: nothing to do)."""
-        from service.auth.hivehub import HubRejected, HubUnavailable, UsageReport
+        from service.hivehub.client import HubRejected, HubUnavailable, UsageReport
 
         async with self.db.transaction() as conn:
             rows = await store.claim_unsent(conn, self.batch_size)
@@ -153,7 +148,7 @@ class UsageReporter:
 
     async def report_all(self) -> int:
         """Batches until the outbox is drained or the hub fails (the rest waits for the next round)."""
-        from service.auth.hivehub import HubUnavailable
+        from service.hivehub.client import HubUnavailable
 
         sent = 0
         try:
@@ -171,16 +166,8 @@ class UsageReporter:
         except HubUnavailable:
             log.warning("usage report failed; the rows stay in the outbox for the next report")
         with contextlib.suppress(Exception):
-            USAGE_UNREPORTED.set(await store.unsent_count(self.db.pool))
+            USAGE_UNREPORTED.set(await store.unsent_count(service_connection(self.db.pool)))
         return sent
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.report_all()
-            except Exception:
-                log.exception("usage reporting failed")
 
 
 # -- reading usage ------------------------------------------------------------------------------------
@@ -214,27 +201,6 @@ class TenantUsage(msgspec.Struct, kw_only=True):
     storage: StorageFigures
 
 
-def time_range(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    """Defaults: the last 30 days, up to now. Naive times are refused (which zone would they be?)."""
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise InvalidRequest(
-                f"{name} needs a time zone, e.g. 2026-11-01T00:00:00Z",
-                errors=[{"field": name, "source": "query", "message": "time zone missing"}],
-            )
-    end = until or datetime.now(UTC) + timedelta(seconds=1)
-    try:
-        start = since or end - timedelta(days=30)
-    except OverflowError:  # until in the first 30 days of year 1: the range starts at the earliest time
-        start = datetime.min.replace(tzinfo=UTC)
-    if start >= end:
-        raise InvalidRequest(
-            "since must be before until",
-            errors=[{"field": "since", "source": "query", "message": "after until"}],
-        )
-    return start, end
-
-
 class UsageService:
     def __init__(self, db: Database, meter: UsageMeter) -> None:
         self.db = db
@@ -251,7 +217,8 @@ class UsageService:
         """scope: the asking key's collections; storage then counts only those."""
         start, end = time_range(since, until)
         await self.meter.flush()  # this replica's latest counts too
-        async with self.db.pool.acquire() as conn:
+        async with self.db.pool.acquire() as pooled:
+            conn = service_connection(pooled)
             rows = await store.usage_totals(conn, tenant_ids=tenant_ids, since=start, until=end)
             storage = await store.storage_by_tenant(
                 conn, tenant_ids, sorted(scope) if scope is not None else None

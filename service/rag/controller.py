@@ -21,7 +21,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from service.auth.guards import requires
-from service.auth.principal import Permission, Principal
+from service.auth.principal import Permission, TenantPrincipal
 from service.errors import (
     AUTHENTICATED,
     OPENAI_COMPATIBLE,
@@ -52,7 +52,7 @@ log = logging.getLogger("vectorhive.rag")
 T = TypeVar("T")
 
 READ = [requires(Permission.READ_ONLY)]
-Caller = NamedDependency[Principal]
+Tenant = NamedDependency[TenantPrincipal]
 Generations = NamedDependency[GenerationService]
 Answers = NamedDependency[RagService]
 
@@ -208,11 +208,11 @@ class ChatController(Controller):
     async def create_chat_completion(
         self,
         request: Request[Any, Any, Any],
-        principal: Caller,
+        tenant: Tenant,
         rag: Answers,
         data: JSONBody[ChatCompletionRequest],
     ) -> Response[ChatCompletion] | Stream:
-        answer_run = await rag.chat(principal, data)
+        answer_run = await rag.chat(tenant, data)
         run = answer_run.generation
         assert run is not None
         if data.stream:
@@ -324,12 +324,12 @@ class AnswersController(Controller):
     async def answer(
         self,
         request: Request[Any, Any, Any],
-        principal: Caller,
+        tenant: Tenant,
         rag: Answers,
         name: FromPath[str],
         data: JSONBody[AnswerRequest],
     ) -> Response[Answer] | Stream:
-        run = await rag.answer(principal, name, data)
+        run = await rag.answer(tenant, name, data)
         headers = {"X-Cache": "hit" if run.cached is not None else "miss"}
         if data.stream:
             return Stream(
@@ -352,6 +352,6 @@ class AnswersController(Controller):
         summary="The passages an answer would be given, within a token budget (for your own LLM)",
     )
     async def context(
-        self, principal: Caller, rag: Answers, name: FromPath[str], data: JSONBody[ContextRequest]
+        self, tenant: Tenant, rag: Answers, name: FromPath[str], data: JSONBody[ContextRequest]
     ) -> ContextResult:
-        return await rag.context(principal, name, data)
+        return await rag.context(tenant, name, data)

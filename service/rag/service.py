@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from service.auth.principal import Principal
+from service.auth.principal import TenantPrincipal
 from service.config import GenerationSettings
 from service.inference.chat import (
     ChatMessage,
@@ -124,7 +124,7 @@ class GenerationService:
 
     async def generate(
         self,
-        principal: Principal,
+        principal: TenantPrincipal,
         messages: list[ChatMessage],
         params: GenerationParams,
         *,
@@ -132,7 +132,6 @@ class GenerationService:
         operation: str,
     ) -> Generation:
         """Admit and charge a generation (errors here are the request's status: 400, 429, 503)."""
-        assert principal.tenant_id is not None
         generator = self.generators.generator(model)
         stream = await generator.start(messages, params)
         try:
@@ -154,7 +153,7 @@ class GenerationService:
             meter=self.meter,
         )
 
-    async def chat(self, principal: Principal, request: ChatCompletionRequest) -> Generation:
+    async def chat(self, principal: TenantPrincipal, request: ChatCompletionRequest) -> Generation:
         """POST /chat/completions without grounding: the messages as they are."""
         messages = to_chat_messages(request.messages)
         params = self.chat_params(request)

@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from service.db import ServiceConnection, TenantConnection
+
 
 async def lookup(
-    conn: Any,
+    conn: TenantConnection,
     *,
     collection_id: int,
     data_version: int,
@@ -39,12 +41,12 @@ async def lookup(
     return int(row["id"]), float(row["similarity"]), row["answer"].encode()
 
 
-async def record_hit(conn: Any, entry_id: int) -> None:
+async def record_hit(conn: TenantConnection, entry_id: int) -> None:
     await conn.execute("UPDATE rag_cache SET hits = hits + 1 WHERE id = $1", entry_id)
 
 
 async def insert(
-    conn: Any,
+    conn: TenantConnection,
     *,
     collection_id: int,
     data_version: int,
@@ -82,7 +84,7 @@ async def insert(
     )
 
 
-async def prune_and_count(conn: Any) -> int:
+async def prune_and_count(conn: ServiceConnection) -> int:
     """Service connection: drop expired entries and those of versions their collection has left."""
     await conn.execute(
         """DELETE FROM rag_cache r WHERE r.expires_at <= now()

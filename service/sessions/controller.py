@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import operator_only, requires
-from service.auth.principal import Permission, Principal
+from service.auth.principal import Permission, Principal, TenantPrincipal
 from service.collections.models import SearchMode
 from service.errors import AUTHENTICATED, InvalidRequest, problem_responses
 from service.sessions.models import (
@@ -30,6 +30,7 @@ from service.sessions.service import SessionService
 
 Service = NamedDependency[SessionService]
 Caller = NamedDependency[Principal]
+Tenant = NamedDependency[TenantPrincipal]
 SessionId = FromPath[str]
 
 # Any tenant REST key may start read-only sessions of what it can read itself.
@@ -42,9 +43,11 @@ def _vector(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise InvalidRequest(
+        raise InvalidRequest.field(
+            "vector",
+            "not a list of numbers",
             "vector: a comma-separated list of numbers, e.g. vector=0.1,0.2,0.3",
-            errors=[{"field": "vector", "source": "query", "message": "not a list of numbers"}],
+            source="query",
         ) from None
     return values
 
@@ -63,9 +66,9 @@ class SessionsController(Controller):
         summary="Start a read-only session of some collections; returns its token (shown once)",
     )
     async def create_session(
-        self, principal: Caller, sessions: Service, data: JSONBody[CreateSessionRequest]
+        self, tenant: Tenant, sessions: Service, data: JSONBody[CreateSessionRequest]
     ) -> CreatedSession:
-        return await sessions.create(principal, data)
+        return await sessions.create(tenant, data)
 
     @post(
         "/delegations",
@@ -75,9 +78,9 @@ class SessionsController(Controller):
         summary="A delegation token: someone without a key exchanges it (once) for a session",
     )
     async def create_delegation(
-        self, principal: Caller, sessions: Service, data: JSONBody[CreateDelegationRequest]
+        self, tenant: Tenant, sessions: Service, data: JSONBody[CreateDelegationRequest]
     ) -> Delegation:
-        return await sessions.delegate(principal, data)
+        return await sessions.delegate(tenant, data)
 
     @post(
         "/create",
@@ -108,13 +111,13 @@ class SessionsController(Controller):
     )
     async def list_sessions(
         self,
-        principal: Caller,
+        tenant: Tenant,
         sessions: Service,
         limit: PageLimit = 100,
         cursor: Cursor = None,
         live: Annotated[bool, QueryParameter(description="Only sessions not yet ended")] = False,
     ) -> SessionPage:
-        return await sessions.list_page(principal, cursor=cursor, limit=limit, live_only=live)
+        return await sessions.list_page(tenant, cursor=cursor, limit=limit, live_only=live)
 
     @get(
         "/{session_id:str}",
@@ -124,8 +127,8 @@ class SessionsController(Controller):
         responses=problem_responses(*AUTHENTICATED, 404),
         summary="A session: its collections, expiry and queries used",
     )
-    async def get_session(self, principal: Caller, sessions: Service, session_id: SessionId) -> Session:
-        return await sessions.get(principal, session_id)
+    async def get_session(self, tenant: Tenant, sessions: Service, session_id: SessionId) -> Session:
+        return await sessions.get(tenant, session_id)
 
     @delete(
         "/{session_id:str}",
@@ -135,8 +138,8 @@ class SessionsController(Controller):
         responses=problem_responses(*AUTHENTICATED, 404),
         summary="End a session now (its token stops working on every replica within a second)",
     )
-    async def delete_session(self, principal: Caller, sessions: Service, session_id: SessionId) -> None:
-        await sessions.delete(principal, session_id)
+    async def delete_session(self, tenant: Tenant, sessions: Service, session_id: SessionId) -> None:
+        await sessions.delete(tenant, session_id)
 
     @post(
         "/{session_id:str}/search",
@@ -149,12 +152,12 @@ class SessionsController(Controller):
     )
     async def search(
         self,
-        principal: Caller,
+        tenant: Tenant,
         sessions: Service,
         session_id: SessionId,
         data: JSONBody[SessionSearchRequest],
     ) -> SessionSearchResult:
-        return await sessions.search(principal, session_id, data)
+        return await sessions.search(tenant, session_id, data)
 
     @get(
         "/{session_id:str}/search",
@@ -167,7 +170,7 @@ class SessionsController(Controller):
     )
     async def search_get(
         self,
-        principal: Caller,
+        tenant: Tenant,
         sessions: Service,
         session_id: SessionId,
         text: Annotated[
@@ -196,7 +199,7 @@ class SessionsController(Controller):
             top_k=top_k,
             threshold=threshold,
         )
-        return await sessions.search(principal, session_id, request)
+        return await sessions.search(tenant, session_id, request)
 
 
 class SessionKeysAdminController(Controller):

@@ -10,6 +10,7 @@ import msgspec
 from service.auth.models import CollectionName
 from service.collections.models import SearchHit, SearchMode
 from service.imports.models import Import, ImportRequest
+from service.pagination import Page
 
 Collections = Annotated[list[CollectionName], msgspec.Meta(min_length=1, max_length=100)]
 MaxQueries = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
@@ -108,9 +109,10 @@ class CreatedSession(Session, kw_only=True):
     token: str
 
 
-class SessionPage(msgspec.Struct, kw_only=True):
+class SessionPage(Page[Session]):
+    # Said again: Litestar's schema does not resolve the inherited list[T] (it would document
+    # items as plain objects, as it does for ImportPage).
     items: list[Session]
-    next_cursor: str | None = None
 
 
 class SessionSearchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

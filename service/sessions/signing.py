@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.config import SessionsSettings
-from service.db import Database
+from service.db import Database, ServiceConnection
+from service.db.connections import service_connection
 from service.db.notify import notify
 from service.errors import ServiceUnavailable
 from service.sessions import store
@@ -91,7 +92,7 @@ class KeyRing:
             await self._create(retire_others=False)
 
     async def reload(self) -> None:
-        rows = await store.usable_keys(self.db.pool)
+        rows = await store.usable_keys(service_connection(self.db.pool))
         aead = self._sealer()
         public: dict[str, Ed25519PublicKey] = {}
         signing = None
@@ -171,7 +172,7 @@ class KeyRing:
         await self.reload()
         return kid
 
-    async def _create(self, *, retire_others: bool, conn: Any = None) -> str:
+    async def _create(self, *, retire_others: bool, conn: ServiceConnection | None = None) -> str:
         kid = new_kid()
         private = Ed25519PrivateKey.generate()
         sealed = seal(self._sealer(), kid, private)
@@ -184,7 +185,12 @@ class KeyRing:
         return kid
 
     async def _write(
-        self, conn: Any, kid: str, private: Ed25519PrivateKey, sealed: bytes, retire_others: bool
+        self,
+        conn: ServiceConnection,
+        kid: str,
+        private: Ed25519PrivateKey,
+        sealed: bytes,
+        retire_others: bool,
     ) -> None:
         await store.insert_key(conn, kid, public_bytes(private.public_key()), sealed)
         retired: list[str] = []
@@ -200,7 +206,7 @@ class KeyRing:
         now = time.monotonic()
         if self._jwks is not None and now - self._jwks[0] < 1.0:
             return self._jwks[1]
-        rows = await store.usable_keys(self.db.pool)
+        rows = await store.usable_keys(service_connection(self.db.pool))
         keys = [jwk(row.kid, bytes(row.public_key)) for row in rows]
         self._jwks = (now, keys)
         return keys

@@ -1,10 +1,13 @@
-"""SQL for sessions and session_signing_keys (read and written as the service, filtered by tenant)."""
+"""SQL for sessions and session_signing_keys: service bookkeeping (no row-level security), read
+and written on a service connection and filtered by tenant here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from service.db import ServiceConnection
 
 # Keys HiveHub validated are named "hub_<hash>" (service.auth.service) and have no row here.
 HUB_KEY_PREFIX = "hub_"
@@ -52,7 +55,7 @@ class SigningKeyRow:
 # -- signing keys -----------------------------------------------------------------------------------
 
 
-async def usable_keys(conn: Any) -> list[SigningKeyRow]:
+async def usable_keys(conn: ServiceConnection) -> list[SigningKeyRow]:
     """Keys that still verify (newest first)."""
     rows = await conn.fetch(
         """SELECT kid, public_key, private_sealed, created_at, retired_at, verify_until
@@ -62,7 +65,7 @@ async def usable_keys(conn: Any) -> list[SigningKeyRow]:
     return [SigningKeyRow(**dict(r)) for r in rows]
 
 
-async def insert_key(conn: Any, kid: str, public_key: bytes, private_sealed: bytes) -> None:
+async def insert_key(conn: ServiceConnection, kid: str, public_key: bytes, private_sealed: bytes) -> None:
     await conn.execute(
         "INSERT INTO session_signing_keys (kid, public_key, private_sealed) VALUES ($1, $2, $3)",
         kid,
@@ -71,7 +74,7 @@ async def insert_key(conn: Any, kid: str, public_key: bytes, private_sealed: byt
     )
 
 
-async def retire_keys(conn: Any, *, except_kid: str, verify_for_seconds: float) -> list[str]:
+async def retire_keys(conn: ServiceConnection, *, except_kid: str, verify_for_seconds: float) -> list[str]:
     """Stop signing with every other current key; they verify for verify_for_seconds more."""
     rows = await conn.fetch(
         """UPDATE session_signing_keys
@@ -83,7 +86,7 @@ async def retire_keys(conn: Any, *, except_kid: str, verify_for_seconds: float) 
     return [r["kid"] for r in rows]
 
 
-async def delete_unusable_keys(conn: Any) -> int:
+async def delete_unusable_keys(conn: ServiceConnection) -> int:
     result: str = await conn.execute(
         "DELETE FROM session_signing_keys WHERE verify_until IS NOT NULL AND verify_until <= now()"
     )
@@ -93,14 +96,14 @@ async def delete_unusable_keys(conn: Any) -> int:
 # -- sessions ---------------------------------------------------------------------------------------
 
 
-async def lock_tenant(conn: Any, tenant_id: str) -> None:
+async def lock_tenant(conn: ServiceConnection, tenant_id: str) -> None:
     """Serialises session creation per tenant, so the count below cannot be raced past."""
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('vectorhive:sessions:' || $1, 0))", tenant_id
     )
 
 
-async def live_count(conn: Any, tenant_id: str) -> tuple[int, datetime | None]:
+async def live_count(conn: ServiceConnection, tenant_id: str) -> tuple[int, datetime | None]:
     """Live sessions of the tenant, and when the first of them expires."""
     row = await conn.fetchrow(
         """SELECT count(*) AS n, min(expires_at) AS first_end FROM sessions
@@ -111,7 +114,7 @@ async def live_count(conn: Any, tenant_id: str) -> tuple[int, datetime | None]:
 
 
 async def insert(
-    conn: Any,
+    conn: ServiceConnection,
     *,
     session_id: str,
     tenant_id: str,
@@ -144,7 +147,7 @@ async def insert(
     return _session(row) if row is not None else None
 
 
-async def get(conn: Any, tenant_id: str, session_id: str) -> SessionRow | None:
+async def get(conn: ServiceConnection, tenant_id: str, session_id: str) -> SessionRow | None:
     row = await conn.fetchrow(
         f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND id = $2", tenant_id, session_id
     )
@@ -158,7 +161,7 @@ class SessionForAuth:
     parent_state: str  # active | revoked | expired | missing | hivehub | none (keyless default principal)
 
 
-async def for_auth(conn: Any, session_id: str) -> SessionForAuth | None:
+async def for_auth(conn: ServiceConnection, session_id: str) -> SessionForAuth | None:
     row = await conn.fetchrow(
         f"""SELECT {", ".join("s." + c.strip() for c in _SESSION_COLUMNS.split(","))},
                    t.status AS tenant_status, k.id AS key_id, k.revoked_at AS key_revoked_at,
@@ -191,7 +194,7 @@ async def for_auth(conn: Any, session_id: str) -> SessionForAuth | None:
 
 
 async def list_page(
-    conn: Any, tenant_id: str, *, after: str | None, limit: int, live_only: bool
+    conn: ServiceConnection, tenant_id: str, *, after: str | None, limit: int, live_only: bool
 ) -> list[SessionRow]:
     rows = await conn.fetch(
         f"""SELECT {_SESSION_COLUMNS} FROM sessions
@@ -206,7 +209,7 @@ async def list_page(
     return [_session(r) for r in rows]
 
 
-async def end(conn: Any, tenant_id: str, session_id: str, reason: str) -> SessionRow | None:
+async def end(conn: ServiceConnection, tenant_id: str, session_id: str, reason: str) -> SessionRow | None:
     """End a live session; None if it does not exist or has already ended."""
     row = await conn.fetchrow(
         f"""UPDATE sessions SET ended_at = now(), end_reason = $3
@@ -218,7 +221,7 @@ async def end(conn: Any, tenant_id: str, session_id: str, reason: str) -> Sessio
     return _session(row) if row is not None else None
 
 
-async def expire_due(conn: Any, limit: int) -> list[SessionRow]:
+async def expire_due(conn: ServiceConnection, limit: int) -> list[SessionRow]:
     """End sessions whose time is up; rows another replica is ending right now are skipped."""
     rows = await conn.fetch(
         f"""UPDATE sessions SET ended_at = now(), end_reason = 'expired'
@@ -230,7 +233,7 @@ async def expire_due(conn: Any, limit: int) -> list[SessionRow]:
     return [_session(r) for r in rows]
 
 
-async def count_query(conn: Any, session_id: str) -> tuple[int, int | None] | None:
+async def count_query(conn: ServiceConnection, session_id: str) -> tuple[int, int | None] | None:
     """Count one query of a session with max_queries; None if its allowance is used up (or it ended)."""
     row = await conn.fetchrow(
         """UPDATE sessions SET queries_used = queries_used + 1
@@ -241,7 +244,7 @@ async def count_query(conn: Any, session_id: str) -> tuple[int, int | None] | No
     return (row["queries_used"], row["max_queries"]) if row is not None else None
 
 
-async def add_queries(conn: Any, counts: dict[str, int]) -> None:
+async def add_queries(conn: ServiceConnection, counts: dict[str, int]) -> None:
     """Uses of sessions without max_queries, counted in memory between sweeps."""
     await conn.execute(
         """UPDATE sessions s SET queries_used = s.queries_used + u.n
@@ -251,7 +254,7 @@ async def add_queries(conn: Any, counts: dict[str, int]) -> None:
     )
 
 
-async def prune_ended(conn: Any, retention_days: int) -> int:
+async def prune_ended(conn: ServiceConnection, retention_days: int) -> int:
     result: str = await conn.execute(
         "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < now() - make_interval(days => $1)",
         retention_days,
@@ -259,7 +262,7 @@ async def prune_ended(conn: Any, retention_days: int) -> int:
     return int(result.split()[-1])
 
 
-async def s5_to_check(conn: Any, limit: int) -> list[SessionRow]:
+async def s5_to_check(conn: ServiceConnection, limit: int) -> list[SessionRow]:
     """S5-backed sessions whose temporary collection is still there: ended ones first (drop it),
     then live ones (has the import failed?)."""
     rows = await conn.fetch(
@@ -270,13 +273,13 @@ async def s5_to_check(conn: Any, limit: int) -> list[SessionRow]:
     return [_session(r) for r in rows]
 
 
-async def mark_dropped(conn: Any, session_id: str) -> None:
+async def mark_dropped(conn: ServiceConnection, session_id: str) -> None:
     await conn.execute(
         "UPDATE sessions SET dropped_at = now() WHERE id = $1 AND ended_at IS NOT NULL", session_id
     )
 
 
-async def live_sharing(conn: Any, tenant_id: str, collection: str, except_id: str) -> int:
+async def live_sharing(conn: ServiceConnection, tenant_id: str, collection: str, except_id: str) -> int:
     """Other sessions not yet ended that read the S5-loaded collection."""
     found: int = await conn.fetchval(
         """SELECT count(*) FROM sessions WHERE tenant_id = $1 AND source = 's5' AND ended_at IS NULL

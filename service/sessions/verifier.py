@@ -24,6 +24,7 @@ from service.auth.keys import KeyKind, fingerprint
 from service.auth.principal import Permission, Principal
 from service.config import SessionsSettings
 from service.db import Database
+from service.db.connections import service_connection
 from service.errors import Forbidden, Unauthorized
 from service.metrics import AUTH_FAILURES
 from service.pool import TenantPool
@@ -157,7 +158,7 @@ class SessionVerifier:
         claims = await self.verify(token, SESSION)
         if claims.sid is None:
             raise token_refused(TokenError("malformed", "The token names no session."))
-        found = await store.for_auth(self.db.pool, claims.sid)
+        found = await store.for_auth(service_connection(self.db.pool), claims.sid)
         if found is None or found.session.tenant_id != claims.tid:
             raise token_refused(TokenError("malformed", "The token's session does not exist."))
         session = found.session
@@ -176,6 +177,8 @@ class SessionVerifier:
         if len(self._limited_sessions) >= self.settings.verified_cache_size:
             self._limited_sessions.clear()
         self._limited_sessions[session.id] = session.max_queries is not None
+        # A plain Principal, as every authentication makes: it becomes the request's user, and the
+        # guards hand handlers its TenantPrincipal form (service.auth.guards.provide_tenant).
         principal = Principal(
             kind=KeyKind.TENANT,
             key_id=session.parent_key_id,
@@ -210,9 +213,14 @@ class SessionVerifier:
         return principal
 
     async def note_use(self, principal: Principal, operation: str) -> None:
+        """principal: as the guards and the MCP service admitted it. Every session token's
+        principal acts for its session's tenant (authenticate makes no other), so as_tenant()
+        is None only for callers that are not sessions: nothing to count."""
         if principal.session_id is None or operation not in QUERY_OPERATIONS:
             return
-        assert principal.tenant_id is not None
+        session = principal.as_tenant()
+        if session is None:
+            return
         if operation == "searchCollectionBatch" and self._limited(principal.session_id):
             # One request, up to 100 searches: it would count as one against max_queries.
             raise Forbidden(
@@ -221,7 +229,7 @@ class SessionVerifier:
                 code="session_batch_not_allowed",
             )
         await self.count_query(
-            principal.session_id, tenant_id=principal.tenant_id, parent_key_id=principal.key_id
+            principal.session_id, tenant_id=session.tenant_id, parent_key_id=session.key_id
         )
 
     async def count_query(

@@ -5,6 +5,7 @@ from enum import StrEnum
 from typing import Annotated
 
 import msgspec
+from litestar.params import QueryParameter
 
 TENANT_ID_PATTERN = "^[a-z0-9][a-z0-9-]{0,62}$"
 TENANT_ID_RULE = "1 to 63 characters: lowercase letters, digits and '-', starting with a letter or digit"
@@ -16,6 +17,10 @@ TenantId = Annotated[
         description=TENANT_ID_RULE,
         extra={"rule": TENANT_ID_RULE},
     ),
+]
+# A query parameter of the operators' listings: only this tenant.
+TenantFilter = Annotated[
+    str | None, QueryParameter(description="Only this tenant", pattern=TENANT_ID_PATTERN, max_length=63)
 ]
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import re
 
+from service.audit import store as audit
 from service.auth.cache import KeyCache
 from service.auth.principal import Principal
-from service.cluster import audit
 from service.db import Database
+from service.db.connections import service_connection
 from service.db.notify import AUTH_CHANNEL, notify
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.pagination import Page, decode_cursor, page_of
@@ -27,10 +28,11 @@ class TenantService:
         self, tenant_id: str, display_name: str | None = None, *, actor: Principal | None = None
     ) -> Tenant:
         if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
-            raise InvalidRequest(
+            raise InvalidRequest.field(
+                "id",
+                f"must match {TENANT_ID_PATTERN}",
                 f"Tenant id '{tenant_id}' is not valid: use 1-63 lower-case letters, digits and '-', "
                 "starting with a letter or digit.",
-                errors=[{"field": "id", "message": f"must match {TENANT_ID_PATTERN}"}],
             )
         async with self.db.transaction() as conn:
             tenant = await store.insert(conn, tenant_id, display_name or tenant_id)
@@ -42,7 +44,7 @@ class TenantService:
         return tenant
 
     async def get(self, tenant_id: str) -> Tenant:
-        tenant = await store.get(self.db.pool, tenant_id)
+        tenant = await store.get(service_connection(self.db.pool), tenant_id)
         if tenant is None:
             raise NotFound(f"Tenant '{tenant_id}' does not exist.")
         return tenant
@@ -51,7 +53,7 @@ class TenantService:
         self, *, cursor: str | None, limit: int, status: TenantStatus | None = None
     ) -> Page[Tenant]:
         tenants = await store.list_page(
-            self.db.pool, after=decode_cursor(cursor), limit=limit + 1, status=status
+            service_connection(self.db.pool), after=decode_cursor(cursor), limit=limit + 1, status=status
         )
         return page_of(tenants, limit, lambda t: t.id)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.db import ServiceConnection
 from service.tenants.models import Tenant, TenantStatus
 
 _COLUMNS = "id, display_name, status, created_at, updated_at"
@@ -19,7 +20,9 @@ def _tenant(row: Any) -> Tenant:
     )
 
 
-async def insert(conn: Any, tenant_id: str, display_name: str, *, source: str = "local") -> Tenant | None:
+async def insert(
+    conn: ServiceConnection, tenant_id: str, display_name: str, *, source: str = "local"
+) -> Tenant | None:
     """None when the id is taken."""
     row = await conn.fetchrow(
         f"""INSERT INTO tenants (id, display_name, source) VALUES ($1, $2, $3)
@@ -31,7 +34,7 @@ async def insert(conn: Any, tenant_id: str, display_name: str, *, source: str = 
     return _tenant(row) if row else None
 
 
-async def ensure(conn: Any, tenant_id: str, display_name: str) -> None:
+async def ensure(conn: ServiceConnection, tenant_id: str, display_name: str) -> None:
     await conn.execute(
         "INSERT INTO tenants (id, display_name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
         tenant_id,
@@ -39,12 +42,20 @@ async def ensure(conn: Any, tenant_id: str, display_name: str) -> None:
     )
 
 
-async def get(conn: Any, tenant_id: str) -> Tenant | None:
+async def status_and_source(conn: ServiceConnection, tenant_id: str) -> tuple[str, str] | None:
+    """(status, source) of a tenant: source "hivehub" for tenants HiveHub introduced, else "local"."""
+    row = await conn.fetchrow("SELECT status, source FROM tenants WHERE id = $1", tenant_id)
+    return (row["status"], row["source"]) if row else None
+
+
+async def get(conn: ServiceConnection, tenant_id: str) -> Tenant | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM tenants WHERE id = $1", tenant_id)
     return _tenant(row) if row else None
 
 
-async def list_page(conn: Any, *, after: str | None, limit: int, status: TenantStatus | None) -> list[Tenant]:
+async def list_page(
+    conn: ServiceConnection, *, after: str | None, limit: int, status: TenantStatus | None
+) -> list[Tenant]:
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM tenants
             WHERE ($1::text IS NULL OR id > $1) AND ($2::text IS NULL OR status = $2)
@@ -56,7 +67,7 @@ async def list_page(conn: Any, *, after: str | None, limit: int, status: TenantS
     return [_tenant(r) for r in rows]
 
 
-async def set_status(conn: Any, tenant_id: str, status: TenantStatus) -> Tenant | None:
+async def set_status(conn: ServiceConnection, tenant_id: str, status: TenantStatus) -> Tenant | None:
     row = await conn.fetchrow(
         f"UPDATE tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
         tenant_id,

@@ -1,37 +1,19 @@
-"""The audit log: key creation, rotation and revocation, operator actions, authentication failures.
+"""SQL for the audit_log table (service bookkeeping: a service connection, every tenant's rows).
 
 Key and tenant changes are written in the transaction that makes them (an audit row exists exactly
-when the change does). Authentication failures happen on the request path and can come in floods,
-so they are buffered in memory (bounded) and written with the usage flush.
+when the change does); authentication failures come in batches from service.audit.service.AuditBuffer.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import deque
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from service.audit.models import AuditEvent
 from service.auth.principal import Principal
-
-log = logging.getLogger("vectorhive.audit")
-
-_MAX_BUFFERED = 10_000
-
-
-class AuditEvent(msgspec.Struct, kw_only=True):
-    id: int
-    at: datetime
-    tenant_id: str | None
-    actor_kind: str
-    actor_key_id: str | None
-    action: str
-    target: str | None
-    outcome: str
-    details: dict[str, Any]
-    request_id: str | None
+from service.db import ServiceConnection
 
 
 def actor_of(principal: Principal | None) -> tuple[str, str | None]:
@@ -41,7 +23,7 @@ def actor_of(principal: Principal | None) -> tuple[str, str | None]:
 
 
 async def write(
-    conn: Any,
+    conn: ServiceConnection,
     *,
     action: str,
     tenant_id: str | None,
@@ -67,37 +49,23 @@ async def write(
     )
 
 
-class AuditBuffer:
-    """Authentication failures, written in batches (oldest dropped beyond 10,000 pending)."""
-
-    def __init__(self) -> None:
-        self._pending: deque[tuple[Any, ...]] = deque(maxlen=_MAX_BUFFERED)
-
-    def auth_failure(self, reason: str, *, key_id: str | None, tenant_id: str | None) -> None:
-        self._pending.append((tenant_id, key_id, reason))
-
-    async def flush(self, pool: Any) -> None:
-        if not self._pending:
-            return
-        items = list(self._pending)
-        self._pending.clear()
-        try:
-            await pool.execute(
-                """INSERT INTO audit_log (tenant_id, actor_kind, actor_key_id, action, outcome, details)
-                   SELECT u.tenant_id, 'anonymous', u.key_id, 'auth.failure', 'denied',
-                          jsonb_build_object('reason', u.reason)
-                   FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, key_id, reason)""",
-                [i[0] for i in items],
-                [i[1] for i in items],
-                [i[2] for i in items],
-            )
-        except Exception:
-            log.warning("could not write authentication failures to the audit log", exc_info=True)
-            self._pending.extendleft(reversed(items))
+async def write_auth_failures(
+    conn: ServiceConnection, failures: list[tuple[str | None, str | None, str]]
+) -> None:
+    """failures: (tenant_id, key_id, reason) of anonymous callers whose authentication failed."""
+    await conn.execute(
+        """INSERT INTO audit_log (tenant_id, actor_kind, actor_key_id, action, outcome, details)
+           SELECT u.tenant_id, 'anonymous', u.key_id, 'auth.failure', 'denied',
+                  jsonb_build_object('reason', u.reason)
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tenant_id, key_id, reason)""",
+        [f[0] for f in failures],
+        [f[1] for f in failures],
+        [f[2] for f in failures],
+    )
 
 
 async def list_events(
-    conn: Any,
+    conn: ServiceConnection,
     *,
     tenant_id: str | None,
     only_tenant: bool,
@@ -126,3 +94,15 @@ async def list_events(
         limit,
     )
     return [AuditEvent(**{**dict(r), "details": msgspec.json.decode(r["details"])}) for r in rows]
+
+
+async def prune(conn: ServiceConnection, *, days: int, batch: int = 10_000) -> int:
+    """Delete a batch of audit entries older than `days`; returns how many went (call again while
+    it returns full batches)."""
+    status: str = await conn.execute(
+        """DELETE FROM audit_log WHERE id IN (
+               SELECT id FROM audit_log WHERE at < now() - make_interval(days => $1) LIMIT $2)""",
+        days,
+        batch,
+    )
+    return int(status.rsplit(" ", 1)[1])

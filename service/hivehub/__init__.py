@@ -1,0 +1,1 @@
+"""The HiveHub client (cluster mode): key validation, tenant quotas, usage reports."""
