@@ -46,13 +46,8 @@ async def test_a_failed_import_leaves_the_collection_exactly_as_it_was(
     from tests.s5_fixtures import encode
 
     tenant = await imports.tenant()
-    await imports.http.post(
-        "/api/v1/collections", json={"name": "c", "dimension": 8}, headers=bearer(tenant.admin)
-    )
-    await imports.http.put(
-        "/api/v1/collections/c/vectors",
-        json={"vectors": [{"id": "doc-1", "vector": [1.0] * 8, "metadata": {"mine": True}}]},
-        headers=bearer(tenant.admin),
+    await imports.collection(
+        tenant.admin, "c", [{"id": "doc-1", "vector": [1.0] * 8, "metadata": {"mine": True}}], dimension=8
     )
     before = await imports.all_vectors(tenant.admin, "c")
     overrides: dict[str, Any] = {

@@ -60,15 +60,12 @@ async def test_import_into_an_existing_collection_merges_and_later_ids_win(
     imports: Imports,
 ) -> None:
     tenant = await imports.tenant()
-    await imports.http.post(
-        "/api/v1/collections",
-        json={"name": "kb", "dimension": 4, "metric": "l2"},
-        headers=bearer(tenant.admin),
-    )
-    await imports.http.put(
-        "/api/v1/collections/kb/vectors",
-        json={"vectors": [{"id": "keep", "vector": [1, 1, 1, 1]}, {"id": "doc-0", "vector": [9, 9, 9, 9]}]},
-        headers=bearer(tenant.admin),
+    await imports.collection(
+        tenant.admin,
+        "kb",
+        [{"id": "keep", "vector": [1, 1, 1, 1]}, {"id": "doc-0", "vector": [9, 9, 9, 9]}],
+        dimension=4,
+        metric="l2",
     )
     source = imports.database(n=30, dimensions=4, chunk_size=10)
     # A later chunk repeats an id of an earlier one: the SDK's last write wins.
@@ -129,14 +126,7 @@ async def test_searches_during_an_import_see_the_last_commit(
 ) -> None:
     """Not a 409 and not a half import: the collection as it was, until the import commits."""
     tenant = await imports.tenant()
-    await imports.http.post(
-        "/api/v1/collections", json={"name": "c", "dimension": 8}, headers=bearer(tenant.admin)
-    )
-    await imports.http.put(
-        "/api/v1/collections/c/vectors",
-        json={"vectors": [{"id": "old", "vector": [1.0] * 8}]},
-        headers=bearer(tenant.admin),
-    )
+    await imports.collection(tenant.admin, "c", [{"id": "old", "vector": [1.0] * 8}], dimension=8)
     source = imports.published(n=300, chunk_size=100)
     imports.portal.faults[f"{source.folder}/chunk-2.json"] = ["slow:0.8"]
     accepted = await imports.submit(tenant.admin, "c", source)

@@ -41,14 +41,7 @@ async def test_an_import_refused_on_storage_bytes_leaves_room_for_what_fits(
     """The storage check comes before the merge writes anything: a refused import leaves no pages
     behind that would count against the tenant afterwards."""
     tenant = await imports.tenant()
-    await imports.http.post(
-        "/api/v1/collections", json={"name": "c", "dimension": 8}, headers=bearer(tenant.admin)
-    )
-    await imports.http.put(
-        "/api/v1/collections/c/vectors",
-        json={"vectors": [{"id": "a", "vector": [1.0] * 8}]},
-        headers=bearer(tenant.admin),
-    )
+    await imports.collection(tenant.admin, "c", [{"id": "a", "vector": [1.0] * 8}], dimension=8)
     size = await imports.db.pool.fetchval(
         """SELECT sum(pg_total_relation_size(to_regclass('vectors_' || id)))
            FROM collections WHERE tenant_id = $1""",

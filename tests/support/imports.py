@@ -93,6 +93,15 @@ class Imports:
     def published(self, **kwargs: Any) -> S5Database:
         return self.publish(self.database(**kwargs))
 
+    async def collection(self, key: str, name: str, vectors: list[dict[str, Any]], **spec: Any) -> None:
+        """A collection (`spec`: dimension, metric...) holding `vectors`, made through the API."""
+        made = await self.http.post("/api/v1/collections", json={"name": name, **spec}, headers=bearer(key))
+        assert made.status_code == 201, made.text
+        put = await self.http.put(
+            f"/api/v1/collections/{name}/vectors", json={"vectors": vectors}, headers=bearer(key)
+        )
+        assert put.status_code == 200, put.text
+
     async def submit(self, key: str, collection: str, source: S5Database, **body: Any) -> dict[str, Any]:
         return await submit(self.http, key, collection, source, **body)
 
