@@ -19,6 +19,7 @@ import asyncpg
 
 from service.db import Database
 from service.imports import store
+from service.imports.models import ImportStatus
 from service.metrics import IMPORTS_FINISHED
 
 log = logging.getLogger("vectorhive.imports")
@@ -86,7 +87,7 @@ class RunnerLease:
         async with self.db.transaction() as conn:
             ended = await store.sweep_orphans(conn, LEASE_CLASS)
         for import_id in ended:
-            IMPORTS_FINISHED.labels("error").inc()
+            IMPORTS_FINISHED.labels(ImportStatus.ERROR).inc()
             log.warning("import interrupted: its server stopped", extra={"import_id": str(import_id)})
 
     async def _sweep_forever(self) -> None:

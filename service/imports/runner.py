@@ -27,6 +27,7 @@ from service.imports import store
 from service.imports.formats import ImportFailure, check_manifest, decrypt, parse_manifest
 from service.imports.lease import RunnerLease
 from service.imports.merge import Merger
+from service.imports.models import ImportStatus
 from service.imports.pipeline import ChunkStager, ImportCancelled, download, fingerprint_of
 from service.imports.portal import S5Portal
 from service.imports.staging import TargetSpec
@@ -125,7 +126,7 @@ class ImportRunner:
                 log.info("import started", extra=extra)
                 async with asyncio.timeout(self.s5.loading_timeout_minutes * 60):
                     await self._load(conn, claimed, key)
-                IMPORTS_FINISHED.labels("loaded").inc()
+                IMPORTS_FINISHED.labels(ImportStatus.LOADED).inc()
             except ImportFailure as failure:
                 log.info("import failed", extra={**extra, "code": failure.code, "reason": failure.message})
                 await self._fail(row.id, failure.code, failure.message)
@@ -133,7 +134,7 @@ class ImportRunner:
                 minutes = f"{self.s5.loading_timeout_minutes:g}"
                 await self._fail(row.id, "timeout", f"the import did not finish within {minutes} minutes")
             except ImportCancelled:
-                IMPORTS_FINISHED.labels("cancelled").inc()
+                IMPORTS_FINISHED.labels(ImportStatus.CANCELLED).inc()
                 log.info("import cancelled", extra=extra)
             except asyncio.CancelledError:
                 if self._closing:
@@ -144,7 +145,7 @@ class ImportRunner:
                         lambda: self._fail(row.id, "interrupted", _INTERRUPTED, quiet=True),
                     )
                 else:
-                    IMPORTS_FINISHED.labels("cancelled").inc()
+                    IMPORTS_FINISHED.labels(ImportStatus.CANCELLED).inc()
                 raise
             except Exception as exc:
                 log.exception("import failed unexpectedly", extra=extra)
@@ -157,7 +158,7 @@ class ImportRunner:
 
     async def _fail(self, import_id: uuid.UUID, code: str, message: str, *, quiet: bool = False) -> None:
         """Record the failure; quiet: raise database errors to the caller instead of logging them."""
-        IMPORTS_FINISHED.labels("error").inc()
+        IMPORTS_FINISHED.labels(ImportStatus.ERROR).inc()
         try:
             async with self.db.transaction() as conn:
                 await store.finish_failed(conn, import_id, code, message)
