@@ -9,7 +9,7 @@ import time
 from litestar import Litestar
 
 from service.db import Database
-from service.imports.runner import LEASE_CLASS
+from service.imports.lease import LEASE_CLASS
 
 
 async def lease_holders(db: Database, runner_id: int) -> int:

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from service.db import Database
-from service.imports.runner import LEASE_CLASS
+from service.imports.lease import LEASE_CLASS
 from tests.conftest import TenantKeys, bearer
 from tests.db_proxy import DatabaseProxy, database_proxy
 from tests.fake_s5 import FakePortal, serve

@@ -318,6 +318,19 @@ class Database:
             embedded, self.embedded = self.embedded, None
             await asyncio.to_thread(embedded.stop)
 
+    async def connect(self) -> asyncpg.Connection:
+        """A connection of its own, outside the pool (the import runner's lease, an import's
+        session), set up as the pool's connections are (_init_connection). The caller closes it."""
+        if self.url is None:
+            raise RuntimeError("database not started")
+        conn = await asyncpg.connect(self.url)
+        try:
+            await _init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
     async def ping(self) -> None:
         async with self.pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1", timeout=2)

@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 import httpx
 
-TERMINAL = {"loaded", "error", "cancelled"}
+from service.imports.models import FINISHED, ImportStatus
+
 BAR_WIDTH = 30
 
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace, *, poll_seconds: float = 0.25) -> int:
                     return 1
                 status = response.json()
                 progress.show(status)
-                if status["status"] in TERMINAL:
+                if status["status"] in FINISHED:
                     break
                 time.sleep(poll_seconds)
         except KeyboardInterrupt:
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace, *, poll_seconds: float = 0.25) -> int:
             return 130
     progress.end()
     print(json.dumps(status), file=sys.stdout)
-    if status["status"] == "loaded":
+    if status["status"] == ImportStatus.LOADED:
         cached = " (cached: unchanged since the last import)" if status.get("cached") else ""
         print(
             f"loaded {status['vectors_loaded']:,} vectors into '{args.collection}' "

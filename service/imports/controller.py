@@ -8,13 +8,13 @@ from litestar.params import FromPath, JSONBody
 
 from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import requires
-from service.auth.principal import Permission, Principal
+from service.auth.principal import Permission, TenantPrincipal
 from service.errors import AUTHENTICATED, problem_responses
 from service.imports.models import Import, ImportAccepted, ImportPage, ImportRequest
 from service.imports.service import ImportService
 
 Service = NamedDependency[ImportService]
-Caller = NamedDependency[Principal]
+Tenant = NamedDependency[TenantPrincipal]
 
 READ = [requires(Permission.READ_ONLY)]
 WRITE = [requires(Permission.READ_WRITE)]
@@ -41,9 +41,9 @@ class ImportsController(Controller):
         ),
     )
     async def create_import(
-        self, principal: Caller, imports: Service, name: FromPath[str], data: JSONBody[ImportRequest]
+        self, tenant: Tenant, imports: Service, name: FromPath[str], data: JSONBody[ImportRequest]
     ) -> Response[ImportAccepted]:
-        accepted = await imports.submit(principal, name, data)
+        accepted = await imports.submit(tenant, name, data)
         return Response(
             accepted, status_code=202, headers={"Location": f"/api/v1/imports/{accepted.import_id}"}
         )
@@ -56,9 +56,9 @@ class ImportsController(Controller):
         summary="The tenant's imports, newest first",
     )
     async def list_imports(
-        self, principal: Caller, imports: Service, limit: PageLimit = 100, cursor: Cursor = None
+        self, tenant: Tenant, imports: Service, limit: PageLimit = 100, cursor: Cursor = None
     ) -> ImportPage:
-        return await imports.list_page(principal, cursor=cursor, limit=limit)
+        return await imports.list_page(tenant, cursor=cursor, limit=limit)
 
     @get(
         "/imports/{import_id:str}",
@@ -67,8 +67,8 @@ class ImportsController(Controller):
         responses=problem_responses(*AUTHENTICATED, 404),
         summary="An import's status and progress",
     )
-    async def get_import(self, principal: Caller, imports: Service, import_id: FromPath[str]) -> Import:
-        return await imports.get(principal, import_id)
+    async def get_import(self, tenant: Tenant, imports: Service, import_id: FromPath[str]) -> Import:
+        return await imports.get(tenant, import_id)
 
     @delete(
         "/imports/{import_id:str}",
@@ -78,5 +78,5 @@ class ImportsController(Controller):
         responses=problem_responses(*AUTHENTICATED, 404, 409),
         summary="Cancel an import that has not finished; the collection stays as it was",
     )
-    async def cancel_import(self, principal: Caller, imports: Service, import_id: FromPath[str]) -> Import:
-        return await imports.cancel(principal, import_id)
+    async def cancel_import(self, tenant: Tenant, imports: Service, import_id: FromPath[str]) -> Import:
+        return await imports.cancel(tenant, import_id)

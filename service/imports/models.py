@@ -19,6 +19,11 @@ class ImportStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+# The one definition of which statuses are which; the SQL in store.py is built from these.
+ACTIVE = (ImportStatus.PENDING, ImportStatus.LOADING)  # still running (or waiting to): cancellable
+FINISHED = (ImportStatus.LOADED, ImportStatus.ERROR, ImportStatus.CANCELLED)  # ended for good
+
+
 class ImportRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Import a vector database that an SDK stored on S5. The portal is the server's (s5.portal_url)."""
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 
 from service.auth.models import COLLECTION_NAME_RULE, is_collection_name
-from service.auth.principal import Principal
+from service.auth.principal import TenantPrincipal
 from service.collections import store as collection_store
 from service.config import S5Settings
 from service.db import Database
@@ -28,8 +28,8 @@ from service.pagination import decode_cursor, invalid_cursor, split_page
 ACTIVE_LIMIT_LOCK = 0x766A  # advisory lock class for counting a tenant's active imports
 
 
-def _field(field: str, message: str) -> InvalidRequest:
-    return InvalidRequest(f"{field}: {message}", errors=[{"field": field, "message": message}])
+def _field(field: str, message: str, *, source: str = "body") -> InvalidRequest:
+    return InvalidRequest.field(field, message, f"{field}: {message}", source=source)
 
 
 def _to_model(row: store.ImportRow) -> Import:
@@ -41,7 +41,7 @@ def _to_model(row: store.ImportRow) -> Import:
         collection=row.collection,
         source=row.source,
         manifest_path=row.manifest_path,
-        status=ImportStatus(row.status),
+        status=row.status,
         chunks_done=row.chunks_done,
         chunks_total=row.chunks_total,
         vectors_loaded=row.vectors_loaded,
@@ -75,15 +75,16 @@ class ImportService:
         self.settings = settings
         self.runner = runner
 
-    async def submit(self, principal: Principal, collection: str, request: ImportRequest) -> ImportAccepted:
-        assert principal.tenant_id is not None
+    async def submit(
+        self, principal: TenantPrincipal, collection: str, request: ImportRequest
+    ) -> ImportAccepted:
         if self.settings.portal_url is None:
             raise ServiceUnavailable(
                 "Imports from S5 are not configured on this server (the operator sets s5.portal_url).",
                 code="imports_not_configured",
             )
         if not is_collection_name(collection):
-            raise _field("name", f"must be {COLLECTION_NAME_RULE}")
+            raise _field("name", f"must be {COLLECTION_NAME_RULE}", source="path")
         if not principal.may_see_collection(collection):
             raise NotFound(f"Collection '{collection}' does not exist.")
         try:
@@ -127,8 +128,7 @@ class ImportService:
         self.runner.submit(row, key)
         return ImportAccepted(import_id=str(row.id), status=ImportStatus.PENDING)
 
-    async def _find(self, principal: Principal, import_id: str) -> store.ImportRow:
-        assert principal.tenant_id is not None
+    async def _find(self, principal: TenantPrincipal, import_id: str) -> store.ImportRow:
         try:
             ident = uuid.UUID(import_id)
         except ValueError:
@@ -141,11 +141,10 @@ class ImportService:
             raise NotFound(f"Import '{import_id}' does not exist.")
         return row
 
-    async def get(self, principal: Principal, import_id: str) -> Import:
+    async def get(self, principal: TenantPrincipal, import_id: str) -> Import:
         return _to_model(await self._find(principal, import_id))
 
-    async def list_page(self, principal: Principal, *, cursor: str | None, limit: int) -> ImportPage:
-        assert principal.tenant_id is not None
+    async def list_page(self, principal: TenantPrincipal, *, cursor: str | None, limit: int) -> ImportPage:
         after = _parse_cursor(cursor)
         only = sorted(principal.collections) if principal.collections is not None else None
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
@@ -153,9 +152,8 @@ class ImportService:
         rows, next_cursor = split_page(rows, limit, _cursor_key)
         return ImportPage(items=[_to_model(r) for r in rows], next_cursor=next_cursor)
 
-    async def cancel(self, principal: Principal, import_id: str) -> Import:
+    async def cancel(self, principal: TenantPrincipal, import_id: str) -> Import:
         row = await self._find(principal, import_id)
-        assert principal.tenant_id is not None
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
             cancelled = await store.cancel(conn, row.id)
             current = cancelled or await store.get(conn, row.id)

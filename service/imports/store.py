@@ -2,6 +2,9 @@
 
 Tenant-facing reads run in a tenant transaction (row-level security limits them to the tenant's
 rows); the runner's bookkeeping runs as the service login and always names the import's id.
+The statuses in the SQL are written from the one definition in models.py (ACTIVE and the
+ImportStatus values) as literals, not parameters, so that the partial indexes on `status`
+(imports_active, imports_cache) still match.
 """
 
 from __future__ import annotations
@@ -12,7 +15,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-ACTIVE = ("pending", "loading")
+from service.db import ServiceConnection, TenantConnection
+from service.imports.models import ACTIVE, ImportStatus
+
+
+def _literal(status: ImportStatus) -> str:
+    return f"'{status.value}'"  # an enum's own value: plain lowercase words
+
+
+_IS_ACTIVE = f"status IN ({', '.join(_literal(s) for s in ACTIVE)})"
+_PENDING, _LOADING, _LOADED = (
+    _literal(s) for s in (ImportStatus.PENDING, ImportStatus.LOADING, ImportStatus.LOADED)
+)
+_ERROR, _CANCELLED = _literal(ImportStatus.ERROR), _literal(ImportStatus.CANCELLED)
 
 _COLUMNS = (
     "id, tenant_id, collection, collection_id, source, manifest_path, user_address, create_collection, "
@@ -31,7 +46,7 @@ class ImportRow:
     manifest_path: str
     user_address: str
     create_collection: bool
-    status: str
+    status: ImportStatus
     runner: int | None
     chunks_done: int
     chunks_total: int | None
@@ -47,11 +62,12 @@ class ImportRow:
 
 
 def _row(record: Any) -> ImportRow:
-    return ImportRow(**dict(record))
+    fields = dict(record)
+    return ImportRow(**{**fields, "status": ImportStatus(fields["status"])})
 
 
 async def insert(
-    conn: Any,
+    conn: TenantConnection,
     *,
     tenant_id: str,
     collection: str,
@@ -77,20 +93,20 @@ async def insert(
     return _row(record)
 
 
-async def count_active(conn: Any, tenant_id: str) -> int:
+async def count_active(conn: TenantConnection, tenant_id: str) -> int:
     count: int = await conn.fetchval(
-        "SELECT count(*) FROM imports WHERE tenant_id = $1 AND status IN ('pending', 'loading')", tenant_id
+        f"SELECT count(*) FROM imports WHERE tenant_id = $1 AND {_IS_ACTIVE}", tenant_id
     )
     return count
 
 
-async def get(conn: Any, import_id: uuid.UUID) -> ImportRow | None:
+async def get(conn: TenantConnection, import_id: uuid.UUID) -> ImportRow | None:
     record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM imports WHERE id = $1", import_id)
     return _row(record) if record else None
 
 
 async def list_page(
-    conn: Any, *, after: tuple[datetime, uuid.UUID] | None, limit: int, only: list[str] | None
+    conn: TenantConnection, *, after: tuple[datetime, uuid.UUID] | None, limit: int, only: list[str] | None
 ) -> list[ImportRow]:
     """Newest first; `only` limits to these collection names (a collection-scoped key)."""
     records = await conn.fetch(
@@ -106,12 +122,12 @@ async def list_page(
     return [_row(r) for r in records]
 
 
-async def cancel(conn: Any, import_id: uuid.UUID) -> ImportRow | None:
+async def cancel(conn: TenantConnection, import_id: uuid.UUID) -> ImportRow | None:
     """Cancel if still active; None when the import had already ended (or does not exist)."""
     record = await conn.fetchrow(
-        f"""UPDATE imports SET status = 'cancelled', error_code = 'cancelled',
+        f"""UPDATE imports SET status = {_CANCELLED}, error_code = 'cancelled',
                    error_message = 'cancelled by request', finished_at = now()
-            WHERE id = $1 AND status IN ('pending', 'loading') RETURNING {_COLUMNS}""",
+            WHERE id = $1 AND {_IS_ACTIVE} RETURNING {_COLUMNS}""",
         import_id,
     )
     return _row(record) if record else None
@@ -120,11 +136,11 @@ async def cancel(conn: Any, import_id: uuid.UUID) -> ImportRow | None:
 # -- the runner (service login) -------------------------------------------------------------------
 
 
-async def claim(conn: Any, import_id: uuid.UUID, runner: int) -> ImportRow | None:
+async def claim(conn: ServiceConnection, import_id: uuid.UUID, runner: int) -> ImportRow | None:
     """pending -> loading; None if it was cancelled (or swept) before it could start."""
     record = await conn.fetchrow(
-        f"""UPDATE imports SET status = 'loading', started_at = now(), runner = $2
-            WHERE id = $1 AND status = 'pending' RETURNING {_COLUMNS}""",
+        f"""UPDATE imports SET status = {_LOADING}, started_at = now(), runner = $2
+            WHERE id = $1 AND status = {_PENDING} RETURNING {_COLUMNS}""",
         import_id,
         runner,
     )
@@ -132,7 +148,7 @@ async def claim(conn: Any, import_id: uuid.UUID, runner: int) -> ImportRow | Non
 
 
 async def progress(
-    conn: Any,
+    conn: ServiceConnection,
     import_id: uuid.UUID,
     *,
     chunks_done: int,
@@ -142,9 +158,9 @@ async def progress(
 ) -> bool:
     """Record progress; False when the import is no longer loading (cancelled meanwhile)."""
     status = await conn.fetchval(
-        """UPDATE imports SET chunks_done = $2, chunks_total = $3, vectors_loaded = $4,
+        f"""UPDATE imports SET chunks_done = $2, chunks_total = $3, vectors_loaded = $4,
                   manifest_fingerprint = coalesce($5, manifest_fingerprint)
-           WHERE id = $1 AND status = 'loading' RETURNING status""",
+           WHERE id = $1 AND status = {_LOADING} RETURNING status""",
         import_id,
         chunks_done,
         chunks_total,
@@ -155,7 +171,7 @@ async def progress(
 
 
 async def finish_loaded(
-    conn: Any,
+    conn: TenantConnection,
     import_id: uuid.UUID,
     *,
     collection_id: int,
@@ -166,10 +182,10 @@ async def finish_loaded(
 ) -> bool:
     """loading -> loaded, inside the transaction that committed the vectors; False if cancelled."""
     status = await conn.fetchval(
-        """UPDATE imports SET status = 'loaded', finished_at = clock_timestamp(), collection_id = $2,
+        f"""UPDATE imports SET status = {_LOADED}, finished_at = clock_timestamp(), collection_id = $2,
                   collection_version = $3, vectors_loaded = $4, chunks_done = $5, chunks_total = $5,
                   cached = $6
-           WHERE id = $1 AND status = 'loading' RETURNING status""",
+           WHERE id = $1 AND status = {_LOADING} RETURNING status""",
         import_id,
         collection_id,
         collection_version,
@@ -180,10 +196,10 @@ async def finish_loaded(
     return status is not None
 
 
-async def finish_failed(conn: Any, import_id: uuid.UUID, code: str, message: str) -> None:
+async def finish_failed(conn: ServiceConnection, import_id: uuid.UUID, code: str, message: str) -> None:
     await conn.execute(
-        """UPDATE imports SET status = 'error', error_code = $2, error_message = $3, finished_at = now()
-           WHERE id = $1 AND status IN ('pending', 'loading')""",
+        f"""UPDATE imports SET status = {_ERROR}, error_code = $2, error_message = $3, finished_at = now()
+           WHERE id = $1 AND {_IS_ACTIVE}""",
         import_id,
         code,
         message,
@@ -191,12 +207,18 @@ async def finish_failed(conn: Any, import_id: uuid.UUID, code: str, message: str
 
 
 async def cached_result(
-    conn: Any, *, collection_id: int, manifest_path: str, user_address: str, fingerprint: str, version: int
+    conn: TenantConnection,
+    *,
+    collection_id: int,
+    manifest_path: str,
+    user_address: str,
+    fingerprint: str,
+    version: int,
 ) -> int | None:
     """Vectors of an earlier import of this same manifest whose merge left the collection at `version`."""
     loaded: int | None = await conn.fetchval(
-        """SELECT vectors_loaded FROM imports
-           WHERE status = 'loaded' AND collection_id = $1 AND manifest_path = $2
+        f"""SELECT vectors_loaded FROM imports
+           WHERE status = {_LOADED} AND collection_id = $1 AND manifest_path = $2
              AND lower(user_address) = lower($3) AND manifest_fingerprint = $4 AND collection_version = $5
            ORDER BY finished_at DESC LIMIT 1""",
         collection_id,
@@ -208,28 +230,44 @@ async def cached_result(
     return loaded
 
 
-async def interrupt_runner(conn: Any, runner: int) -> None:
+async def locked_data_version(conn: TenantConnection, collection_id: int) -> int | None:
+    """The collection's data version, its row locked against writes until the transaction ends."""
+    version: int | None = await conn.fetchval(
+        "SELECT data_version FROM collections WHERE id = $1 FOR SHARE", collection_id
+    )
+    return version
+
+
+async def collection_id(conn: ServiceConnection, tenant_id: str, name: str) -> int | None:
+    """The id of the tenant's collection of that name (the merge's look-up, as the service login)."""
+    found: int | None = await conn.fetchval(
+        "SELECT id FROM collections WHERE tenant_id = $1 AND name = $2", tenant_id, name
+    )
+    return found
+
+
+async def interrupt_runner(conn: ServiceConnection, runner: int) -> None:
     """End the active imports of this runner (its process is shutting down)."""
     await conn.execute(
-        """UPDATE imports SET status = 'error', error_code = 'interrupted', finished_at = now(),
+        f"""UPDATE imports SET status = {_ERROR}, error_code = 'interrupted', finished_at = now(),
                   error_message = 'the server shut down before the import finished; nothing was '
                                   || 'written; submit the import again'
-           WHERE runner = $1 AND status IN ('pending', 'loading')""",
+           WHERE runner = $1 AND {_IS_ACTIVE}""",
         runner,
     )
 
 
-async def sweep_orphans(conn: Any, lease_class: int) -> list[uuid.UUID]:
+async def sweep_orphans(conn: ServiceConnection, lease_class: int) -> list[uuid.UUID]:
     """End as error every active import whose runner no longer holds its lease (its process died).
 
     A runner holds pg_advisory_lock(lease_class, runner) on a connection of its own for as long as
     it lives; PostgreSQL releases it when that connection ends, however the process ended.
     """
     records = await conn.fetch(
-        """UPDATE imports SET status = 'error', error_code = 'interrupted', finished_at = now(),
+        f"""UPDATE imports SET status = {_ERROR}, error_code = 'interrupted', finished_at = now(),
                   error_message = 'the server running this import stopped before it finished; '
                                   || 'nothing was written; submit the import again'
-           WHERE status IN ('pending', 'loading')
+           WHERE {_IS_ACTIVE}
              AND NOT EXISTS (
                  SELECT 1 FROM pg_locks l
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
@@ -244,7 +282,9 @@ async def sweep_orphans(conn: Any, lease_class: int) -> list[uuid.UUID]:
 # -- the staging table (the import's own connection) ----------------------------------------------
 
 
-async def create_staging(conn: Any, *, vector_type: str, dimension: int, tenant_role: str) -> None:
+async def create_staging(
+    conn: ServiceConnection, *, vector_type: str, dimension: int, tenant_role: str
+) -> None:
     """A temporary table of the import's own session: it vanishes with the session, crash or not."""
     await conn.execute(
         f"""CREATE TEMP TABLE vh_import (ord bigint NOT NULL, id text NOT NULL,
@@ -254,7 +294,7 @@ async def create_staging(conn: Any, *, vector_type: str, dimension: int, tenant_
     )
 
 
-async def copy_chunk(conn: Any, copy_data: bytes) -> None:
+async def copy_chunk(conn: ServiceConnection, copy_data: bytes) -> None:
     async def pieces() -> AsyncIterator[bytes]:  # asyncpg would read a bytes source as a file name
         view = memoryview(copy_data)
         for start in range(0, len(view), 1 << 20):
@@ -265,7 +305,7 @@ async def copy_chunk(conn: Any, copy_data: bytes) -> None:
     )
 
 
-async def staged_additions(conn: Any, table: str) -> tuple[int, int]:
+async def staged_additions(conn: TenantConnection, table: str) -> tuple[int, int]:
     """(distinct staged ids the collection does not hold yet, bytes of the staged rows): what the
     merge would add, for the storage quota, known before anything is written."""
     record = await conn.fetchrow(
@@ -276,7 +316,7 @@ async def staged_additions(conn: Any, table: str) -> tuple[int, int]:
     return record["new_ids"], record["bytes"]
 
 
-async def merge_staged(conn: Any, table: str, *, plain_insert: bool = False) -> tuple[int, int]:
+async def merge_staged(conn: TenantConnection, table: str, *, plain_insert: bool = False) -> tuple[int, int]:
     """Into the collection's table, the later of repeated ids winning, in id order (the lock order
     of upserts, so that a concurrent upsert waits rather than deadlocks). -> (rows, new ids).
 
@@ -300,7 +340,7 @@ async def merge_staged(conn: Any, table: str, *, plain_insert: bool = False) -> 
     return record["total"], record["inserted"]
 
 
-async def staged_chunk_like_ids(conn: Any) -> bool:
+async def staged_chunk_like_ids(conn: TenantConnection) -> bool:
     """Whether a staged id contains '#', the mark of a document chunk in text collections."""
     found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM vh_import WHERE strpos(id, '#') > 0)")
     return found
