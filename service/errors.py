@@ -152,7 +152,6 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError, ConnectionFailureError, ...
     asyncpg.exceptions.OperatorInterventionError,  # CannotConnectNow, AdminShutdown, CrashShutdown
     asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.InterfaceError,  # "connection is closed", "pool is closing", released connections
     # A pooled connection whose server went away mid-protocol ("cannot switch to state ..."); the
     # pool discards it, so a retry gets a fresh one.
     asyncpg.exceptions.InternalClientError,
@@ -167,10 +166,20 @@ def is_database_outage(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _OUTAGE_ERRORS):
+        if isinstance(current, _OUTAGE_ERRORS) or _is_lost_connection(current):
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _is_lost_connection(exc: BaseException) -> bool:
+    """asyncpg's InterfaceError says both "connection is closed" / "pool is closing" / "released
+    connection" (an outage: 503) and "the server expects 2 arguments, 3 were passed" (a bug in
+    this service: 500, not a 503 that tells the client to retry). Only the former mention one."""
+    if not isinstance(exc, asyncpg.InterfaceError) or isinstance(exc, asyncpg.DataError):
+        return False
+    message = str(exc).lower()
+    return "connection" in message or "pool" in message
 
 
 class ProblemDocument(msgspec.Struct, kw_only=True):

@@ -130,3 +130,23 @@ async def test_nested_body_errors_are_400_not_500(
     assert body["errors"] == [
         {"message": "Expected `array | null`, got `object`", "source": "body", "field": "collections"}
     ]
+
+
+async def test_a_lost_connection_is_an_outage_but_a_misused_query_is_not(pg_url: str) -> None:
+    """Both are asyncpg InterfaceErrors; only the first may become 503 (retry later): the second is
+    a bug in the service, and a 503 would send clients into retries that can never succeed."""
+    import asyncpg
+    import pytest
+
+    from service.errors import is_database_outage
+
+    conn = await asyncpg.connect(pg_url)
+    try:
+        with pytest.raises(asyncpg.InterfaceError) as misuse:
+            await conn.fetch("SELECT $1::int", 1, 2)  # one parameter, two arguments
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.InterfaceError) as closed:
+        await conn.fetch("SELECT 1")
+    assert not is_database_outage(misuse.value)
+    assert is_database_outage(closed.value)
