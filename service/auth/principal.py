@@ -38,12 +38,6 @@ class Principal:
     def is_operator(self) -> bool:
         return self.kind is KeyKind.OPERATOR
 
-    def require_tenant(self) -> str:
-        """Being removed (issue 9): take a TenantPrincipal instead."""
-        if self.tenant_id is None:
-            raise RuntimeError("a tenant route was reached without a tenant principal")
-        return self.tenant_id
-
     def as_tenant(self) -> TenantPrincipal | None:
         """This caller as a tenant principal; None for operators (and keys without a permission)."""
         if isinstance(self, TenantPrincipal):

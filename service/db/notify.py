@@ -20,6 +20,8 @@ from typing import Any
 
 import asyncpg
 
+from service.db.connections import ServiceConnection, TenantConnection
+
 log = logging.getLogger("vectorhive.db.notify")
 
 # Channels (PostgreSQL identifiers); payloads are short text (NOTIFY allows < 8000 bytes).
@@ -35,8 +37,11 @@ LISTENER_APPLICATION_NAME = "vectorhive-notify"
 Callback = Callable[[str], None]
 
 
-async def notify(conn: Any, channel: str, payload: str) -> None:
-    """Queue a notification in conn's transaction; delivered to every listener at COMMIT."""
+async def notify(conn: TenantConnection | ServiceConnection, channel: str, payload: str) -> None:
+    """Queue a notification in conn's transaction; delivered to every listener at COMMIT.
+
+    Either kind of connection: pg_notify reads no table, and what a payload names is an id the
+    listeners look up under their own rules."""
     await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
 
 
