@@ -109,10 +109,30 @@ def _run(settings: Settings, action: Callable[[Any], Awaitable[T]], *, create: b
 # --- commands -----------------------------------------------------------------------------------
 
 
-def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+def _uvicorn_config(settings: Settings, app: Any, **options: Any) -> Any:
     import uvicorn
 
-    from service.app import create_app
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        # uvloop and httptools: about twice the plain asyncio loop and h11 per request.
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=30,
+        # uvicorn would take X-Forwarded-For from 127.0.0.1 by default; the app decides whom
+        # to believe (server.trusted_proxies).
+        proxy_headers=False,
+        **options,
+    )
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
 
     if args.host is not None:
         settings.server.host = args.host
@@ -123,25 +143,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         f"serving data from {describe_database(settings)}",
         extra={"database": describe_database(settings)},
     )
-    app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.server.host,
-            port=settings.server.port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            lifespan="on",
-            # uvloop and httptools: about twice the plain asyncio loop and h11 per request.
-            loop="uvloop",
-            http="httptools",
-            timeout_graceful_shutdown=30,
-            # uvicorn would take X-Forwarded-For from 127.0.0.1 by default; the app decides whom
-            # to believe (server.trusted_proxies).
-            proxy_headers=False,
-        )
-    )
+    if settings.server.workers > 1:
+        from service.workers import serve_workers
+
+        return serve_workers(settings, lambda app, **options: _uvicorn_config(settings, app, **options))
+
+    from service.app import create_app
+
+    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))
     server.run()
     return 0 if server.started else 1
 

@@ -51,6 +51,8 @@ class ClusterHealth(msgspec.Struct, kw_only=True):
     database: Component
     hivehub: HubStatus
     rate_limit_storage: Component
+    # rate_limiting.enabled as in force (unset: on in cluster mode only).
+    rate_limits_enabled: bool
     background_jobs: list[JobStatus]
     imports: ImportsStatus
     # This process's tenant-aware caches (service.pool): size, hits, misses, evictions, expirations.
@@ -152,6 +154,7 @@ class ClusterController(Controller):
             database=database,
             hivehub=hub_status,
             rate_limit_storage=storage,
+            rate_limits_enabled=state.settings.rate_limits_enabled,
             background_jobs=job_status,
             imports=imports,
             pools=pools(),

@@ -6,12 +6,12 @@ import logging
 from typing import Any
 
 from litestar import Controller, Request, Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.auth.guards import operator_only
 from service.db import Database
 from service.errors import AUTHENTICATED, problem_responses
-from service.metrics import TENANT_STORAGE_BYTES
+from service.metrics import TENANT_STORAGE_BYTES, exposition_registry
 from service.quota import store
 
 log = logging.getLogger("vectorhive.metrics")
@@ -41,4 +41,4 @@ class MetricsController(Controller):
             await refresh_storage_gauges(request.app.state.db)
         except Exception:
             log.warning("could not refresh the storage gauges", exc_info=True)
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(exposition_registry()), media_type=CONTENT_TYPE_LATEST)
