@@ -373,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ef-search", type=int, default=100, help="hnsw.ef_search for the raw-SQL comparison")
     bench.add_argument("--keep", action="store_true", help="keep the benchmark collection afterwards")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument(
+        "--encoding",
+        choices=["json", "base64", "both"],
+        default="both",
+        help="upsert vectors as JSON numbers, as base64 float32 (vector_b64), or both (default: the "
+        "same vectors as base64 into a scratch collection first, then the main load as JSON)",
+    )
+    bench.add_argument(
+        "--workers", type=int, default=1, help="server.workers of the temporary server (without --url)"
+    )
     bench.set_defaults(handler=cmd_bench)
 
     models = commands.add_parser(

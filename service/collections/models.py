@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import msgspec
 
 from service.auth.models import CollectionName
+from service.collections.vector_codec import B64_DESCRIPTION
 
 VECTOR_ID_RULE = "1 to 256 characters, without '/' or control characters"
 VectorId = Annotated[
@@ -135,7 +136,9 @@ class CollectionPage(msgspec.Struct, kw_only=True):
 
 class VectorItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: VectorId
-    vector: list[float]
+    # Exactly one of vector and vector_b64 (service/collections/vector_codec.py).
+    vector: list[float] | None = None
+    vector_b64: Annotated[str, msgspec.Meta(description=B64_DESCRIPTION)] | None = None
     metadata: Metadata | None = None
 
 

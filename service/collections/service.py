@@ -35,6 +35,7 @@ from service.collections.models import (
 )
 from service.collections.search import SearchOperations, StaleCollection, _as_list
 from service.collections.store import CollectionRow, TextBinding
+from service.collections.vector_codec import check_forms, items_matrix
 from service.config import CollectionsSettings, DocumentsSettings
 from service.db import Database
 from service.db.notify import COLLECTIONS_CHANNEL, NotificationHub
@@ -363,15 +364,22 @@ class CollectionService(SearchOperations):
     # -- vectors ----------------------------------------------------------------------------------
 
     def _vectors_matrix(
-        self, row: CollectionRow, vectors: list[list[float]], field: Callable[[int], str]
+        self,
+        row: CollectionRow,
+        vectors: list[list[float]] | np.ndarray[Any, Any],
+        field: Callable[[int], str],
     ) -> Any:
-        for i, values in enumerate(vectors):
-            if len(values) != row.dimension:
-                raise _problem_at(
-                    field(i), f"has {len(values)} values; the collection's dimension is {row.dimension}"
-                )
-        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
-            matrix = np.asarray(vectors, dtype=np.float32)
+        """The vectors as a checked float32 matrix (a matrix given, from vector_codec, is checked as is)."""
+        if isinstance(vectors, np.ndarray):
+            matrix = vectors
+        else:
+            for i, values in enumerate(vectors):
+                if len(values) != row.dimension:
+                    raise _problem_at(
+                        field(i), f"has {len(values)} values; the collection's dimension is {row.dimension}"
+                    )
+            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+                matrix = np.asarray(vectors, dtype=np.float32)
         finite = np.isfinite(matrix).all(axis=1)
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
@@ -416,6 +424,7 @@ class CollectionService(SearchOperations):
             raise _problem_at(
                 "vectors", f"{len(items)} vectors; at most {self.settings.max_batch_vectors} per request"
             )
+        check_forms(items)  # before any charge: each item has vector or vector_b64
         seen: dict[str, int] = {}
         metadata_json: list[str] = []
         for i, item in enumerate(items):
@@ -442,7 +451,11 @@ class CollectionService(SearchOperations):
                         "(<document id>#<chunk index>); store documents through .../documents",
                     )
             matrix = self._vectors_matrix(
-                row, [item.vector for item in items], lambda i: f"vectors[{i}].vector"
+                row,
+                items_matrix(items, row.dimension),
+                lambda i: (
+                    f"vectors[{i}].vector" if items[i].vector_b64 is None else f"vectors[{i}].vector_b64"
+                ),
             )
             await self._check_storage(conn, principal.tenant_id, row, list(seen), metadata_json)
             encode = self._encoder(row)
