@@ -1,11 +1,12 @@
 """`vectorhive serve` with server.workers > 1: one parent process, N uvicorn workers on one port.
 
-The parent starts the embedded PostgreSQL (when database.url is not set) and runs the migrations,
-once; it then hands every worker the same settings, with the database's URL, through the
-environment (SETTINGS_ENV, a JSON document: it holds secrets, and a process's environment is
-readable only by its own OS user). Each worker builds its own app with create_app: its own pool,
-caches (kept coherent by LISTEN/NOTIFY, as across replicas), models and background jobs (usage
-flushes, retention, index builds and imports claim their rows, so they are safe per process).
+The parent starts the embedded PostgreSQL (when database.url is not set), runs the migrations and
+prepares the default models (download and conversion), once; it then hands every worker the same
+settings, with the database's URL, through the environment (SETTINGS_ENV, a JSON document: it
+holds secrets, and a process's environment is readable only by its own OS user). Each worker
+builds its own app with create_app: its own pool, caches (kept coherent by LISTEN/NOTIFY, as
+across replicas), models and background jobs (usage flushes, retention, index builds and imports
+claim their rows, so they are safe per process).
 
 Prometheus metrics are summed over the workers: prometheus_client's multiprocess mode, in a
 private temporary folder. /metrics on the API port reads all workers' figures; metrics.port, if
@@ -22,7 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ def serve_workers(settings: Settings, make_config: Callable[..., Any]) -> int:
         if settings.database.migrate_on_startup:
             upgrade_to_head(url)
         worker.database.migrate_on_startup = False  # done, once, here
+        _prepare_models(settings)
         if settings.metrics.enabled:
             metrics_dir = tempfile.mkdtemp(prefix="vectorhive-metrics-")
             os.environ[METRICS_DIR_ENV] = metrics_dir
@@ -111,6 +113,37 @@ def serve_workers(settings: Settings, make_config: Callable[..., Any]) -> int:
         stop_supervising.set()
         if embedded is not None:
             embedded.stop()
+
+
+def _prepare_models(settings: Settings) -> None:
+    """Download and convert the default models once, here, before the workers load them (each
+    worker preparing them at the same time would race on the same files). A failure is left to the
+    workers to report, as a single server does (their model endpoints answer 503)."""
+    from service.inference.base import local_model_path
+    from service.inference.minilm import prepare_default as prepare_embedding
+    from service.inference.smollm2 import prepare_default as prepare_chat
+
+    sections: list[tuple[bool, Mapping[str, Any], str, Callable[[Path], Path]]] = [
+        (
+            settings.embeddings.enabled,
+            settings.embeddings.models,
+            settings.embeddings.cache_dir,
+            prepare_embedding,
+        ),
+        (
+            settings.generation.enabled,
+            settings.generation.models,
+            settings.generation.cache_dir,
+            prepare_chat,
+        ),
+    ]
+    for enabled, models, cache_dir, prepare in sections:
+        for name, model in models.items() if enabled else ():
+            if model.url is None and model.path == "default":
+                try:
+                    local_model_path(model.path, cache_dir, prepare)
+                except Exception as exc:
+                    log.warning("could not prepare a model", extra={"model": name, "error": str(exc)})
 
 
 def _supervise(embedded: Any, stop: threading.Event) -> None:
