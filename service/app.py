@@ -153,7 +153,8 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, *, bind_metrics_port: bool = True) -> Litestar:
+    """bind_metrics_port=False: metrics.port is served by another process (server.workers > 1)."""
     db = Database(settings.database)
     cache = KeyCache(
         ttl=settings.auth.api_key_cache_ttl,
@@ -294,7 +295,8 @@ def create_app(settings: Settings) -> Litestar:
         metrics_server = None
         if metrics_port is not None:
             jobs.start("storage-gauges", 30.0, storage_gauges.refresh)
-            metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
+            if bind_metrics_port:
+                metrics_server, _ = start_http_server(metrics_port, addr=settings.metrics.host)
         await keyring.start()
         jobs.start("session-sweep", settings.sessions.sweep_interval_seconds, session_service.sweep)
         await indexer.recover()

@@ -12,6 +12,7 @@ at 1% selectivity, and upserts into the now indexed collection.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -161,10 +162,20 @@ async def _send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any)
     return response
 
 
+def _b64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
 async def _upload(
-    client: httpx.AsyncClient, name: str, data: np.ndarray, offset: int, metadata: bool
+    client: httpx.AsyncClient,
+    name: str,
+    data: np.ndarray,
+    offset: int,
+    metadata: bool,
+    encoding: str = "json",
 ) -> float:
-    """Upsert all of `data` in batches over UPLOAD_STREAMS connections; returns vectors/s."""
+    """Upsert all of `data` in batches over UPLOAD_STREAMS connections; returns vectors/s. encoding:
+    json (`vector`, numbers) or base64 (`vector_b64`, little-endian float32)."""
     encoder = msgspec.json.Encoder()
     batches = list(range(0, len(data), BATCH))
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -178,7 +189,11 @@ async def _upload(
             items = [
                 {
                     "id": str(offset + start + i),
-                    "vector": chunk[i].tolist(),
+                    **(
+                        {"vector_b64": _b64(chunk[i])}
+                        if encoding == "base64"
+                        else {"vector": chunk[i].tolist()}
+                    ),
                     **({"metadata": {"bucket": (offset + start + i) % 100}} if metadata else {}),
                 }
                 for i in range(len(chunk))
@@ -375,8 +390,28 @@ async def run(target: Target, args: Any, log: Any) -> dict[str, Any]:
         if made.status_code != 201:
             raise SystemExit(f"could not create the collection: {made.status_code} {made.text[:500]}")
         try:
-            log(f"uploading {n} vectors in batches of {BATCH} over {UPLOAD_STREAMS} connections ...")
-            upsert_rate = await _upload(client, name, data, 0, metadata=True)
+            b64_rate = None
+            if args.encoding == "both":
+                # The same vectors as base64 first, into a scratch collection dropped at once (before
+                # its index build would compete with the main load).
+                scratch = f"{name}-b64"
+                made = await client.post(
+                    "/api/v1/collections", json={"name": scratch, "dimension": dim, "metric": "cosine"}
+                )
+                if made.status_code != 201:
+                    raise SystemExit(f"could not create the collection: {made.status_code} {made.text[:500]}")
+                try:
+                    log(f"uploading {n} vectors as base64 (vector_b64) into a scratch collection ...")
+                    b64_rate = await _upload(client, scratch, data, 0, metadata=True, encoding="base64")
+                    log(f"  {b64_rate:,.0f} vectors/s")
+                finally:
+                    await client.delete(f"/api/v1/collections/{scratch}")
+            encoding = "base64" if args.encoding == "base64" else "json"
+            log(
+                f"uploading {n} vectors ({encoding}) in batches of {BATCH} "
+                f"over {UPLOAD_STREAMS} connections ..."
+            )
+            upsert_rate = await _upload(client, name, data, 0, metadata=True, encoding=encoding)
             log(f"  {upsert_rate:,.0f} vectors/s")
 
             log("waiting for the HNSW index ...")
@@ -432,7 +467,7 @@ async def run(target: Target, args: Any, log: Any) -> dict[str, Any]:
                 )
 
             log(f"upserting {len(extra)} more vectors into the indexed collection ...")
-            indexed_rate = await _upload(client, name, extra, n, metadata=True)
+            indexed_rate = await _upload(client, name, extra, n, metadata=True, encoding=encoding)
             log(f"  {indexed_rate:,.0f} vectors/s")
         finally:
             # Also when a step fails: a benchmark leaves no collection behind unless told to.
@@ -444,7 +479,16 @@ async def run(target: Target, args: Any, log: Any) -> dict[str, Any]:
         "vectors": n,
         "dim": dim,
         "queries": len(queries),
+        "upsert_encoding": encoding,
         "upsert_vectors_per_s": round(upsert_rate, 1),
+        **(
+            {
+                "upsert_b64_vectors_per_s": round(b64_rate, 1),
+                "upsert_b64_over_json": round(b64_rate / upsert_rate, 2),
+            }
+            if b64_rate is not None
+            else {}
+        ),
         "upsert_indexed_vectors_per_s": round(indexed_rate, 1),
         "index_build_s": round(float(build_s), 2),
         "search_p50_ms": round(api["p50"], 3),
@@ -464,6 +508,8 @@ async def run(target: Target, args: Any, log: Any) -> dict[str, Any]:
     if comparison:
         result["raw_copy_vectors_per_s"] = round(await _raw_copy(target.database_url or "", data[:20_000]), 1)
         result["upsert_over_raw_copy"] = round(upsert_rate / result["raw_copy_vectors_per_s"], 3)
+        if b64_rate is not None:
+            result["upsert_b64_over_raw_copy"] = round(b64_rate / result["raw_copy_vectors_per_s"], 3)
     return result
 
 
@@ -516,8 +562,8 @@ def main(args: Any) -> int:
             raise SystemExit("--url needs --key (a READ_WRITE or ADMIN key)")
         target = Target(args.url.rstrip("/"), args.key, args.database_url)
     else:
-        log("starting a temporary server on a temporary embedded database ...")
-        target = start_temporary_server()
+        log(f"starting a temporary server ({args.workers} worker(s)) on a temporary embedded database ...")
+        target = start_temporary_server({"VECTORHIVE_SERVER__WORKERS": str(args.workers)})
     try:
         result = asyncio.run(run(target, args, log))
     finally:

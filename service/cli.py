@@ -109,10 +109,30 @@ def _run(settings: Settings, action: Callable[[Any], Awaitable[T]], *, create: b
 # --- commands -----------------------------------------------------------------------------------
 
 
-def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+def _uvicorn_config(settings: Settings, app: Any, **options: Any) -> Any:
     import uvicorn
 
-    from service.app import create_app
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        # uvloop and httptools: about twice the plain asyncio loop and h11 per request.
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=30,
+        # uvicorn would take X-Forwarded-For from 127.0.0.1 by default; the app decides whom
+        # to believe (server.trusted_proxies).
+        proxy_headers=False,
+        **options,
+    )
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
 
     if args.host is not None:
         settings.server.host = args.host
@@ -123,25 +143,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         f"serving data from {describe_database(settings)}",
         extra={"database": describe_database(settings)},
     )
-    app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.server.host,
-            port=settings.server.port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            lifespan="on",
-            # uvloop and httptools: about twice the plain asyncio loop and h11 per request.
-            loop="uvloop",
-            http="httptools",
-            timeout_graceful_shutdown=30,
-            # uvicorn would take X-Forwarded-For from 127.0.0.1 by default; the app decides whom
-            # to believe (server.trusted_proxies).
-            proxy_headers=False,
-        )
-    )
+    if settings.server.workers > 1:
+        from service.workers import serve_workers
+
+        return serve_workers(settings, lambda app, **options: _uvicorn_config(settings, app, **options))
+
+    from service.app import create_app
+
+    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))
     server.run()
     return 0 if server.started else 1
 
@@ -364,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ef-search", type=int, default=100, help="hnsw.ef_search for the raw-SQL comparison")
     bench.add_argument("--keep", action="store_true", help="keep the benchmark collection afterwards")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument(
+        "--encoding",
+        choices=["json", "base64", "both"],
+        default="both",
+        help="upsert vectors as JSON numbers, as base64 float32 (vector_b64), or both (default: the "
+        "same vectors as base64 into a scratch collection first, then the main load as JSON)",
+    )
+    bench.add_argument(
+        "--workers", type=int, default=1, help="server.workers of the temporary server (without --url)"
+    )
     bench.set_defaults(handler=cmd_bench)
 
     models = commands.add_parser(

@@ -37,6 +37,8 @@ class ServerSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # Server processes (uvicorn workers) sharing the port, each with its own pool, caches and models.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
 
 class DatabaseSettings(_Section):
@@ -74,7 +76,9 @@ class ClusterSettings(_Section):
 
 
 class RateLimitingSettings(_Section):
-    enabled: bool = True
+    # None: on in cluster mode (cluster.enabled), off otherwise; true or false says so explicitly.
+    # Settings.rate_limits_enabled is the value in force.
+    enabled: bool | None = None
     default_requests_per_minute: PositiveInt = 1000
     default_requests_per_hour: PositiveInt = 10_000
     storage_uri: str = "memory://"
@@ -291,6 +295,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     index_builds: IndexBuildsSettings = msgspec.field(default_factory=IndexBuildsSettings)
 
     @property
+    def rate_limits_enabled(self) -> bool:
+        """Whether tenants' rate limits (windows and token bucket) are enforced: rate_limiting.enabled,
+        or when that is unset (null), whether this is a cluster (a lone server has no one to share with)."""
+        enabled = self.rate_limiting.enabled
+        return self.cluster.enabled if enabled is None else enabled
+
+    @property
     def single_tenant(self) -> bool:
         """Local-development mode: one default tenant served without keys."""
         return not self.auth.require_authentication
@@ -479,6 +490,18 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError("sessions.issuer: letters, digits and . _ : / - (1 to 200 characters)")
     if not re.match(r"^(memory|redis|rediss)://", settings.rate_limiting.storage_uri):
         raise ConfigError("rate_limiting.storage_uri: must start with memory://, redis:// or rediss://")
+    if (
+        settings.server.workers > 1
+        and settings.rate_limits_enabled
+        and settings.rate_limiting.storage_uri.startswith("memory://")
+    ):
+        # Each process would count on its own: a tenant would get `workers` times its limits.
+        raise ConfigError(
+            f"rate_limiting.storage_uri: memory:// counts per process, and server.workers is "
+            f"{settings.server.workers} with rate limits on: a tenant would get {settings.server.workers} "
+            "times its limits. Use redis://host:6379 (shared), server.workers: 1, or "
+            "rate_limiting.enabled: false"
+        )
     mcp = settings.mcp
     for option, url in [("resource_url", mcp.resource_url)] + [
         (f"authorization_servers[{i}]", u) for i, u in enumerate(mcp.authorization_servers)

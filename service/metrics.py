@@ -1,8 +1,26 @@
-"""Prometheus metrics, in the process-wide registry that prometheus_client exposes."""
+"""Prometheus metrics, in the process-wide registry that prometheus_client exposes.
+
+With server.workers > 1 they are summed over the worker processes (prometheus_client's
+multiprocess mode, service/workers.py): each gauge says how its workers' values combine.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What /metrics shows: this process's registry, or all workers' figures in multiprocess mode."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
 
 AUTH_CACHE_HITS = Counter("vectorhive_auth_cache_hits_total", "API keys answered from the verified-key cache")
 AUTH_CACHE_MISSES = Counter(
@@ -50,6 +68,7 @@ TENANT_STORAGE_BYTES = Gauge(
     "vectorhive_tenant_storage_bytes",
     "Bytes on disk of a tenant's vector tables (at scrape time)",
     ["tenant_id"],
+    multiprocess_mode="mostrecent",
 )
 TENANT_RATE_LIMITED = Counter(
     "vectorhive_tenant_rate_limit_exceeded_total", "Requests refused with 429", ["tenant_id"]
@@ -80,15 +99,26 @@ HUB_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 HUB_ERRORS = Counter("vectorhive_hivehub_errors_total", "Failed HiveHub calls", ["endpoint", "kind"])
-HUB_UP = Gauge("vectorhive_hivehub_up", "1 if the last HiveHub call succeeded, 0 if it failed")
+HUB_UP = Gauge(
+    "vectorhive_hivehub_up",
+    "1 if the last HiveHub call succeeded, 0 if it failed",
+    multiprocess_mode="mostrecent",
+)
 
 # -- usage
 USAGE_REPORTED = Counter("vectorhive_usage_rows_reported_total", "Usage outbox rows acknowledged by HiveHub")
-USAGE_UNREPORTED = Gauge("vectorhive_usage_rows_unreported", "Usage outbox rows not yet acknowledged")
+USAGE_UNREPORTED = Gauge(
+    "vectorhive_usage_rows_unreported",
+    "Usage outbox rows not yet acknowledged",
+    multiprocess_mode="mostrecent",
+)
 
 # -- models (label: the configured model name, bounded by config)
 MODEL_QUEUE_TEXTS = Gauge(
-    "vectorhive_model_queue_texts", "Texts waiting for (or being embedded by) a model", ["model"]
+    "vectorhive_model_queue_texts",
+    "Texts waiting for (or being embedded by) a model",
+    ["model"],
+    multiprocess_mode="livesum",
 )
 MODEL_EMBEDDINGS = Counter("vectorhive_model_embeddings_total", "Texts embedded, by model", ["model"])
 MODEL_TOKENS = Counter("vectorhive_model_tokens_total", "Tokens embedded, by model", ["model"])
@@ -125,6 +155,7 @@ GENERATION_REQUESTS_ACTIVE = Gauge(
     "vectorhive_generation_requests_active",
     "Generations admitted to a chat model and not finished (waiting or generating)",
     ["model"],
+    multiprocess_mode="livesum",
 )
 GENERATION_TOKENS = Counter(
     "vectorhive_generation_tokens_total",
@@ -156,6 +187,8 @@ RAG_CACHE_LOOKUPS = Counter(
     ["result"],
 )
 RAG_CACHE_ENTRIES = Gauge(
-    "vectorhive_rag_cache_entries", "Answers held in the semantic cache (all tenants; refreshed every minute)"
+    "vectorhive_rag_cache_entries",
+    "Answers held in the semantic cache (all tenants; refreshed every minute)",
+    multiprocess_mode="mostrecent",
 )
 RAG_CACHE_STORED = Counter("vectorhive_rag_cache_stored_total", "Answers stored in the semantic cache")

@@ -90,6 +90,10 @@ def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Call
         data["database"].update(url=pg_url, pool_min_size=1, pool_max_size=5)
         data["embeddings"]["cache_dir"] = str(MODEL_CACHE)
         data["server"]["access_log"] = True
+        # The suite exercises the service with rate limits in force (as in cluster mode, where they
+        # are on by default): limits, charges and 429s are part of what is tested. A test of the
+        # default passes rate_limiting={"enabled": None}.
+        data["rate_limiting"]["enabled"] = True
         # Chat: the tiny deterministic model (tests/support/tiny_chat_model.py) answers, fast and
         # exactly; a test that wants the real default model asks for it (prepared once per machine).
         data["generation"]["cache_dir"] = str(MODEL_CACHE)

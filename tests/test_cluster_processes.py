@@ -51,7 +51,8 @@ def start_server(workdir: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, en
 def replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterator[list[Server]]:
     if not redis_reachable():
         pytest.skip(f"needs Redis at {REDIS_URL} (shared counters); none is reachable")
-    env = {"VECTORHIVE_RATE_LIMITING__STORAGE_URI": REDIS_URL}
+    # Not cluster mode: the limits this test counts are switched on explicitly.
+    env = {"VECTORHIVE_RATE_LIMITING__STORAGE_URI": REDIS_URL, "VECTORHIVE_RATE_LIMITING__ENABLED": "true"}
     servers = [start_server(tmp_path, monkeypatch, pg_url, env) for _ in range(2)]
     try:
         yield servers

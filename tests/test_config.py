@@ -176,3 +176,20 @@ def test_hivehub_settings_and_the_hivehub_api_key_variable(tmp_path: Path) -> No
         cwd=tmp_path,
     )
     assert explicit.cluster.hivehub_api_key == "own"
+
+
+def test_rate_limits_follow_cluster_mode_unless_set(tmp_path: Path) -> None:
+    lone = load_settings(environ={}, cwd=tmp_path)
+    assert lone.rate_limiting.enabled is None and not lone.rate_limits_enabled
+    cluster = load_settings(
+        environ={"VECTORHIVE_CLUSTER__ENABLED": "true", "VECTORHIVE_CLUSTER__HIVEHUB_API_URL": "http://hub"},
+        cwd=tmp_path,
+    )
+    assert cluster.rate_limits_enabled
+    forced_off = load_settings(
+        environ={"VECTORHIVE_CLUSTER__ENABLED": "true", "VECTORHIVE_RATE_LIMITING__ENABLED": "false"},
+        cwd=tmp_path,
+    )
+    assert not forced_off.rate_limits_enabled
+    forced_on = load_settings(environ={"VECTORHIVE_RATE_LIMITING__ENABLED": "true"}, cwd=tmp_path)
+    assert forced_on.rate_limits_enabled

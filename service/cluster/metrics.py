@@ -6,13 +6,13 @@ import logging
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.auth.guards import operator_only
 from service.db import Database
 from service.db.connections import service_connection
 from service.errors import AUTHENTICATED, problem_responses
-from service.metrics import TENANT_STORAGE_BYTES
+from service.metrics import TENANT_STORAGE_BYTES, exposition_registry
 from service.quota import store
 
 log = logging.getLogger("vectorhive.metrics")
@@ -46,4 +46,4 @@ class MetricsController(Controller):
             await storage_gauges.refresh()
         except Exception:
             log.warning("could not refresh the storage gauges", exc_info=True)
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(exposition_registry()), media_type=CONTENT_TYPE_LATEST)

@@ -35,6 +35,8 @@ class ClusterHealth(msgspec.Struct, kw_only=True):
     database: Component
     hivehub: HubStatus
     rate_limit_storage: Component
+    # rate_limiting.enabled as in force (unset: on in cluster mode only).
+    rate_limits_enabled: bool
     background_jobs: list[JobStatus]
     imports: ImportsStatus
     # This process's tenant-aware caches (service.pool): size, hits, misses, evictions, expirations.

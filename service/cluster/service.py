@@ -84,6 +84,7 @@ class ClusterHealthService:
             database=database,
             hivehub=hub_status,
             rate_limit_storage=storage,
+            rate_limits_enabled=self.settings.rate_limits_enabled,
             background_jobs=job_status,
             imports=imports,
             pools=pools(),

@@ -39,6 +39,11 @@ BUILD_TIMEOUT_SECONDS = 6 * 3600.0
 INDEX_LOCK_CLASS = 0x7668  # first key of the two-key advisory lock; the second is the collection id
 
 
+def embedded_maintenance_workers() -> int:
+    """Parallel workers per index build on the embedded database, which shares this machine's cores."""
+    return max(2, (os.cpu_count() or 1) - 1)
+
+
 class IndexBuilder:
     def __init__(
         self, db: Database, settings: CollectionsSettings, *, parallel_workers: int | None = None
@@ -157,7 +162,7 @@ class IndexBuilder:
         if self.parallel_workers is not None:
             return self.parallel_workers
         if self.db.embedded is not None:
-            return max(2, (os.cpu_count() or 1) - 1)
+            return embedded_maintenance_workers()
         return None
 
     async def _build_locked(self, conn: Any, collection_id: int) -> None:

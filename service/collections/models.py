@@ -10,6 +10,7 @@ import msgspec
 
 from service.auth.models import CollectionName
 from service.collections.validation import VECTOR_ID_MAX_LENGTH, VECTOR_ID_PATTERN, VECTOR_ID_RULE
+from service.collections.vector_codec import B64_DESCRIPTION
 from service.pagination import Page
 
 VectorId = Annotated[
@@ -136,7 +137,9 @@ class CollectionPage(Page[Collection]):
 
 class VectorItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: VectorId
-    vector: list[float]
+    # Exactly one of vector and vector_b64 (service/collections/vector_codec.py).
+    vector: list[float] | None = None
+    vector_b64: Annotated[str, msgspec.Meta(description=B64_DESCRIPTION)] | None = None
     metadata: Metadata | None = None
 
 

@@ -28,6 +28,7 @@ from service.collections.models import (
 )
 from service.collections.store import CollectionRow, record_write
 from service.collections.validation import CHUNK_ID_SEPARATOR, dimension_problem, first_unstorable
+from service.collections.vector_codec import check_forms, items_matrix
 from service.config import CollectionsSettings
 from service.db import TenantConnection
 from service.errors import InvalidRequest, NotFound
@@ -57,14 +58,18 @@ def encoder(row: CollectionRow) -> Callable[[Any], Any]:
 
 
 def check_vectors(row: CollectionRow, vectors: Any, field: Callable[[int], str]) -> Any:
-    """The vectors (lists of numbers or float32 rows) as a float32 matrix the collection can store
-    and score; 400 naming the first vector that breaks a rule (service.collections.validation)."""
-    for i, values in enumerate(vectors):
-        problem = dimension_problem(len(values), row.dimension)
-        if problem is not None:
-            raise problem_at(field(i), problem)
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused as not finite
-        matrix = np.asarray(vectors, dtype=np.float32)
+    """The vectors (lists of numbers, or a float32 matrix from vector_codec) as a float32 matrix the
+    collection can store and score; 400 naming the first vector that breaks a rule
+    (service.collections.validation)."""
+    if isinstance(vectors, np.ndarray):
+        matrix = vectors  # decoded with the collection's dimension already
+    else:
+        for i, values in enumerate(vectors):
+            problem = dimension_problem(len(values), row.dimension)
+            if problem is not None:
+                raise problem_at(field(i), problem)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused as not finite
+            matrix = np.asarray(vectors, dtype=np.float32)
     unstorable = first_unstorable(matrix, metric=row.metric, storage=row.storage)
     if unstorable is not None:
         raise problem_at(field(unstorable[0]), unstorable[1])
@@ -148,6 +153,7 @@ class VectorService:
             raise problem_at(
                 "vectors", f"{len(items)} vectors; at most {self.settings.max_batch_vectors} per request"
             )
+        check_forms(items)  # before any charge: each item has vector or vector_b64
         metadata_json = metadata_as_json(
             [(item.id, item.metadata) for item in items], "vectors", self.settings.max_metadata_bytes
         )
@@ -162,7 +168,13 @@ class VectorService:
                         "contains '#', which this collection keeps for its documents' chunks "
                         "(<document id>#<chunk index>); store documents through .../documents",
                     )
-            matrix = check_vectors(row, [item.vector for item in items], lambda i: f"vectors[{i}].vector")
+            matrix = check_vectors(
+                row,
+                items_matrix(items, row.dimension),
+                lambda i: (
+                    f"vectors[{i}].vector" if items[i].vector_b64 is None else f"vectors[{i}].vector_b64"
+                ),
+            )
             await self.check_storage(conn, principal.tenant_id, row, [i.id for i in items], metadata_json)
             encode = encoder(row)
             inserted = await vector_store.upsert(

@@ -190,7 +190,7 @@ class QuotaService:
 
     async def check_request(self, tenant_id: str) -> None:
         """Count one request against the tenant's per-minute and per-hour windows."""
-        if not self.settings.rate_limiting.enabled:
+        if not self.settings.rate_limits_enabled:
             return
         limits = await self.limits_for(tenant_id)
         verdict = await self.limiter.hit_windows(
@@ -212,14 +212,14 @@ class QuotaService:
 
     async def charge(self, tenant_id: str, operation: Operation, units: int = 1) -> None:
         """Take the operation's cost (cost per unit x units) from the tenant's token bucket."""
-        if not self.settings.rate_limiting.enabled or units <= 0:
+        if not self.settings.rate_limits_enabled or units <= 0:
             return
         await self._take(tenant_id, operation, self.costs[operation] * units)
 
     async def charge_generation(self, tenant_id: str, prompt_tokens: int, max_tokens: int) -> None:
         """A generation, charged up front in one take (as OpenAI's own rate limits count it): its
         prompt tokens and the completion tokens it may produce (generation.cost_* per token)."""
-        if not self.settings.rate_limiting.enabled:
+        if not self.settings.rate_limits_enabled:
             return
         generation = self.settings.generation
         cost = prompt_tokens * generation.cost_prompt_token + max_tokens * generation.cost_generated_token
