@@ -10,7 +10,7 @@ from litestar.testing import AsyncTestClient
 
 from service.auth.keys import parse_key
 from service.db import Database
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeTenant, assert_problem, bearer
 
 ROLES = ["admin", "read_write", "read_only", "mcp", "operator"]
 
@@ -84,7 +84,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, dict[str, int]]] = [
 )
 async def test_permission_matrix(
     client: AsyncTestClient[Litestar],
-    make_tenant: Any,
+    make_tenant: MakeTenant,
     operator_key: str,
     method: str,
     template: str,
@@ -109,7 +109,7 @@ async def test_permission_matrix(
 
 
 async def test_tenant_admin_never_sees_or_touches_another_tenant(
-    client: AsyncTestClient[Litestar], make_tenant: Any, db: Database
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     a = await make_tenant("read_only")
     b = await make_tenant()
@@ -181,7 +181,7 @@ async def test_admin_api_manages_tenants(
 
 
 async def test_tenant_list_is_paginated(
-    client: AsyncTestClient[Litestar], operator_key: str, make_tenant: Any
+    client: AsyncTestClient[Litestar], operator_key: str, make_tenant: MakeTenant
 ) -> None:
     for _ in range(3):
         await make_tenant()
@@ -204,7 +204,7 @@ async def test_tenant_list_is_paginated(
     )
 
 
-async def test_collection_limited_key(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_collection_limited_key(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant("read_only", collections=["docs", "faq"])
     me = await client.get("/api/v1/me", headers=bearer(tenant.key("read_only")))
     assert me.json()["collections"] == ["docs", "faq"]

@@ -9,7 +9,7 @@ from service.auth.cache import KeyCache
 from service.auth.keys import KeyKind
 from service.auth.principal import Permission, Principal
 from service.pool import TenantPool, pools
-from tests.conftest import bearer
+from tests.conftest import MakeTenant, bearer
 
 
 class Clock:
@@ -95,7 +95,7 @@ def test_the_key_cache_keeps_a_quiet_tenants_keys_under_a_flood() -> None:
 
 
 async def test_pool_statistics_in_cluster_health_and_metrics(
-    client: Any, make_tenant: Any, operator_key: str
+    client: Any, make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     assert (await client.get("/api/v1/me", headers=bearer(tenant.admin))).status_code == 200

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -13,13 +10,13 @@ from service.auth.models import CreateKeyRequest
 from service.auth.principal import Permission
 from service.auth.service import KeyService
 from service.db import Database
-from tests.conftest import bearer
+from tests.conftest import MakeTenant, bearer
 
 SECRET = "secret-plans"
 
 
 async def test_a_scoped_key_does_not_see_other_collections(
-    client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], db: Database
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant = await make_tenant()
     keys = KeyService(db)

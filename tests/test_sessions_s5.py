@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -14,9 +14,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
 from service.db import Database
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, UniqueId, assert_problem, bearer
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import S5Database, build
 
@@ -30,7 +29,7 @@ def portal() -> Iterator[FakePortal]:
 
 
 @pytest.fixture(scope="module")
-async def s5_client(make_settings: Callable[..., Settings], portal: FakePortal) -> AsyncIterator[Any]:
+async def s5_client(make_settings: MakeSettings, portal: FakePortal) -> AsyncIterator[Any]:
     app: Litestar = create_app(
         make_settings(
             s5={"portal_url": portal.url, "download_timeout_seconds": 2.0, "download_retries": 0},
@@ -41,7 +40,7 @@ async def s5_client(make_settings: Callable[..., Settings], portal: FakePortal) 
         yield client
 
 
-def published(portal: FakePortal, unique_id: Callable[[str], str], **kwargs: Any) -> S5Database:
+def published(portal: FakePortal, unique_id: UniqueId, **kwargs: Any) -> S5Database:
     db = build(name=unique_id("db"), n=120, dimensions=4, chunk_size=50, **kwargs)
     portal.files.update(db.files)
     return db
@@ -73,8 +72,8 @@ async def collection_exists(db: Database, tenant_id: str, name: str) -> bool:
 async def test_an_s5_session_loads_then_serves_then_leaves_nothing(
     s5_client: Any,
     portal: FakePortal,
-    make_tenant: Callable[..., Any],
-    unique_id: Callable[[str], str],
+    make_tenant: MakeTenant,
+    unique_id: UniqueId,
     db: Database,
 ) -> None:
     tenant = await make_tenant()
@@ -157,8 +156,8 @@ async def test_an_s5_session_loads_then_serves_then_leaves_nothing(
 async def test_a_failed_load_ends_the_session_and_an_expired_one_is_dropped(
     s5_client: Any,
     portal: FakePortal,
-    make_tenant: Callable[..., Any],
-    unique_id: Callable[[str], str],
+    make_tenant: MakeTenant,
+    unique_id: UniqueId,
     db: Database,
 ) -> None:
     tenant = await make_tenant()
@@ -203,8 +202,8 @@ async def test_a_failed_load_ends_the_session_and_an_expired_one_is_dropped(
 async def test_who_may_load_and_bad_input_changes_nothing(
     s5_client: Any,
     portal: FakePortal,
-    make_tenant: Callable[..., Any],
-    unique_id: Callable[[str], str],
+    make_tenant: MakeTenant,
+    unique_id: UniqueId,
     db: Database,
 ) -> None:
     tenant = await make_tenant("read_only", "read_write")
