@@ -27,6 +27,7 @@ from service.db import Database
 from service.db.embedded import EmbeddedPostgres
 from service.inference.minilm import prepare_default
 from service.tenants.service import TenantService
+from tests.support.server import end_all
 
 # The default embedding model, prepared once per machine and shared by every test and every server
 # process the tests start (their environment carries the folder).
@@ -71,6 +72,14 @@ def default_chat_model() -> Path:
     from service.inference.smollm2 import prepare_default as prepare_default_chat
 
     return prepare_default_chat(MODEL_CACHE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_behind() -> Iterator[None]:
+    """`vectorhive serve` processes a failed test did not stop end with the session (SIGTERM, then
+    SIGKILL), never outlive it."""
+    yield
+    end_all()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,10 @@ import httpx
 
 READY_SECONDS = 90.0
 
+# Every server started, so that none outlives the test session (a test that fails before its own
+# clean-up would otherwise leave its server running): see end_all, called by tests/conftest.py.
+_STARTED: list[ServerProcess] = []
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -76,6 +80,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
+        _STARTED.append(self)
         deadline = time.monotonic() + ready_seconds
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()
@@ -121,3 +126,9 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
+
+
+def end_all() -> None:
+    """End every server a test started and left running."""
+    while _STARTED:
+        _STARTED.pop().end()
