@@ -7,11 +7,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import pytest
@@ -27,6 +27,7 @@ from service.db import Database
 from service.db.embedded import EmbeddedPostgres
 from service.inference.minilm import prepare_default
 from service.tenants.service import TenantService
+from tests.support.server import end_all
 
 # The default embedding model, prepared once per machine and shared by every test and every server
 # process the tests start (their environment carries the folder).
@@ -37,6 +38,26 @@ os.environ["VECTORHIVE_EMBEDDINGS__CACHE_DIR"] = str(MODEL_CACHE)
 # Likewise the default chat model (SmolLM2), for the server processes tests start with the default
 # configuration; apps made with make_settings answer with the tiny test model instead.
 os.environ["VECTORHIVE_GENERATION__CACHE_DIR"] = str(MODEL_CACHE)
+
+
+class MakeSettings(Protocol):
+    """The make_settings fixture: Settings on the test database, with keyword overrides per
+    section, e.g. make_settings(s5={"portal_url": url}, collections={"index_threshold": 10})."""
+
+    def __call__(self, **sections: dict[str, Any]) -> Settings: ...
+
+
+class UniqueId(Protocol):
+    """The unique_id fixture: a fresh id with the given prefix ("t-3f9c...")."""
+
+    def __call__(self, prefix: str = "t") -> str: ...
+
+
+class MakeTenant(Protocol):
+    """The make_tenant fixture: a fresh tenant with one key per requested permission (ADMIN
+    always); keys other than ADMIN are limited to `collections` when given."""
+
+    async def __call__(self, *permissions: str, collections: list[str] | None = None) -> TenantKeys: ...
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,6 +72,14 @@ def default_chat_model() -> Path:
     from service.inference.smollm2 import prepare_default as prepare_default_chat
 
     return prepare_default_chat(MODEL_CACHE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_behind() -> Iterator[None]:
+    """`vectorhive serve` processes a failed test did not stop end with the session (SIGTERM, then
+    SIGKILL), never outlive it."""
+    yield
+    end_all()
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +106,7 @@ def embedded_home(prefix: str = "vectorhive-test-") -> Path:
 
 
 @pytest.fixture(scope="session")
-def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> MakeSettings:
     """Settings on the test database; keyword overrides as {"section": {"key": value}}."""
 
     from tests.support.tiny_chat_model import build
@@ -107,7 +136,7 @@ def make_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Call
 
 
 @pytest.fixture(scope="session")
-async def db(make_settings: Callable[..., Settings]) -> AsyncIterator[Database]:
+async def db(make_settings: MakeSettings) -> AsyncIterator[Database]:
     """A pool in the tests' own event loop, for setting up and checking rows directly."""
     database = Database(make_settings().database)
     await database.start(migrate=True)
@@ -118,7 +147,7 @@ async def db(make_settings: Callable[..., Settings]) -> AsyncIterator[Database]:
 
 
 @pytest.fixture(scope="session")
-async def app(make_settings: Callable[..., Settings]) -> Litestar:
+async def app(make_settings: MakeSettings) -> Litestar:
     return create_app(make_settings())
 
 
@@ -166,7 +195,7 @@ def run_live_server(settings: Settings) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="session")
-def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+def live_server(make_settings: MakeSettings) -> Iterator[LiveServer]:
     # Imports are on, from a portal address where nothing listens: they fail fast (download_failed).
     settings = make_settings(s5={"portal_url": "http://127.0.0.1:9", "download_retries": 0})
     with run_live_server(settings) as server:
@@ -193,12 +222,15 @@ class TenantKeys:
 
 
 @pytest.fixture
-def unique_id() -> Callable[[str], str]:
-    return lambda prefix="t": f"{prefix}-{uuid.uuid4().hex[:12]}"
+def unique_id() -> UniqueId:
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    return make
 
 
 @pytest.fixture
-async def make_tenant(db: Database, unique_id: Callable[[str], str]) -> Callable[..., Any]:
+async def make_tenant(db: Database, unique_id: UniqueId) -> MakeTenant:
     """A fresh tenant with one key per requested permission (ADMIN always)."""
 
     async def make(*permissions: str, collections: list[str] | None = None) -> TenantKeys:
@@ -218,6 +250,50 @@ async def make_tenant(db: Database, unique_id: Callable[[str], str]) -> Callable
         return TenantKeys(tenant_id=tenant_id, admin=made["admin"], keys=made)
 
     return make
+
+
+@dataclass(frozen=True)
+class Api:
+    """The fixtures API tests take together, as one: a test client, the database, an operator key
+    and the factories of tenants and ids. `api` is over the shared app's client; `make_api(client)`
+    makes one over a module's own app (e.g. one with S5 or cluster settings)."""
+
+    client: AsyncTestClient[Litestar]
+    db: Database
+    operator_key: str
+    make_tenant: MakeTenant
+    unique_id: UniqueId
+    make_settings: MakeSettings
+
+
+class MakeApi(Protocol):
+    def __call__(self, client: AsyncTestClient[Litestar]) -> Api: ...
+
+
+@pytest.fixture
+def make_api(
+    db: Database,
+    operator_key: str,
+    make_tenant: MakeTenant,
+    unique_id: UniqueId,
+    make_settings: MakeSettings,
+) -> MakeApi:
+    def make(client: AsyncTestClient[Litestar]) -> Api:
+        return Api(
+            client=client,
+            db=db,
+            operator_key=operator_key,
+            make_tenant=make_tenant,
+            unique_id=unique_id,
+            make_settings=make_settings,
+        )
+
+    return make
+
+
+@pytest.fixture
+def api(client: AsyncTestClient[Litestar], make_api: MakeApi) -> Api:
+    return make_api(client)
 
 
 async def set_quotas(client: Any, operator_key: str, tenant_id: str, **values: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from service.auth.models import CreateKeyRequest
 from service.auth.principal import Permission
 from service.auth.service import KeyService
-from service.config import Settings
 from service.db import Database
 from service.tenants.service import TenantService
-from tests.conftest import LiveServer, set_quotas
+from tests.conftest import LiveServer, MakeSettings, set_quotas
 
 DOCUMENT = json.loads((Path(__file__).resolve().parent.parent / "openapi" / "openapi.json").read_text())
 schema = schemathesis.openapi.from_dict(DOCUMENT)
@@ -71,7 +69,7 @@ async def fuzz_keys(db: Database, operator_key: str, live_server: LiveServer) ->
     ],
 )
 def test_api_conforms_to_its_document(
-    case: Any, live_server: LiveServer, fuzz_keys: dict[str, str], make_settings: Callable[..., Settings]
+    case: Any, live_server: LiveServer, fuzz_keys: dict[str, str], make_settings: MakeSettings
 ) -> None:
     operator_paths = ("/api/v1/admin", "/api/v1/cluster", "/metrics")
     key = fuzz_keys["operator"] if case.path.startswith(operator_paths) else fuzz_keys["admin"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from service.auth.keys import hash_secret, parse_key
 from service.db import Database
-from tests.conftest import LiveServer, assert_problem, bearer
+from tests.conftest import LiveServer, MakeTenant, assert_problem, bearer
 
 ME = "/api/v1/me"
 
@@ -24,7 +22,7 @@ def hash_checks() -> float:
     return REGISTRY.get_sample_value("vectorhive_auth_hash_checks_total") or 0.0
 
 
-async def test_key_format(make_tenant: Callable[..., Any], db: Database) -> None:
+async def test_key_format(make_tenant: MakeTenant, db: Database) -> None:
     tenant = await make_tenant()
     parsed = parse_key(tenant.admin)
     assert parsed is not None and tenant.admin.startswith("vh_")
@@ -35,7 +33,7 @@ async def test_key_format(make_tenant: Callable[..., Any], db: Database) -> None
 
 
 async def test_cli_style_key_gets_200_and_no_key_gets_401(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     ok = await client.get(ME, headers=bearer(tenant.key("read_only")))
@@ -63,7 +61,7 @@ async def test_malformed_or_unknown_keys_get_401(client: AsyncTestClient[Litesta
     assert_problem(await client.get(ME, headers={"Authorization": header}), 401, "unauthorized")
 
 
-async def test_wrong_secret_gets_401(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_wrong_secret_gets_401(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant()
     wrong = tenant.admin[:-4] + ("AAAA" if not tenant.admin.endswith("AAAA") else "BBBB")
     body = assert_problem(await client.get(ME, headers=bearer(wrong)), 401, "unauthorized")
@@ -73,7 +71,7 @@ async def test_wrong_secret_gets_401(client: AsyncTestClient[Litestar], make_ten
 
 
 async def test_argon2_is_not_evaluated_on_a_cached_hit(
-    client: AsyncTestClient[Litestar], make_tenant: Any, db: Database, app: Litestar
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database, app: Litestar
 ) -> None:
     tenant = await make_tenant()
     before = hash_checks()
@@ -94,7 +92,7 @@ async def test_argon2_is_not_evaluated_on_a_cached_hit(
 
 
 async def test_concurrent_first_uses_share_one_verification(
-    live_server: LiveServer, make_tenant: Any
+    live_server: LiveServer, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     before = hash_checks()
@@ -104,7 +102,9 @@ async def test_concurrent_first_uses_share_one_verification(
     assert hash_checks() == before + 1  # eight requests at once, one argon2 run
 
 
-async def test_repeated_wrong_key_is_remembered(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_repeated_wrong_key_is_remembered(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     wrong = tenant.admin[:-1] + ("x" if tenant.admin[-1] != "x" else "y")
     before = hash_checks()
@@ -114,7 +114,7 @@ async def test_repeated_wrong_key_is_remembered(client: AsyncTestClient[Litestar
 
 
 async def test_last_used_at_is_recorded(
-    client: AsyncTestClient[Litestar], make_tenant: Any, db: Database
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant = await make_tenant()
     key_id = parse_key(tenant.admin).key_id  # type: ignore[union-attr]
@@ -124,7 +124,7 @@ async def test_last_used_at_is_recorded(
 
 
 async def test_expired_key_gets_401_also_when_cached(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     expires = datetime.now(UTC) + timedelta(seconds=1.5)
@@ -142,7 +142,7 @@ async def test_expired_key_gets_401_also_when_cached(
 
 
 async def test_key_expired_in_database_gets_401(
-    client: AsyncTestClient[Litestar], make_tenant: Any, db: Database
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant = await make_tenant("read_only")
     key = tenant.key("read_only")
@@ -160,7 +160,7 @@ async def test_key_expired_in_database_gets_401(
     ids=["in_the_past", "without_a_time_zone"],
 )
 async def test_expiry_in_the_past_or_without_a_zone_is_refused(
-    client: AsyncTestClient[Litestar], make_tenant: Any, expires_at: str, detail: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, expires_at: str, detail: str
 ) -> None:
     tenant = await make_tenant()
     body = assert_problem(
@@ -175,7 +175,9 @@ async def test_expiry_in_the_past_or_without_a_zone_is_refused(
     assert detail in body["detail"]
 
 
-async def test_revocation_takes_effect_at_once(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_revocation_takes_effect_at_once(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant("read_write")
     key = tenant.key("read_write")
     key_id = parse_key(key).key_id  # type: ignore[union-attr]
@@ -191,7 +193,7 @@ async def test_revocation_takes_effect_at_once(client: AsyncTestClient[Litestar]
 
 
 async def test_rotation_returns_a_new_key_and_revokes_the_old(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     made = await client.post(
@@ -217,7 +219,7 @@ async def test_rotation_returns_a_new_key_and_revokes_the_old(
 
 
 async def test_suspended_tenant_gets_403_until_resumed(
-    client: AsyncTestClient[Litestar], make_tenant: Any, operator_key: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant("read_only")
     key = tenant.key("read_only")
@@ -236,7 +238,7 @@ async def test_suspended_tenant_gets_403_until_resumed(
 
 
 async def test_keys_never_appear_in_logs_or_error_bodies(
-    client: AsyncTestClient[Litestar], make_tenant: Any, caplog: pytest.LogCaptureFixture
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, caplog: pytest.LogCaptureFixture
 ) -> None:
     tenant = await make_tenant()
     secret = parse_key(tenant.admin).secret  # type: ignore[union-attr]
@@ -258,7 +260,7 @@ async def test_keys_never_appear_in_logs_or_error_bodies(
 
 
 async def test_collection_scoped_admin_cannot_widen_its_scope(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     made = await client.post(

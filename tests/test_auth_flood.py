@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -15,8 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.auth.slots import PrioritySlots, SlotsBusy
-from service.config import Settings
-from tests.conftest import assert_problem, bearer, run_live_server
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer, run_live_server
 from tests.test_auth import ME, hash_checks
 
 
@@ -27,7 +25,7 @@ def random_secret(key: str) -> str:
 
 
 @pytest.fixture
-async def flood_client(make_settings: Callable[..., Settings]) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def flood_client(make_settings: MakeSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     """Its own app (own counters), with small limits: 3 wrong secrets per key id, 5 per address."""
     settings = make_settings(
         auth={
@@ -40,7 +38,7 @@ async def flood_client(make_settings: Callable[..., Settings]) -> AsyncIterator[
 
 
 async def test_revoked_and_unknown_key_ids_are_refused_without_hashing(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     key = tenant.key("read_only")
@@ -60,7 +58,7 @@ async def test_revoked_and_unknown_key_ids_are_refused_without_hashing(
 
 
 async def test_wrong_secrets_are_limited_per_key_id_then_per_address(
-    flood_client: AsyncTestClient[Litestar], make_tenant: Any
+    flood_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     victim, other = await make_tenant("read_only"), await make_tenant()
     good = victim.key("read_only")
@@ -90,7 +88,7 @@ async def test_wrong_secrets_are_limited_per_key_id_then_per_address(
 
 
 async def test_a_wave_of_concurrent_wrong_secrets_is_limited_before_any_failure_is_on_record(
-    make_settings: Callable[..., Settings], make_tenant: Any
+    make_settings: MakeSettings, make_tenant: MakeTenant
 ) -> None:
     """48 connections at once with one key id: none has failed yet when the others arrive, so the
     failure count alone let every one of them run argon2 (and ahead of legitimate first uses).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -14,8 +14,15 @@ import httpx
 import openai
 import pytest
 
-from service.config import Settings
-from tests.conftest import LiveServer, assert_problem, bearer, run_live_server, set_quotas
+from tests.conftest import (
+    LiveServer,
+    MakeSettings,
+    MakeTenant,
+    assert_problem,
+    bearer,
+    run_live_server,
+    set_quotas,
+)
 from tests.support.tiny_chat_model import SENTENCE, build
 
 
@@ -48,7 +55,7 @@ def breaking_remote() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def chat_server(
-    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory, breaking_remote: str
+    make_settings: MakeSettings, tmp_path_factory: pytest.TempPathFactory, breaking_remote: str
 ) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("chat-api-models")
     settings = make_settings(
@@ -93,7 +100,7 @@ async def usage_of(http: httpx.AsyncClient, key: str) -> dict[str, Any]:
 
 
 async def test_openai_client_non_streaming_and_streaming_agree(
-    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+    chat_server: LiveServer, make_tenant: MakeTenant, http: httpx.AsyncClient
 ) -> None:
     tenant = await make_tenant("read_only")
     client = openai_client(chat_server, tenant.key("read_only"))  # READ_ONLY keys may ask
@@ -134,7 +141,7 @@ async def test_openai_client_non_streaming_and_streaming_agree(
 
 
 async def test_raw_sse_ends_with_done(
-    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+    chat_server: LiveServer, make_tenant: MakeTenant, http: httpx.AsyncClient
 ) -> None:
     tenant = await make_tenant()
     body = {"messages": ASK, "stream": True}
@@ -151,7 +158,7 @@ async def test_raw_sse_ends_with_done(
 
 
 async def test_bad_requests_are_problems_and_cost_nothing(
-    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+    chat_server: LiveServer, make_tenant: MakeTenant, http: httpx.AsyncClient
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -176,7 +183,7 @@ async def test_bad_requests_are_problems_and_cost_nothing(
 
 
 async def test_missing_model_is_a_503_naming_the_option(
-    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+    chat_server: LiveServer, make_tenant: MakeTenant, http: httpx.AsyncClient
 ) -> None:
     tenant = await make_tenant()
     response = await http.post(
@@ -188,7 +195,7 @@ async def test_missing_model_is_a_503_naming_the_option(
 
 
 async def test_token_bucket_is_charged_for_prompt_and_max_tokens(
-    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient, operator_key: str
+    chat_server: LiveServer, make_tenant: MakeTenant, http: httpx.AsyncClient, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     await set_quotas(
@@ -208,7 +215,7 @@ async def test_token_bucket_is_charged_for_prompt_and_max_tokens(
 
 
 async def test_full_queue_is_a_503_and_a_client_that_leaves_frees_the_model(
-    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+    chat_server: LiveServer, make_tenant: MakeTenant, http: httpx.AsyncClient
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -240,7 +247,7 @@ async def test_full_queue_is_a_503_and_a_client_that_leaves_frees_the_model(
 
 
 async def test_a_stream_that_breaks_ends_with_an_error_event(
-    chat_server: LiveServer, make_tenant: Callable[..., Any]
+    chat_server: LiveServer, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     client = openai_client(chat_server, tenant.admin)
@@ -254,7 +261,7 @@ async def test_a_stream_that_breaks_ends_with_an_error_event(
 
 
 async def test_grounded_on_collections_with_the_openai_client(
-    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+    chat_server: LiveServer, make_tenant: MakeTenant, http: httpx.AsyncClient
 ) -> None:
     from tests.test_documents import CORPUS, add, make_text_collection
 
@@ -299,7 +306,7 @@ async def test_grounded_on_collections_with_the_openai_client(
 
 
 async def test_a_non_streaming_client_that_gives_up_frees_the_model(
-    chat_server: LiveServer, make_tenant: Callable[..., Any], http: httpx.AsyncClient
+    chat_server: LiveServer, make_tenant: MakeTenant, http: httpx.AsyncClient
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)

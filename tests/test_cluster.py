@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,11 +9,11 @@ import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import LiveServer, assert_problem, bearer
+from tests.conftest import LiveServer, MakeTenant, UniqueId, assert_problem, bearer
 
 
 async def test_usage_counts_the_tenants_own_work_only(
-    client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant, other = await make_tenant("read_only"), await make_tenant()
     key = bearer(tenant.admin)
@@ -76,7 +75,7 @@ async def test_usage_counts_the_tenants_own_work_only(
 
 
 async def test_cluster_tenants_and_health(
-    client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     ops = bearer(operator_key)
@@ -102,7 +101,7 @@ async def test_cluster_tenants_and_health(
 
 
 async def test_audit_log_records_key_changes_operator_actions_and_failures(
-    client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant, other = await make_tenant(), await make_tenant()
     admin = bearer(tenant.admin)
@@ -161,7 +160,7 @@ async def test_audit_log_records_key_changes_operator_actions_and_failures(
 
 
 async def test_metrics_endpoint(
-    client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -217,9 +216,7 @@ def test_request_metric_labels_stay_bounded_whatever_the_method(live_server: Liv
     assert not methods & {"PROPFIND", "MKCOL", "LOCK", "PURGE", "REPORT"}
 
 
-async def test_retention_deletes_old_rows_but_never_unreported_usage(
-    db: Any, unique_id: Callable[[str], str]
-) -> None:
+async def test_retention_deletes_old_rows_but_never_unreported_usage(db: Any, unique_id: UniqueId) -> None:
     import uuid
 
     from service.audit import store as audit_store

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from service.db import Database
-from tests.conftest import bearer
+from tests.conftest import MakeTenant, UniqueId, bearer
 from tests.fake_hivehub import API_KEY, FakeHub, serve
+from tests.support.server import ServerProcess, replica_env
 from tests.test_quotas import hammer
-from tests.test_serve import Server, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -38,22 +38,13 @@ def redis_reachable() -> bool:
         return False
 
 
-def start_server(workdir: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, env: dict[str, str]) -> Server:
-    with monkeypatch.context() as patch:
-        patch.setenv("VECTORHIVE_DATABASE__URL", pg_url)
-        patch.setenv("VECTORHIVE_SERVER__ACCESS_LOG", "false")
-        for name, value in env.items():
-            patch.setenv(name, value)
-        return Server(workdir, free_port())
-
-
 @pytest.fixture
-def replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterator[list[Server]]:
+def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[ServerProcess]]:
     if not redis_reachable():
         pytest.skip(f"needs Redis at {REDIS_URL} (shared counters); none is reachable")
     # Not cluster mode: the limits this test counts are switched on explicitly.
     env = {"VECTORHIVE_RATE_LIMITING__STORAGE_URI": REDIS_URL, "VECTORHIVE_RATE_LIMITING__ENABLED": "true"}
-    servers = [start_server(tmp_path, monkeypatch, pg_url, env) for _ in range(2)]
+    servers = [ServerProcess(tmp_path, env=replica_env(pg_url, **env)) for _ in range(2)]
     try:
         yield servers
     finally:
@@ -62,7 +53,7 @@ def replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> It
 
 
 async def test_two_replicas_share_window_and_bucket_counters(
-    replicas: list[Server], make_tenant: Callable[..., Any], db: Database
+    replicas: list[ServerProcess], make_tenant: MakeTenant, db: Database
 ) -> None:
     windowed, bucketed = await make_tenant(), await make_tenant()
     await db.pool.execute(
@@ -100,10 +91,9 @@ async def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> N
 
 async def test_usage_survives_restart_and_hub_outage(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     pg_url: str,
     db: Database,
-    unique_id: Callable[[str], str],
+    unique_id: UniqueId,
 ) -> None:
     tenant = unique_id("hubu")
     key = "hh_" + secrets.token_urlsafe(24)
@@ -117,7 +107,7 @@ async def test_usage_survives_restart_and_hub_outage(
             # Only a graceful shutdown flushes within this test: what it proves is that it does.
             "VECTORHIVE_USAGE__FLUSH_INTERVAL": "3600",
         }
-        first = start_server(tmp_path, monkeypatch, pg_url, env)
+        first = ServerProcess(tmp_path, env=replica_env(pg_url, **env))
         try:
             async with httpx.AsyncClient(base_url=first.base, headers=bearer(key)) as http:
                 created = await http.post("/api/v1/collections", json={"name": "c", "dimension": 2})
@@ -149,7 +139,7 @@ async def test_usage_survives_restart_and_hub_outage(
         for metric in COUNTERS:
             assert totals[metric][2] == totals[metric][1] > 0, totals
 
-        second = start_server(tmp_path, monkeypatch, pg_url, env)
+        second = ServerProcess(tmp_path, env=replica_env(pg_url, **env))
         try:
             await asyncio.sleep(2)  # several report rounds while the hub is down
             # Nothing counted was reported (a bytes_stored snapshot from before the hub went

@@ -13,7 +13,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.db import Database
-from tests.conftest import LiveServer, assert_problem, bearer
+from tests.conftest import LiveServer, MakeTenant, assert_problem, bearer
 
 API = "/api/v1/collections"
 
@@ -25,7 +25,7 @@ def vectors(n: int, dim: int, seed: int = 0, prefix: str = "v") -> list[dict[str
 
 
 async def test_create_get_list_delete(
-    client: AsyncTestClient[Litestar], make_tenant: Any, db: Database
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -88,7 +88,7 @@ async def test_create_get_list_delete(
     ],
 )
 async def test_create_validation(
-    client: AsyncTestClient[Litestar], make_tenant: Any, body: dict[str, Any], field: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, body: dict[str, Any], field: str
 ) -> None:
     tenant = await make_tenant()
     problem = assert_problem(await client.post(API, headers=bearer(tenant.admin), json=body), 400)
@@ -96,7 +96,9 @@ async def test_create_validation(
     assert (await client.get(API, headers=bearer(tenant.admin))).json()["items"] == []
 
 
-async def test_float16_allows_4000_dimensions(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_float16_allows_4000_dimensions(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     made = await client.post(API, headers=key, json={"name": "big", "dimension": 4000, "storage": "float16"})
@@ -107,7 +109,7 @@ async def test_float16_allows_4000_dimensions(client: AsyncTestClient[Litestar],
     assert np.allclose(got["vector"], data[1]["vector"], atol=1e-2, rtol=1e-3)
 
 
-async def test_upsert_replaces_and_counts(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_upsert_replaces_and_counts(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     await client.post(API, headers=key, json={"name": "c", "dimension": 3})
@@ -156,7 +158,7 @@ async def test_upsert_replaces_and_counts(client: AsyncTestClient[Litestar], mak
     ],
 )
 async def test_bad_upserts_name_the_item_and_change_nothing(
-    client: AsyncTestClient[Litestar], make_tenant: Any, items: list[dict[str, Any]], field: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, items: list[dict[str, Any]], field: str
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -174,7 +176,7 @@ async def test_bad_upserts_name_the_item_and_change_nothing(
     assert (await client.get(f"{API}/c", headers=key)).json()["vector_count"] == 1
 
 
-async def test_nan_is_not_json(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_nan_is_not_json(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     await client.post(API, headers=key, json={"name": "c", "dimension": 2})
@@ -186,7 +188,9 @@ async def test_nan_is_not_json(client: AsyncTestClient[Litestar], make_tenant: A
     assert "not valid JSON" in assert_problem(response, 400)["detail"]
 
 
-async def test_batch_limits(client: AsyncTestClient[Litestar], make_tenant: Any, app: Litestar) -> None:
+async def test_batch_limits(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, app: Litestar
+) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     await client.post(API, headers=key, json={"name": "c", "dimension": 2})
@@ -210,7 +214,9 @@ async def test_batch_limits(client: AsyncTestClient[Litestar], make_tenant: Any,
     assert (await client.get(f"{API}/c", headers=key)).json()["vector_count"] == 0
 
 
-async def test_delete_by_id_ids_and_filter(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_delete_by_id_ids_and_filter(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     await client.post(API, headers=key, json={"name": "c", "dimension": 2})
@@ -234,7 +240,9 @@ async def test_delete_by_id_ids_and_filter(client: AsyncTestClient[Litestar], ma
     )
 
 
-async def test_scroll_is_stable_and_complete(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_scroll_is_stable_and_complete(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     await client.post(API, headers=key, json={"name": "c", "dimension": 2})
@@ -259,7 +267,7 @@ async def test_scroll_is_stable_and_complete(client: AsyncTestClient[Litestar], 
     assert "vector" not in plain["items"][0]
 
 
-async def test_permissions_on_collections(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_permissions_on_collections(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant("read_write", "read_only", "mcp")
     admin, rw, ro, mcp = (bearer(tenant.key(p)) for p in ("admin", "read_write", "read_only", "mcp"))
     assert (await client.post(API, headers=admin, json={"name": "c", "dimension": 2})).status_code == 201
@@ -279,7 +287,7 @@ async def test_permissions_on_collections(client: AsyncTestClient[Litestar], mak
 
 
 async def test_collection_limited_key_sees_only_its_collections(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_write", collections=["allowed"])
     admin, limited = bearer(tenant.admin), bearer(tenant.key("read_write"))
@@ -304,7 +312,9 @@ async def test_collection_limited_key_sees_only_its_collections(
     assert (await client.get(f"{API}/hidden", headers=admin)).json()["vector_count"] == 1
 
 
-async def test_same_short_name_in_two_tenants(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_same_short_name_in_two_tenants(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     a, b = await make_tenant(), await make_tenant()
     for tenant, value in ((a, [1.0, 0.0]), (b, [0.0, 1.0])):
         made = await client.post(API, headers=bearer(tenant.admin), json={"name": "shared", "dimension": 2})
@@ -325,7 +335,7 @@ async def test_same_short_name_in_two_tenants(client: AsyncTestClient[Litestar],
 
 
 async def test_concurrent_overlapping_upserts_do_not_deadlock(
-    live_server: LiveServer, make_tenant: Any
+    live_server: LiveServer, make_tenant: MakeTenant
 ) -> None:
     """Writers into one collection with overlapping ids, in opposite orders, truly at once: all succeed."""
     tenant = await make_tenant()
@@ -344,7 +354,7 @@ async def test_concurrent_overlapping_upserts_do_not_deadlock(
 
 
 async def test_inputs_the_database_cannot_store_are_400(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -358,7 +368,9 @@ async def test_inputs_the_database_cannot_store_are_400(
     assert (await client.get(f"{API}/c", headers=key)).json()["vector_count"] == 0
 
 
-async def test_zero_vectors_have_no_cosine(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_zero_vectors_have_no_cosine(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     await client.post(API, headers=key, json={"name": "cos", "dimension": 2})
@@ -372,7 +384,9 @@ async def test_zero_vectors_have_no_cosine(client: AsyncTestClient[Litestar], ma
     assert [h["id"] for h in hits] == ["z", "a"] and hits[0]["score"] == 0.0
 
 
-async def test_empty_delete_filter_is_refused(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_empty_delete_filter_is_refused(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     await client.post(API, headers=key, json={"name": "c", "dimension": 2})
@@ -381,7 +395,9 @@ async def test_empty_delete_filter_is_refused(client: AsyncTestClient[Litestar],
     assert (await client.get(f"{API}/c", headers=key)).json()["vector_count"] == 1
 
 
-async def test_oversized_filters_are_refused(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_oversized_filters_are_refused(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     await client.post(API, headers=key, json={"name": "c", "dimension": 2})
@@ -398,7 +414,7 @@ async def test_oversized_filters_are_refused(client: AsyncTestClient[Litestar], 
     )
 
 
-async def test_delete_collection_during_writes(live_server: LiveServer, make_tenant: Any) -> None:
+async def test_delete_collection_during_writes(live_server: LiveServer, make_tenant: MakeTenant) -> None:
     """Deleting a collection while upserts run: every request ends cleanly (no 500, no deadlock)."""
     tenant = await make_tenant()
     async with httpx.AsyncClient(base_url=live_server.url, headers=bearer(tenant.admin), timeout=60) as http:

@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
 from service.db import Database
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 from tests.db_proxy import DatabaseProxy, database_proxy
 
 APP_NAME = "vh-outage-test"
 
 
 @pytest.fixture
-async def outage_client(
-    make_settings: Callable[..., Settings], pg_url: str
-) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def outage_client(make_settings: MakeSettings, pg_url: str) -> AsyncIterator[AsyncTestClient[Litestar]]:
     # asyncpg passes unknown URL parameters on as server settings: the pool's connections carry
     # this application name, so the test can cut exactly them.
     separator = "&" if "?" in pg_url else "?"
@@ -46,7 +42,7 @@ async def cut_connections(db: Database) -> int:
 
 
 async def test_connections_lost_answer_503_with_retry_after(
-    outage_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], db: Database
+    outage_client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant = await make_tenant()
     headers = bearer(tenant.admin)
@@ -78,7 +74,7 @@ async def comes_back(client: AsyncTestClient[Litestar], headers: dict[str, str],
 
 @pytest.fixture
 async def proxied_client(
-    make_settings: Callable[..., Settings], pg_url: str
+    make_settings: MakeSettings, pg_url: str
 ) -> AsyncIterator[tuple[AsyncTestClient[Litestar], DatabaseProxy]]:
     """An app whose database is reached through a proxy the test can cut (tests/db_proxy.py)."""
     with database_proxy(pg_url) as proxy:
@@ -88,7 +84,7 @@ async def proxied_client(
 
 
 async def test_a_database_that_is_down_answers_503_then_the_service_recovers(
-    proxied_client: tuple[AsyncTestClient[Litestar], DatabaseProxy], make_tenant: Callable[..., Any]
+    proxied_client: tuple[AsyncTestClient[Litestar], DatabaseProxy], make_tenant: MakeTenant
 ) -> None:
     client, proxy = proxied_client
     tenant = await make_tenant()
@@ -109,7 +105,7 @@ async def test_a_database_that_is_down_answers_503_then_the_service_recovers(
 
 
 async def test_authentication_during_an_outage_answers_503(
-    outage_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], db: Database
+    outage_client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant = await make_tenant()
     assert (await outage_client.get("/readyz")).status_code in (200, 503)
@@ -122,7 +118,7 @@ async def test_authentication_during_an_outage_answers_503(
 
 
 async def test_authentication_with_the_database_down_answers_503_not_401(
-    proxied_client: tuple[AsyncTestClient[Litestar], DatabaseProxy], make_tenant: Callable[..., Any]
+    proxied_client: tuple[AsyncTestClient[Litestar], DatabaseProxy], make_tenant: MakeTenant
 ) -> None:
     client, proxy = proxied_client
     tenant = await make_tenant("read_only")

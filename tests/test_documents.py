@@ -3,7 +3,7 @@ stored all or nothing, found by text, by keywords and by both fused; never acros
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from itertools import pairwise
 from typing import Any
 
@@ -12,8 +12,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 from tests.test_embeddings_api import MODEL, wait_for_model
 
 API = "/api/v1/collections"
@@ -75,7 +74,7 @@ async def search(client: Any, key: str, name: str = "kb", **query: Any) -> dict[
 
 
 async def test_a_text_collection_takes_its_dimension_from_the_model(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     made = await make_text_collection(client, tenant.admin)
@@ -106,7 +105,7 @@ async def test_a_text_collection_takes_its_dimension_from_the_model(
 
 
 async def test_documents_are_found_by_text_with_their_chunk_and_document(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     await make_text_collection(client, tenant.admin)
@@ -151,7 +150,7 @@ async def test_documents_are_found_by_text_with_their_chunk_and_document(
 
 
 async def test_a_long_document_is_split_in_the_models_tokens_with_overlap(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(client, tenant.admin, chunk_tokens=128, chunk_overlap=24)
@@ -184,7 +183,7 @@ async def test_a_long_document_is_split_in_the_models_tokens_with_overlap(
 
 
 async def test_sending_a_document_again_replaces_it_whole(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(client, tenant.admin, chunk_tokens=64, chunk_overlap=8)
@@ -208,7 +207,7 @@ async def test_sending_a_document_again_replaces_it_whole(
 
 
 async def test_bad_documents_are_refused_and_nothing_is_written(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(client, tenant.admin)
@@ -256,13 +255,15 @@ async def test_bad_documents_are_refused_and_nothing_is_written(
 
 
 @pytest.fixture(scope="module")
-async def small_limits(make_settings: Callable[..., Settings]) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def small_limits(make_settings: MakeSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     settings = make_settings(documents={"max_document_bytes": 2000, "max_chunks_per_request": 3})
     async with AsyncTestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
-async def test_limits_name_themselves(small_limits: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_limits_name_themselves(
+    small_limits: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     await make_text_collection(small_limits, tenant.admin, chunk_tokens=32, chunk_overlap=0)
     too_big = await add(small_limits, tenant.admin, {"a": "word " * 500})
@@ -275,7 +276,7 @@ async def test_limits_name_themselves(small_limits: AsyncTestClient[Litestar], m
 
 
 async def test_hybrid_search_finds_the_exact_keyword_that_vector_search_misses(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(client, tenant.admin)
@@ -298,7 +299,7 @@ async def test_hybrid_search_finds_the_exact_keyword_that_vector_search_misses(
 
 
 async def test_deleting_documents_and_their_chunks(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(client, tenant.admin)
@@ -315,7 +316,9 @@ async def test_deleting_documents_and_their_chunks(
     assert [d["id"] for d in listed] == ["guitar", "rivers"]
 
 
-async def test_documents_never_cross_tenants(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_documents_never_cross_tenants(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     alice, bob = await make_tenant(), await make_tenant("read_only")
     await make_text_collection(client, alice.admin)
     await make_text_collection(client, bob.admin)
@@ -348,7 +351,7 @@ async def test_documents_never_cross_tenants(client: AsyncTestClient[Litestar], 
 
 
 async def test_read_only_keys_search_but_do_not_write(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     await make_text_collection(client, tenant.admin)
@@ -358,7 +361,7 @@ async def test_read_only_keys_search_but_do_not_write(
     assert (await search(client, reader, text="anything"))["results"] == []
 
 
-async def test_embedding_work_is_metered(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_embedding_work_is_metered(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant()
     await make_text_collection(client, tenant.admin)
     stored = (await add(client, tenant.admin, CORPUS)).json()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,8 +18,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
-from tests.conftest import LiveServer, assert_problem, bearer
+from tests.conftest import LiveServer, MakeSettings, MakeTenant, assert_problem, bearer
 
 EMBED = "/api/v1/embeddings"
 MODEL = "all-minilm-l6-v2"
@@ -42,7 +41,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 async def test_models_are_listed_with_their_state(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     card = await wait_for_model(client, tenant.key("read_only"))
@@ -65,7 +64,7 @@ async def test_models_are_listed_with_their_state(
 
 
 async def test_embeddings_in_openai_shape_float_and_base64(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     key = bearer(tenant.key("read_only"))
@@ -112,7 +111,7 @@ async def test_embeddings_in_openai_shape_float_and_base64(
     ],
 )
 async def test_bad_input_is_a_clear_400(
-    client: AsyncTestClient[Litestar], make_tenant: Any, body: dict[str, Any], field: str, code: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, body: dict[str, Any], field: str, code: str
 ) -> None:
     tenant = await make_tenant()
     await wait_for_model(client, tenant.admin)
@@ -124,7 +123,7 @@ async def test_bad_input_is_a_clear_400(
 
 
 async def test_invalid_utf8_and_lone_surrogates_are_refused(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await wait_for_model(client, tenant.admin)
@@ -138,7 +137,7 @@ async def test_invalid_utf8_and_lone_surrogates_are_refused(
 
 
 async def test_mcp_keys_and_missing_keys_are_refused(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("mcp")
     assert_problem(await client.post(EMBED, json={"input": "x"}), 401)
@@ -147,7 +146,7 @@ async def test_mcp_keys_and_missing_keys_are_refused(
 
 @pytest.fixture(scope="module")
 async def broken_client(
-    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory
+    make_settings: MakeSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
     """A server whose only model points at a file that is not there."""
     missing = tmp_path_factory.mktemp("models") / "gone.gguf"
@@ -162,7 +161,7 @@ async def broken_client(
 
 
 async def test_a_model_that_cannot_load_answers_503_and_the_rest_works(
-    broken_client: AsyncTestClient[Litestar], make_tenant: Any
+    broken_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     card = await wait_for_model(broken_client, tenant.admin, "broken")
@@ -180,7 +179,9 @@ async def test_a_model_that_cannot_load_answers_503_and_the_rest_works(
     assert [c["name"] for c in listed.json()["items"]] == ["plain"]
 
 
-async def test_the_openai_client_works_against_the_server(live_server: LiveServer, make_tenant: Any) -> None:
+async def test_the_openai_client_works_against_the_server(
+    live_server: LiveServer, make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant("read_only")
     key = tenant.key("read_only")
     async with httpx.AsyncClient(base_url=live_server.url) as http:
@@ -206,7 +207,9 @@ async def test_the_openai_client_works_against_the_server(live_server: LiveServe
     assert caught.value.code == "unknown_model" and caught.value.param == "model"
 
 
-async def test_sixteen_concurrent_requests_are_all_served(live_server: LiveServer, make_tenant: Any) -> None:
+async def test_sixteen_concurrent_requests_are_all_served(
+    live_server: LiveServer, make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     async with httpx.AsyncClient(base_url=live_server.url, timeout=60) as http:
         await wait_for_model(http, tenant.admin)
@@ -222,7 +225,7 @@ async def test_sixteen_concurrent_requests_are_all_served(live_server: LiveServe
 
 @pytest.fixture(scope="module")
 async def small_queue_client(
-    make_settings: Callable[..., Settings],
+    make_settings: MakeSettings,
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
     settings = make_settings(embeddings={"queue_max_texts": 8})
     async with AsyncTestClient(create_app(settings), raise_server_exceptions=False) as test_client:
@@ -230,7 +233,7 @@ async def small_queue_client(
 
 
 async def test_a_full_queue_answers_503_with_retry_after_and_metrics_show_the_model(
-    small_queue_client: AsyncTestClient[Litestar], make_tenant: Any, operator_key: str
+    small_queue_client: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     await wait_for_model(small_queue_client, tenant.admin)

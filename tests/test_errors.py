@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 
 
-async def test_validation_error_names_the_field(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_validation_error_names_the_field(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     body = assert_problem(
         await client.post("/api/v1/keys", headers=bearer(tenant.admin), json={"permission": "superuser"}),
@@ -36,7 +34,7 @@ async def test_validation_error_names_the_field(client: AsyncTestClient[Litestar
     assert "bogus" in str(body)
 
 
-async def test_malformed_json_is_400(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_malformed_json_is_400(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant()
     response = await client.post(
         "/api/v1/keys",
@@ -47,7 +45,7 @@ async def test_malformed_json_is_400(client: AsyncTestClient[Litestar], make_ten
     assert "JSON" in body["detail"]
 
 
-async def test_bad_query_parameter_is_400(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_bad_query_parameter_is_400(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant()
     body = assert_problem(
         await client.get("/api/v1/keys", headers=bearer(tenant.admin), params={"limit": "x"}), 400
@@ -65,7 +63,7 @@ async def test_wrong_method_is_405_problem(client: AsyncTestClient[Litestar]) ->
 
 
 async def test_unexpected_exception_is_500_problem_without_internals(
-    make_settings: Callable[..., Settings],
+    make_settings: MakeSettings,
 ) -> None:
     @get("/api/v1/boom", operation_id="boom")
     async def boom() -> None:
@@ -80,7 +78,7 @@ async def test_unexpected_exception_is_500_problem_without_internals(
 
 
 async def test_readiness_is_503_problem_when_the_database_is_gone(
-    make_settings: Callable[..., Settings],
+    make_settings: MakeSettings,
 ) -> None:
     app = create_app(make_settings())
     async with AsyncTestClient(app, raise_server_exceptions=False) as client:
@@ -106,7 +104,7 @@ async def test_request_id_is_echoed_or_generated(client: AsyncTestClient[Litesta
 
 
 async def test_unknown_query_parameters_are_named(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     response = await client.get(
@@ -121,7 +119,7 @@ async def test_unknown_query_parameters_are_named(
 
 
 async def test_nested_body_errors_are_400_not_500(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     """Litestar raises a bare 500 for some nested validation failures; we answer 400 naming the field."""
     tenant = await make_tenant()

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from service.config import Settings, load_settings
+from tests.conftest import MakeSettings
 
 helm = pytest.importorskip("helm_python", reason="needs helm-python-sdk (pip install -e '.[dev]')")
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="needs kubernetes-validate")
@@ -384,7 +385,9 @@ def test_mcp_hosts_origins_and_resource_url() -> None:
         render({"mcp": {"allowedHost": ["x"]}})  # misspelt
 
 
-async def test_rendered_mcp_config_admits_the_ingress_host_only(tmp_path: Path, make_settings: Any) -> None:
+async def test_rendered_mcp_config_admits_the_ingress_host_only(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
     """The rendered mcp section, loaded by the project's loader, configures the SDK's transport
     security: the Ingress host and the Service name get past it (to the 401 of a missing key), a
     foreign Host gets 421 and a foreign Origin 403."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,9 +13,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
 from service.db import Database
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, UniqueId, assert_problem, bearer
 from tests.fake_hivehub import API_KEY, FakeHub, serve
 
 
@@ -32,9 +31,7 @@ def healthy_hub(hub: FakeHub) -> None:
 
 
 @pytest.fixture(scope="module")
-async def hclient(
-    hub: FakeHub, make_settings: Callable[..., Settings]
-) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def hclient(hub: FakeHub, make_settings: MakeSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     settings = make_settings(
         cluster={
             "enabled": True,
@@ -52,12 +49,12 @@ def hub_key() -> str:
     return "hh_" + secrets.token_urlsafe(24)
 
 
-def new_tenant(unique_id: Callable[[str], str]) -> str:
+def new_tenant(unique_id: UniqueId) -> str:
     return unique_id("hub")
 
 
 async def test_a_hub_key_works_and_its_tenant_is_created_locally(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, db: Database, unique_id: Callable[[str], str]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, db: Database, unique_id: UniqueId
 ) -> None:
     tenant, key = new_tenant(unique_id), hub_key()
     hub.add_key(key, tenant, tenant_name="Acme")
@@ -88,7 +85,7 @@ async def test_a_hub_key_works_and_its_tenant_is_created_locally(
 async def test_the_seeds_permission_spelling_is_accepted(
     hclient: AsyncTestClient[Litestar],
     hub: FakeHub,
-    unique_id: Callable[[str], str],
+    unique_id: UniqueId,
     spelled: str,
     level: str,
 ) -> None:
@@ -100,7 +97,7 @@ async def test_the_seeds_permission_spelling_is_accepted(
 
 
 async def test_the_seeds_mcp_spelling_is_an_mcp_key(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: UniqueId
 ) -> None:
     key = hub_key()
     hub.add_key(key, new_tenant(unique_id), permission="MCP")
@@ -109,7 +106,7 @@ async def test_the_seeds_mcp_spelling_is_an_mcp_key(
 
 
 async def test_an_unknown_permission_is_still_an_outage(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: UniqueId
 ) -> None:
     key = hub_key()
     hub.add_key(key, new_tenant(unique_id), permission="SUPERUSER")
@@ -117,7 +114,7 @@ async def test_an_unknown_permission_is_still_an_outage(
 
 
 async def test_answers_are_cached(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: UniqueId
 ) -> None:
     key, bad = hub_key(), hub_key()
     hub.add_key(key, new_tenant(unique_id), permission="read_only")
@@ -129,7 +126,7 @@ async def test_answers_are_cached(
 
 
 async def test_invalid_and_expired_keys_are_refused(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: UniqueId
 ) -> None:
     assert_problem(await hclient.get("/api/v1/me", headers=bearer(hub_key())), 401, "unauthorized")
     expired = hub_key()
@@ -145,7 +142,7 @@ async def test_invalid_and_expired_keys_are_refused(
 
 
 async def test_local_keys_still_work_in_cluster_mode(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, make_tenant: Callable[..., Any]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     before = len(hub.calls)
@@ -155,7 +152,7 @@ async def test_local_keys_still_work_in_cluster_mode(
 
 
 async def test_hub_down_cached_keys_work_unknown_keys_get_503(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str], operator_key: str
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: UniqueId, operator_key: str
 ) -> None:
     known, unknown = hub_key(), hub_key()
     hub.add_key(known, new_tenant(unique_id))
@@ -179,7 +176,7 @@ async def test_hub_down_cached_keys_work_unknown_keys_get_503(
 
 
 async def test_slow_or_dropping_hub_is_a_503_within_the_timeout(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: UniqueId
 ) -> None:
     key = hub_key()
     hub.add_key(key, new_tenant(unique_id))
@@ -194,7 +191,7 @@ async def test_slow_or_dropping_hub_is_a_503_within_the_timeout(
 
 
 async def test_hub_quotas_are_enforced(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: UniqueId
 ) -> None:
     key = hub_key()
     hub.add_key(key, new_tenant(unique_id), quotas={"requests_per_minute": 3, "max_collections": 0})
@@ -222,9 +219,9 @@ async def test_hub_answers_that_break_the_contract_are_503(
 async def test_operators_inspect_keys_without_seeing_hashes(
     hclient: AsyncTestClient[Litestar],
     hub: FakeHub,
-    make_tenant: Callable[..., Any],
+    make_tenant: MakeTenant,
     operator_key: str,
-    unique_id: Callable[[str], str],
+    unique_id: UniqueId,
 ) -> None:
     tenant = await make_tenant("read_only")
     ops = bearer(operator_key)
@@ -257,7 +254,7 @@ async def test_operators_inspect_keys_without_seeing_hashes(
 
 
 async def test_a_hub_key_cannot_take_over_a_local_tenant_with_the_same_id(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, make_tenant: Callable[..., Any]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, make_tenant: MakeTenant
 ) -> None:
     local = await make_tenant()
     created = await hclient.post(
@@ -272,7 +269,7 @@ async def test_a_hub_key_cannot_take_over_a_local_tenant_with_the_same_id(
 
 
 async def test_a_hub_expiry_without_a_time_zone_is_a_broken_answer(
-    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: Callable[[str], str]
+    hclient: AsyncTestClient[Litestar], hub: FakeHub, unique_id: UniqueId
 ) -> None:
     key = hub_key()
     hub.add_key(key, new_tenant(unique_id), expires_at="2099-01-01T00:00:00")
@@ -280,7 +277,7 @@ async def test_a_hub_expiry_without_a_time_zone_is_a_broken_answer(
 
 
 async def test_usage_the_hub_refuses_is_set_aside_without_blocking_the_rest(
-    hub: FakeHub, db: Database, make_settings: Callable[..., Settings], unique_id: Callable[[str], str]
+    hub: FakeHub, db: Database, make_settings: MakeSettings, unique_id: UniqueId
 ) -> None:
     from service.hivehub.client import HiveHubClient
     from service.quota import store as quota_store

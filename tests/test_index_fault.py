@@ -12,9 +12,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.collections.indexer import INDEX_LOCK_CLASS, IndexBuilder
-from service.config import Settings
 from service.db import Database
-from tests.conftest import bearer
+from tests.conftest import MakeSettings, MakeTenant, bearer
 
 
 async def wait_for(condition: Callable[[], Any], what: str, seconds: float = 60) -> Any:
@@ -29,9 +28,9 @@ async def wait_for(condition: Callable[[], Any], what: str, seconds: float = 60)
 
 async def test_a_build_cut_by_a_database_fault_is_retried(
     client: AsyncTestClient[Litestar],
-    make_tenant: Callable[..., Any],
+    make_tenant: MakeTenant,
     db: Database,
-    make_settings: Callable[..., Settings],
+    make_settings: MakeSettings,
 ) -> None:
     tenant = await make_tenant()
     headers = bearer(tenant.admin)

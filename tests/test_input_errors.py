@@ -8,12 +8,12 @@ from typing import Any
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeTenant, assert_problem, bearer
 
 API = "/api/v1/collections"
 
 
-async def _tenant_with_collection(client: Any, make_tenant: Any, **create: Any) -> dict[str, str]:
+async def _tenant_with_collection(client: Any, make_tenant: MakeTenant, **create: Any) -> dict[str, str]:
     tenant = await make_tenant()
     h = bearer(tenant.admin)
     body = {"name": "c", "dimension": 3, **create}
@@ -21,7 +21,9 @@ async def _tenant_with_collection(client: Any, make_tenant: Any, **create: Any) 
     return h
 
 
-async def test_detail_names_the_first_problem(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_detail_names_the_first_problem(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     h = bearer((await make_tenant()).admin)
     body = assert_problem(await client.post(API, headers=h, json={"name": "x"}), 400, "invalid_request")
     assert body["detail"] == "dimension is required"
@@ -53,7 +55,7 @@ async def test_detail_names_the_first_problem(client: AsyncTestClient[Litestar],
 
 
 async def test_types_are_strict_and_bodies_are_json(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     h = await _tenant_with_collection(client, make_tenant)
     body = assert_problem(
@@ -79,14 +81,16 @@ async def test_types_are_strict_and_bodies_are_json(
     assert ok.status_code == 200, ok.text
 
 
-async def test_dot_names_are_refused(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_dot_names_are_refused(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     h = bearer((await make_tenant()).admin)
     for name in (".", ".."):
         assert_problem(await client.post(API, headers=h, json={"name": name, "dimension": 3}), 400)
     assert (await client.post(API, headers=h, json={"name": ".a.", "dimension": 3})).status_code == 201
 
 
-async def test_body_too_large_names_the_limit(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_body_too_large_names_the_limit(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     h = await _tenant_with_collection(client, make_tenant)
     body = assert_problem(
         await client.put(
@@ -100,7 +104,7 @@ async def test_body_too_large_names_the_limit(client: AsyncTestClient[Litestar],
 
 
 async def test_filter_mistakes_are_400_not_empty_200(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     h = await _tenant_with_collection(client, make_tenant)
     search = f"{API}/c/search"
@@ -119,7 +123,7 @@ async def test_filter_mistakes_are_400_not_empty_200(
     assert ok.status_code == 200, ok.text
 
 
-async def test_deep_input_is_400_not_500(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_deep_input_is_400_not_500(client: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     h = await _tenant_with_collection(client, make_tenant)
     search = f"{API}/c/search"
     deep = b'{"vector": [1, 0, 0], "filter": {"a": ' + b"[" * 3000 + b"]" * 3000 + b"}}"
@@ -136,7 +140,9 @@ async def test_deep_input_is_400_not_500(client: AsyncTestClient[Litestar], make
     )
 
 
-async def test_bad_query_values_are_400_not_500(client: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_bad_query_values_are_400_not_500(
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     h = bearer((await make_tenant()).admin)
     assert_problem(await client.get("/api/v1/audit", headers=h, params={"cursor": "wrI"}), 400)
     assert_problem(
@@ -154,7 +160,7 @@ async def test_bad_query_values_are_400_not_500(client: AsyncTestClient[Litestar
 
 
 async def test_vectors_without_a_numeric_score_are_refused(
-    client: AsyncTestClient[Litestar], make_tenant: Any
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     h = bearer(tenant.admin)

@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.db import Database
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeTenant, assert_problem, bearer
 
 API = "/api/v1/collections"
 
@@ -34,7 +34,7 @@ async def snapshot(client: AsyncTestClient[Litestar], key: dict[str, str]) -> An
 
 
 async def test_unscoped_query_under_tenant_context_sees_no_other_tenant(
-    client: AsyncTestClient[Litestar], make_tenant: Any, db: Database
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     a, b = await make_tenant(), await make_tenant()
     await make_secret(client, bearer(b.admin))
@@ -90,7 +90,7 @@ ATTEMPTS: list[tuple[str, str, dict[str, Any] | None]] = [
 
 @pytest.mark.parametrize("name_form", ["short", "qualified"])
 async def test_every_endpoint_refuses_another_tenants_collection(
-    client: AsyncTestClient[Litestar], make_tenant: Any, name_form: str
+    client: AsyncTestClient[Litestar], make_tenant: MakeTenant, name_form: str
 ) -> None:
     a, b = await make_tenant(), await make_tenant("read_write")
     a_key = bearer(a.admin)
@@ -123,7 +123,9 @@ async def test_every_endpoint_refuses_another_tenants_collection(
     assert await snapshot(client, a_key) == before
 
 
-async def test_a_tenant_transaction_leaves_nothing_on_its_connection(db: Any, make_tenant: Any) -> None:
+async def test_a_tenant_transaction_leaves_nothing_on_its_connection(
+    db: Any, make_tenant: MakeTenant
+) -> None:
     """Its BEGIN carries the tenant context and its connection skips the pool's reset query: what it
     set must still end with it, committed or rolled back."""
     tenant = await make_tenant()

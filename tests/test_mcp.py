@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,11 +21,18 @@ from mcp.shared.exceptions import MCPError
 from service.app import create_app
 from service.auth.keys import parse_key
 from service.auth.service import KeyService
-from service.config import Settings
 from service.db import Database
 from service.tenants.models import TenantStatus
 from service.tenants.service import TenantService
-from tests.conftest import LiveServer, TenantKeys, assert_problem, bearer, run_live_server
+from tests.conftest import (
+    LiveServer,
+    MakeSettings,
+    MakeTenant,
+    TenantKeys,
+    assert_problem,
+    bearer,
+    run_live_server,
+)
 
 MODES = ["auto", "legacy"]  # protocol 2026-07-28, and the initialize handshake of earlier revisions
 # answer and context: generation is enabled in the tests' settings (the tiny chat model).
@@ -34,7 +41,7 @@ WRITE_TOOLS = {"upsert_vectors", "delete", "add_documents"}
 
 
 @pytest.fixture(scope="module")
-def server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+def server(make_settings: MakeSettings) -> Iterator[LiveServer]:
     # Usage reaches the outbox quickly, so that a test can read what a tool call metered.
     with run_live_server(make_settings(usage={"flush_interval": 0.2})) as live:
         yield live
@@ -107,7 +114,7 @@ async def snapshot(rest: httpx.AsyncClient, admin: str, name: str) -> dict[str, 
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_discovery_and_tools_per_permission(
-    server: LiveServer, make_tenant: Callable[..., Any], mode: str
+    server: LiveServer, make_tenant: MakeTenant, mode: str
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp", "read_only", "read_write")
     async with connect(server, tenant.key("mcp"), mode) as client:
@@ -148,7 +155,7 @@ async def test_discovery_and_tools_per_permission(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_each_tool(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], mode: str
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant, mode: str
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     await make_collection(rest, tenant.admin, "notes", vectors=0)
@@ -200,7 +207,7 @@ async def test_each_tool(
 async def test_tool_calls_are_metered_by_tool_name(
     server: LiveServer,
     rest: httpx.AsyncClient,
-    make_tenant: Callable[..., Any],
+    make_tenant: MakeTenant,
     db: Database,
     operator_key: str,
 ) -> None:
@@ -239,7 +246,7 @@ async def test_tool_calls_are_metered_by_tool_name(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_read_only_key_cannot_write(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], mode: str
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant, mode: str
 ) -> None:
     tenant: TenantKeys = await make_tenant("read_only")
     await make_collection(rest, tenant.admin, "ro")
@@ -267,7 +274,7 @@ async def test_read_only_key_cannot_write(
 
 
 async def test_collection_scoped_key(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp", collections=["mine"])
     await make_collection(rest, tenant.admin, "mine")
@@ -300,7 +307,7 @@ def writes_and_reads(name: str) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_another_tenant_sees_and_changes_nothing(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], mode: str
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant, mode: str
 ) -> None:
     owner: TenantKeys = await make_tenant()
     other: TenantKeys = await make_tenant("mcp")
@@ -323,7 +330,7 @@ async def test_another_tenant_sees_and_changes_nothing(
 
 
 async def test_key_revoked_mid_session(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], db: Database
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     await make_collection(rest, tenant.admin, "r")
@@ -354,7 +361,7 @@ async def test_key_revoked_mid_session(
 async def test_rate_limit_is_a_clear_tool_error(
     server: LiveServer,
     rest: httpx.AsyncClient,
-    make_tenant: Callable[..., Any],
+    make_tenant: MakeTenant,
     operator_key: str,
     mode: str,
 ) -> None:
@@ -384,7 +391,7 @@ async def test_rate_limit_is_a_clear_tool_error(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_bad_arguments_are_tool_errors_with_the_rest_messages(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], mode: str
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant, mode: str
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     await make_collection(rest, tenant.admin, "args")
@@ -459,7 +466,7 @@ MCP_ACCEPT = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Ver
 
 
 async def test_missing_or_bad_credentials_get_the_mcp_challenge(
-    server: LiveServer, rest: httpx.AsyncClient, operator_key: str, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, operator_key: str, make_tenant: MakeTenant
 ) -> None:
     metadata_url = f"{server.url}/.well-known/oauth-protected-resource/mcp"
     # Anyone but an MCP client (Accept: */* here) gets the app's one error shape.
@@ -505,7 +512,7 @@ async def test_missing_or_bad_credentials_get_the_mcp_challenge(
 
 
 async def test_host_and_origin_checks(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     headers = {**MCP_ACCEPT, **bearer(tenant.key("mcp"))}
@@ -531,7 +538,7 @@ async def test_host_and_origin_checks(
     assert local.status_code == 200
 
 
-async def test_disabled_mcp_has_no_endpoint(make_settings: Callable[..., Settings]) -> None:
+async def test_disabled_mcp_has_no_endpoint(make_settings: MakeSettings) -> None:
     app = create_app(make_settings(mcp={"enabled": False}))
     async with AsyncTestClient(app) as client:
         assert_problem(await client.post("/mcp", json=JSONRPC_LIST), 404, "not_found")
@@ -539,7 +546,7 @@ async def test_disabled_mcp_has_no_endpoint(make_settings: Callable[..., Setting
 
 
 async def test_suspended_tenant_is_refused(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], db: Database
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     async with connect(server, tenant.key("mcp")) as client:
@@ -556,7 +563,7 @@ async def test_suspended_tenant_is_refused(
 
 
 async def test_token_bucket_and_listing_limits(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], operator_key: str
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     await make_collection(rest, tenant.admin, "bucket")
@@ -593,7 +600,7 @@ async def test_token_bucket_and_listing_limits(
 
 
 async def test_single_tenant_mode_needs_no_key_and_is_logged(
-    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Local development without keys: the default tenant over MCP too; the access log names the
     tenant of an MCP request like any other (the mount shares the request's scope)."""
@@ -650,7 +657,7 @@ def test_mcp_settings_from_the_environment(tmp_path: Any) -> None:
 
 
 async def test_configured_resource_url_and_authorization_servers(
-    make_settings: Callable[..., Settings],
+    make_settings: MakeSettings,
 ) -> None:
     """Behind a proxy the public URL is configured; an OAuth authorization server, when one issues
     tokens this server accepts, is published for clients to find."""

@@ -5,13 +5,13 @@ the same refusals as REST for read-only keys and other tenants."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, TenantKeys, bearer
+from tests.conftest import LiveServer, MakeTenant, TenantKeys, bearer
 from tests.test_embeddings_api import MODEL, wait_for_model
 from tests.test_mcp import call, connect, fails
 
@@ -47,7 +47,7 @@ async def listing(rest: httpx.AsyncClient, tenant: TenantKeys, name: str) -> lis
 
 
 async def test_documents_through_mcp(
-    live_server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    live_server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     await text_collection(rest, tenant, "kb")
@@ -97,7 +97,7 @@ async def test_documents_through_mcp(
 
 
 async def test_text_search_needs_a_model_as_in_rest(
-    live_server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    live_server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     made = await rest.post(
@@ -116,7 +116,7 @@ async def test_text_search_needs_a_model_as_in_rest(
 
 
 async def test_read_only_and_other_tenants(
-    live_server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    live_server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     owner: TenantKeys = await make_tenant("read_only")
     other: TenantKeys = await make_tenant("mcp")

@@ -11,14 +11,12 @@ import asyncio
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, TenantKeys, bearer
+from tests.conftest import LiveServer, MakeTenant, TenantKeys, bearer
 
 INTEROP = Path(__file__).parent / "interop"
 SDK = INTEROP / "node_modules" / "@modelcontextprotocol" / "sdk" / "package.json"
@@ -45,7 +43,7 @@ def typescript_sdk() -> Path:
 
 
 async def test_typescript_sdk_client(
-    live_server: LiveServer, make_tenant: Callable[..., Any], typescript_sdk: Path
+    live_server: LiveServer, make_tenant: MakeTenant, typescript_sdk: Path
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     async with httpx.AsyncClient(base_url=live_server.url) as rest:

@@ -6,7 +6,7 @@ real PostgreSQL; the same results, errors, metering as the REST routes; never ac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,8 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from service.config import Settings
 from service.db import Database
-from tests.conftest import LiveServer, TenantKeys, bearer, run_live_server
+from tests.conftest import LiveServer, MakeSettings, MakeTenant, TenantKeys, bearer, run_live_server
 from tests.support.tiny_chat_model import SENTENCE, build
 from tests.test_documents import CORPUS
 from tests.test_mcp import READ_TOOLS, call, connect, fails, make_collection, refusal, snapshot
@@ -28,9 +27,7 @@ SESSION_TOOLS = {"list_collections", "describe_collection", "search", "get_docum
 
 
 @pytest.fixture(scope="module")
-def server(
-    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
+def server(make_settings: MakeSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder: Path = tmp_path_factory.mktemp("mcp-rag-models")
     settings = make_settings(
         generation={
@@ -70,7 +67,7 @@ async def usage_of(db: Database, tenant_id: str) -> dict[tuple[str, str], int]:
 
 
 async def test_answer_and_context_tools_are_the_rest_routes(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any], db: Database
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant: TenantKeys = await make_tenant("read_only")
     await knowledge_base(rest, tenant, CORPUS)
@@ -131,7 +128,7 @@ async def test_answer_and_context_tools_are_the_rest_routes(
 
 
 async def test_answer_and_context_errors_are_rest_problems(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp")
     await knowledge_base(rest, tenant, CORPUS)
@@ -162,7 +159,7 @@ async def test_answer_and_context_errors_are_rest_problems(
 
 
 async def test_other_tenants_collections_are_not_found_and_never_cited(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     a: TenantKeys = await make_tenant("mcp")
     b: TenantKeys = await make_tenant("mcp")
@@ -207,7 +204,7 @@ async def open_session(rest: httpx.AsyncClient, key: str, **body: Any) -> dict[s
 
 
 async def test_session_token_reads_its_collections_only(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant()
     await knowledge_base(rest, tenant, CORPUS)
@@ -256,7 +253,7 @@ async def test_session_token_reads_its_collections_only(
 
 
 async def test_deleted_session_is_refused(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant()
     await make_collection(rest, tenant.admin, "docs")
@@ -280,7 +277,7 @@ async def test_deleted_session_is_refused(
 
 
 async def test_another_tenants_session_sees_nothing_of_this_tenant(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     a: TenantKeys = await make_tenant()
     b: TenantKeys = await make_tenant()
@@ -298,7 +295,7 @@ async def test_another_tenants_session_sees_nothing_of_this_tenant(
 
 
 async def test_without_generation_answer_and_context_are_not_offered(
-    make_settings: Callable[..., Settings], make_tenant: Callable[..., Any]
+    make_settings: MakeSettings, make_tenant: MakeTenant
 ) -> None:
     with run_live_server(make_settings(generation={"enabled": False})) as live:
         tenant: TenantKeys = await make_tenant("read_only")
@@ -313,7 +310,7 @@ async def test_without_generation_answer_and_context_are_not_offered(
 
 
 async def test_a_collection_scoped_key_answers_from_its_collections_only(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant("mcp", collections=["kb"])
     await knowledge_base(rest, tenant, CORPUS)

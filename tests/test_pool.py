@@ -3,13 +3,11 @@ noisy tenant cannot evict a quiet tenant's entries (from the verified-key cache 
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.auth.cache import KeyCache
 from service.auth.keys import KeyKind
 from service.auth.principal import Permission, Principal
 from service.pool import TenantPool, pools
-from tests.conftest import bearer
+from tests.conftest import Api, bearer
 
 
 class Clock:
@@ -94,13 +92,11 @@ def test_the_key_cache_keeps_a_quiet_tenants_keys_under_a_flood() -> None:
     assert "noisy0000000" not in cache._by_key_id and "noisy0000499" in cache._by_key_id
 
 
-async def test_pool_statistics_in_cluster_health_and_metrics(
-    client: Any, make_tenant: Any, operator_key: str
-) -> None:
-    tenant = await make_tenant()
-    assert (await client.get("/api/v1/me", headers=bearer(tenant.admin))).status_code == 200
-    assert (await client.get("/api/v1/me", headers=bearer(tenant.admin))).status_code == 200
-    health = await client.get("/api/v1/cluster/health", headers=bearer(operator_key))
+async def test_pool_statistics_in_cluster_health_and_metrics(api: Api) -> None:
+    tenant = await api.make_tenant()
+    assert (await api.client.get("/api/v1/me", headers=bearer(tenant.admin))).status_code == 200
+    assert (await api.client.get("/api/v1/me", headers=bearer(tenant.admin))).status_code == 200
+    health = await api.client.get("/api/v1/cluster/health", headers=bearer(api.operator_key))
     assert health.status_code == 200, health.text
     by_name = {p["name"]: p for p in health.json()["pools"]}
     assert {"api_keys", "session_tokens"} <= set(by_name)
@@ -114,7 +110,7 @@ async def test_pool_statistics_in_cluster_health_and_metrics(
         "max_per_tenant",
     }
     assert {p.name for p in pools()} >= {"api_keys", "session_tokens"}
-    metrics = await client.get("/metrics", headers=bearer(operator_key))
+    metrics = await api.client.get("/metrics", headers=bearer(api.operator_key))
     assert metrics.status_code == 200  # on the API port (metrics.port is not set in tests)
     assert 'vectorhive_pool_hits_total{pool="api_keys"}' in metrics.text
     assert 'vectorhive_pool_entries{pool="session_tokens"}' in metrics.text

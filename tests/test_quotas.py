@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -12,12 +12,19 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
-from tests.conftest import LiveServer, assert_problem, bearer, run_live_server, set_quotas
+from tests.conftest import (
+    LiveServer,
+    MakeSettings,
+    MakeTenant,
+    assert_problem,
+    bearer,
+    run_live_server,
+    set_quotas,
+)
 
 
 @pytest.fixture(scope="module")
-async def qclient(make_settings: Callable[..., Settings]) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def qclient(make_settings: MakeSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     settings = make_settings(
         rate_limiting={"token_bucket_capacity": 1_000_000, "token_refill_per_second": 1000}
     )
@@ -26,7 +33,7 @@ async def qclient(make_settings: Callable[..., Settings]) -> AsyncIterator[Async
 
 
 async def test_operators_set_quotas_and_bad_values_change_nothing(
-    qclient: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    qclient: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     body = await set_quotas(qclient, operator_key, tenant.tenant_id, max_vectors=5, requests_per_minute=100)
@@ -43,7 +50,7 @@ async def test_operators_set_quotas_and_bad_values_change_nothing(
 
 
 async def test_request_window_429_names_the_limit_and_spares_other_tenants(
-    qclient: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    qclient: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     limited, other = await make_tenant(), await make_tenant()
     await set_quotas(qclient, operator_key, limited.tenant_id, requests_per_minute=3)
@@ -66,7 +73,7 @@ async def test_request_window_429_names_the_limit_and_spares_other_tenants(
 
 
 async def test_token_bucket_charges_by_cost(
-    qclient: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    qclient: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -103,7 +110,7 @@ async def test_token_bucket_charges_by_cost(
 
 
 async def test_storage_quotas_refuse_before_writing(
-    qclient: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    qclient: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -162,7 +169,7 @@ async def test_storage_quotas_refuse_before_writing(
 
 
 async def test_storage_bytes_quota(
-    qclient: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    qclient: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -207,13 +214,13 @@ async def hammer(
 
 
 @pytest.fixture(scope="module")
-def limited_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+def limited_server(make_settings: MakeSettings) -> Iterator[LiveServer]:
     with run_live_server(make_settings(rate_limiting={"default_requests_per_minute": 400})) as server:
         yield server
 
 
 async def test_hammered_window_allows_exactly_the_limit(
-    limited_server: LiveServer, make_tenant: Callable[..., Any]
+    limited_server: LiveServer, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     counts = await hammer([limited_server.url], tenant.admin, 600)
@@ -222,7 +229,7 @@ async def test_hammered_window_allows_exactly_the_limit(
 
 
 async def test_hourly_window_counts_only_requests_the_minute_window_let_in(
-    qclient: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], operator_key: str
+    qclient: AsyncTestClient[Litestar], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     await set_quotas(qclient, operator_key, tenant.tenant_id, requests_per_minute=3, requests_per_hour=5)

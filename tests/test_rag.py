@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,8 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from service.config import Settings
 from service.rag import store
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 from tests.support.tiny_chat_model import SENTENCE, build
 from tests.test_chat_api import _BreaksMidStream
 from tests.test_documents import CORPUS, add, make_text_collection
@@ -40,7 +39,7 @@ def flaky_remote() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 async def rag_client(
-    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory, flaky_remote: str
+    make_settings: MakeSettings, tmp_path_factory: pytest.TempPathFactory, flaky_remote: str
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
     folder: Path = tmp_path_factory.mktemp("rag-models")
     settings = make_settings(
@@ -76,7 +75,7 @@ def sse(text: str) -> list[tuple[str, Any]]:
 
 
 async def test_answer_cites_the_chunks_that_were_retrieved(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     await make_text_collection(rag_client, tenant.admin)
@@ -108,7 +107,7 @@ async def test_answer_cites_the_chunks_that_were_retrieved(
 
 
 async def test_streaming_gives_the_same_answer_and_citations(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(rag_client, tenant.admin)
@@ -130,7 +129,7 @@ async def test_streaming_gives_the_same_answer_and_citations(
 
 
 async def test_semantic_cache_hits_paraphrases_and_nothing_else(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(rag_client, tenant.admin)
@@ -162,7 +161,7 @@ async def test_semantic_cache_hits_paraphrases_and_nothing_else(
 
 
 async def test_cache_and_answers_never_cross_tenants(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     owner, other = await make_tenant(), await make_tenant()
     for tenant, secret in ((owner, "OWNER-SECRET"), (other, "OTHER-TEXT")):
@@ -189,7 +188,7 @@ async def test_cache_and_answers_never_cross_tenants(
 
 
 async def test_context_returns_passages_within_a_token_budget(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     await make_text_collection(rag_client, tenant.admin)
@@ -213,7 +212,7 @@ async def test_context_returns_passages_within_a_token_budget(
 
 
 async def test_context_window_policy_drops_passages_then_turns_then_refuses(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(rag_client, tenant.admin)
@@ -242,7 +241,7 @@ async def test_context_window_policy_drops_passages_then_turns_then_refuses(
 
 
 async def test_bad_requests_are_clear_problems(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(rag_client, tenant.admin)
@@ -267,7 +266,7 @@ async def test_bad_requests_are_clear_problems(
 
 
 async def test_a_stream_that_fails_after_it_began_ends_with_an_error_event(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(rag_client, tenant.admin)
@@ -283,7 +282,7 @@ async def test_a_stream_that_fails_after_it_began_ends_with_an_error_event(
 
 
 async def test_cache_is_bounded_per_tenant_and_entries_expire(
-    rag_client: AsyncTestClient[Litestar], make_tenant: Callable[..., Any], db: Any
+    rag_client: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Any
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(rag_client, tenant.admin)

@@ -9,10 +9,8 @@ The tests wait at most 10 s for the change and print how long it took (speed is 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,8 +20,8 @@ import pytest
 
 from service.db import Database
 from service.db.notify import LISTENER_APPLICATION_NAME
-from tests.conftest import bearer
-from tests.test_serve import Server, free_port
+from tests.conftest import MakeTenant, bearer
+from tests.support.server import ServerProcess, replica_env, vectorhive_cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +29,9 @@ PROPAGATION_WAIT = 10.0  # far below the 300 s cache TTL and the 60 s quota inte
 
 
 @pytest.fixture(scope="module")
-def two_servers(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[Server]]:
+def two_servers(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[ServerProcess]]:
     workdir = tmp_path_factory.mktemp("replicas")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VECTORHIVE_DATABASE__URL", pg_url)
-        patch.setenv("VECTORHIVE_SERVER__ACCESS_LOG", "false")
-        servers = [Server(workdir, free_port()) for _ in range(2)]
+    servers = [ServerProcess(workdir, env=replica_env(pg_url)) for _ in range(2)]
     try:
         yield servers
     finally:
@@ -45,18 +40,10 @@ def two_servers(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterat
 
 
 def cli(pg_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "VECTORHIVE_DATABASE__URL": pg_url},
-    )
-    assert result.returncode == 0, result.stderr
-    return result
+    return vectorhive_cli(*args, env={"VECTORHIVE_DATABASE__URL": pg_url})
 
 
-async def statuses(servers: list[Server], key: str, path: str = "/api/v1/me") -> list[int]:
+async def statuses(servers: list[ServerProcess], key: str, path: str = "/api/v1/me") -> list[int]:
     async with httpx.AsyncClient(headers=bearer(key), timeout=10) as http:
         return [(await http.get(server.base + path)).status_code for server in servers]
 
@@ -74,7 +61,7 @@ async def until(condition: Callable[[], Any], what: str) -> float:
 
 
 async def test_cli_revocation_reaches_every_server(
-    two_servers: list[Server], make_tenant: Callable[..., Any], pg_url: str
+    two_servers: list[ServerProcess], make_tenant: MakeTenant, pg_url: str
 ) -> None:
     tenant = await make_tenant("read_only")
     key = tenant.key("read_only")
@@ -90,7 +77,7 @@ async def test_cli_revocation_reaches_every_server(
 
 
 async def test_api_revocation_and_rotation_reach_the_other_replica(
-    two_servers: list[Server], make_tenant: Callable[..., Any]
+    two_servers: list[ServerProcess], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_write")
     first, second = two_servers
@@ -118,7 +105,7 @@ async def test_api_revocation_and_rotation_reach_the_other_replica(
 
 
 async def test_cli_suspension_reaches_every_server(
-    two_servers: list[Server], make_tenant: Callable[..., Any], pg_url: str
+    two_servers: list[ServerProcess], make_tenant: MakeTenant, pg_url: str
 ) -> None:
     tenant = await make_tenant()
     path = "/api/v1/collections"
@@ -140,7 +127,7 @@ async def test_cli_suspension_reaches_every_server(
 
 
 async def test_quota_change_reaches_the_other_replica(
-    two_servers: list[Server], make_tenant: Callable[..., Any], operator_key: str
+    two_servers: list[ServerProcess], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     first, second = two_servers
@@ -164,7 +151,7 @@ async def test_quota_change_reaches_the_other_replica(
 
 
 async def test_listener_reconnects_after_losing_its_connection(
-    two_servers: list[Server], make_tenant: Callable[..., Any], db: Database, pg_url: str
+    two_servers: list[ServerProcess], make_tenant: MakeTenant, db: Database, pg_url: str
 ) -> None:
     async def listeners() -> list[int]:
         rows = await db.pool.fetch(

@@ -4,7 +4,7 @@ lifecycle (exact until the HNSW index is ready, recovery after a crash) and filt
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -13,9 +13,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
 from service.db import Database
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 
 API = "/api/v1/collections"
 THRESHOLD = 300  # vectors before a collection gets its HNSW index, in this module's app
@@ -24,7 +23,7 @@ QUIET = 0.5  # seconds without writes before an eligible collection's index is b
 
 
 @pytest.fixture(scope="module")
-async def search_app(make_settings: Callable[..., Settings]) -> Litestar:
+async def search_app(make_settings: MakeSettings) -> Litestar:
     return create_app(
         make_settings(
             collections={
@@ -81,7 +80,7 @@ async def wait_for_index(client: AsyncTestClient[Litestar], key: dict[str, str],
 @pytest.mark.parametrize("storage", ["float32", "float16"])
 @pytest.mark.parametrize("metric", ["cosine", "l2", "inner_product"])
 async def test_scores_match_brute_force_before_and_after_indexing(
-    sclient: AsyncTestClient[Litestar], make_tenant: Any, metric: str, storage: str
+    sclient: AsyncTestClient[Litestar], make_tenant: MakeTenant, metric: str, storage: str
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -123,7 +122,7 @@ async def test_scores_match_brute_force_before_and_after_indexing(
     assert len(found & truth) >= 9  # recall@10 >= 0.9 on 350 vectors with ef_search 100
 
 
-async def test_search_options(sclient: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_search_options(sclient: AsyncTestClient[Litestar], make_tenant: MakeTenant) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     data = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], dtype=np.float32)
@@ -291,7 +290,7 @@ FILTERS: list[dict[str, Any]] = [
 
 
 async def test_filters_match_reference_semantics(
-    sclient: AsyncTestClient[Litestar], make_tenant: Any
+    sclient: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -324,7 +323,9 @@ def clustered(n: int, dim: int, seed: int) -> np.ndarray:
     return (centers[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
 
 
-async def test_filtered_search_keeps_its_recall(sclient: AsyncTestClient[Litestar], make_tenant: Any) -> None:
+async def test_filtered_search_keeps_its_recall(
+    sclient: AsyncTestClient[Litestar], make_tenant: MakeTenant
+) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
     n = 3000
@@ -352,7 +353,7 @@ async def test_filtered_search_keeps_its_recall(sclient: AsyncTestClient[Litesta
 
 
 async def test_index_build_recovers_after_a_crash(
-    sclient: AsyncTestClient[Litestar], search_app: Litestar, make_tenant: Any, db: Database
+    sclient: AsyncTestClient[Litestar], search_app: Litestar, make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -383,7 +384,7 @@ async def test_index_build_recovers_after_a_crash(
 
 
 async def test_delete_during_index_build(
-    sclient: AsyncTestClient[Litestar], make_tenant: Any, db: Database
+    sclient: AsyncTestClient[Litestar], make_tenant: MakeTenant, db: Database
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -396,7 +397,7 @@ async def test_delete_during_index_build(
 
 
 async def test_index_waits_for_a_bulk_load_to_pause(
-    sclient: AsyncTestClient[Litestar], make_tenant: Any
+    sclient: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     key = bearer(tenant.admin)
@@ -414,8 +415,8 @@ async def test_index_waits_for_a_bulk_load_to_pause(
 
 async def test_an_index_build_outlasting_the_command_timeout_still_finishes(
     client: AsyncTestClient[Litestar],
-    make_tenant: Callable[..., Any],
-    make_settings: Callable[..., Settings],
+    make_tenant: MakeTenant,
+    make_settings: MakeSettings,
     db: Database,
 ) -> None:
     """asyncpg applies the pool's command_timeout to a statement given timeout=None: a build of a
@@ -448,7 +449,7 @@ async def test_an_index_build_outlasting_the_command_timeout_still_finishes(
 
 
 async def test_a_collection_dropped_and_created_again_is_never_searched_through_a_stale_row(
-    sclient: AsyncTestClient[Litestar], search_app: Litestar, make_tenant: Any
+    sclient: AsyncTestClient[Litestar], search_app: Litestar, make_tenant: MakeTenant
 ) -> None:
     """Rows of searched collections are cached per process and dropped by a notification; should
     one be missed, the stale row names a table that is gone: the search looks again, not 404."""

@@ -3,7 +3,7 @@ is charged by the bytes it did build, not only by its number of queries."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 
 BIG = "x" * 10_000  # 10 kB of metadata per vector
 
@@ -33,13 +33,13 @@ async def load(client: Any, key: str) -> None:
 
 
 @pytest.fixture
-async def small_limit(make_settings: Callable[..., Settings]) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def small_limit(make_settings: MakeSettings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with make_client(make_settings(collections={"max_search_response_bytes": 200_000})) as client:
         yield client
 
 
 async def test_a_search_that_would_answer_too_many_bytes_is_refused(
-    small_limit: AsyncTestClient[Litestar], make_tenant: Callable[..., Any]
+    small_limit: AsyncTestClient[Litestar], make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await load(small_limit, tenant.admin)
@@ -64,7 +64,7 @@ async def test_a_search_that_would_answer_too_many_bytes_is_refused(
 
 
 async def test_the_bucket_is_charged_by_response_bytes(
-    make_settings: Callable[..., Settings], make_tenant: Callable[..., Any]
+    make_settings: MakeSettings, make_tenant: MakeTenant
 ) -> None:
     settings = make_settings(rate_limiting={"token_bucket_capacity": 15, "token_refill_per_second": 0.001})
     async with make_client(settings) as client:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,65 +18,17 @@ import httpx
 import pytest
 
 from tests.conftest import embedded_home
+from tests.support.server import ServerProcess, free_port, vectorhive_cli
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cli(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return vectorhive_cli(*args, cwd=cwd, check=check)
 
 
 def embedded_running(data_dir: Path) -> bool:
     return (data_dir / "postmaster.pid").exists()
-
-
-class Server:
-    def __init__(self, cwd: Path, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = cwd / f"server-{port}.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-                cwd=cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.process.kill()
-        raise AssertionError("server did not become ready:\n" + self.log.read_text())
-
-    def stop(self, sig: signal.Signals) -> None:
-        """Signal the server and check that it shut down cleanly.
-
-        uvicorn re-raises the signal once its graceful shutdown is done, so the exit status says
-        "ended by SIGTERM" (-15) or, for SIGINT, our KeyboardInterrupt exit (130).
-        """
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=60)
-        log = self.log.read_text()
-        assert code in (0, -sig, 128 + sig), log
-        assert "Application shutdown complete" in log, log
-        assert "Traceback" not in log, log
 
 
 @pytest.fixture
@@ -103,7 +53,7 @@ def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
     assert '"id":"acme"' in created.stdout
     assert data_dir.joinpath("PG_VERSION").exists() and not embedded_running(data_dir)
 
-    server = Server(workdir, free_port())
+    server = ServerProcess(workdir)
     try:
         # While the server runs, the CLI attaches to the same PostgreSQL.
         made = cli(workdir, "keys", "create", "--tenant", "acme", "--permission", "read_only")
@@ -142,7 +92,7 @@ def test_serve_on_embedded_database_end_to_end(workdir: Path) -> None:
     assert not embedded_running(data_dir), "SIGTERM must stop the embedded PostgreSQL"
 
     # A second start reuses the data: the tenant and its (revoked) key are still there.
-    server = Server(workdir, free_port())
+    server = ServerProcess(workdir)
     try:
         again = httpx.get(server.base + "/api/v1/me", headers={"Authorization": f"Bearer {key}"})
         assert again.status_code == 401 and "revoked" in again.json()["detail"]
@@ -177,15 +127,9 @@ def test_version_and_a_busy_port(workdir: Path) -> None:
 
     assert cli(workdir, "--version").stdout.strip() == f"vectorhive {__version__}"
     port = free_port()
-    server = Server(workdir, port)
+    server = ServerProcess(workdir, port=port)
     try:
-        second = subprocess.run(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        second = cli(workdir, "serve", "--port", str(port), check=False)
         assert second.returncode == 1
         assert f"port {port} on 127.0.0.1 is already in use" in second.stderr
         assert f"by process {server.process.pid}" in second.stderr
@@ -223,7 +167,7 @@ def test_a_crash_loses_no_acknowledged_write(workdir: Path) -> None:
     cli(workdir, "tenants", "create", "acme")
     key = cli(workdir, "keys", "create", "--tenant", "acme", "--permission", "admin").stdout.strip()
     headers = {"Authorization": f"Bearer {key}"}
-    server = Server(workdir, free_port())
+    server = ServerProcess(workdir)
     httpx.post(
         server.base + "/api/v1/collections", headers=headers, json={"name": "c", "dimension": 8}
     ).raise_for_status()
@@ -261,7 +205,7 @@ def test_a_crash_loses_no_acknowledged_write(workdir: Path) -> None:
         thread.join(timeout=30)
     assert len(acknowledged) >= 20
 
-    server = Server(workdir, free_port())  # attaches to the PostgreSQL the dead server left running
+    server = ServerProcess(workdir)  # attaches to the PostgreSQL the dead server left running
     try:
         with httpx.Client(base_url=server.base, headers=headers, timeout=30) as http:
             present: dict[int, int] = {}
@@ -294,7 +238,7 @@ def postmaster_pid(data_dir: Path) -> int | None:
 
 def test_a_crashed_embedded_postgres_is_restarted_and_stopped_with_the_server(workdir: Path) -> None:
     data_dir = workdir / "data" / "postgres"
-    server = Server(workdir, free_port())
+    server = ServerProcess(workdir)
     try:
         first = postmaster_pid(data_dir)
         assert first is not None
@@ -310,7 +254,7 @@ def test_a_crashed_embedded_postgres_is_restarted_and_stopped_with_the_server(wo
         during = httpx.get(server.base + "/api/v1/me", headers={"Authorization": "Bearer vh_x"})
         assert during.status_code == 401
     finally:
-        # Not Server.stop: the outage rightly logged connection errors with their tracebacks.
+        # Not ServerProcess.stop: the outage rightly logged connection errors with their tracebacks.
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
     log = server.log.read_text()
@@ -327,7 +271,7 @@ def test_after_an_external_restart_the_server_stops_the_postmaster_running_now(w
     from embedded_postgres._commands import pg_ctl
 
     data_dir = workdir / "data" / "postgres"
-    server = Server(workdir, free_port())
+    server = ServerProcess(workdir)
     try:
         first = postmaster_pid(data_dir)
         assert first is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -16,16 +16,15 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
 from service.db import Database
 from service.sessions.tokens import Claims, b64url_decode, sign
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 
 ISSUER = "vectorhive"
 
 
 @pytest.fixture(scope="module")
-async def app(make_settings: Callable[..., Settings]) -> Litestar:
+async def app(make_settings: MakeSettings) -> Litestar:
     # Short TTLs allowed and a quick sweep, so expiry is seen within a test.
     return create_app(
         make_settings(
@@ -87,7 +86,7 @@ def forged(app: Litestar, **changes: Any) -> str:
 
 
 async def test_a_session_token_reads_and_searches_its_collections_and_nothing_else(
-    client: Any, make_tenant: Callable[..., Any]
+    client: Any, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await collection(client, tenant.admin, "docs")
@@ -146,7 +145,7 @@ async def test_a_session_token_reads_and_searches_its_collections_and_nothing_el
 
 
 async def test_forged_unknown_expired_and_misdirected_tokens_are_refused(
-    app: Litestar, client: Any, make_tenant: Callable[..., Any]
+    app: Litestar, client: Any, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await collection(client, tenant.admin, "docs")
@@ -210,9 +209,7 @@ async def test_forged_unknown_expired_and_misdirected_tokens_are_refused(
     assert (await client.post(path, json=SEARCH, headers=bearer(token))).status_code == 200
 
 
-async def test_a_token_can_only_narrow_its_parents_rights(
-    client: Any, make_tenant: Callable[..., Any]
-) -> None:
+async def test_a_token_can_only_narrow_its_parents_rights(client: Any, make_tenant: MakeTenant) -> None:
     tenant = await make_tenant("read_only", collections=["a"])
     await collection(client, tenant.admin, "a")
     await collection(client, tenant.admin, "b")
@@ -246,7 +243,7 @@ async def test_a_token_can_only_narrow_its_parents_rights(
 
 
 async def test_tenants_never_see_each_others_collections_or_sessions(
-    client: Any, make_tenant: Callable[..., Any], db: Database
+    client: Any, make_tenant: MakeTenant, db: Database
 ) -> None:
     a, b = await make_tenant(), await make_tenant()
     await collection(client, b.admin, "secret")
@@ -283,7 +280,7 @@ async def test_tenants_never_see_each_others_collections_or_sessions(
 
 
 async def test_a_forged_claim_of_another_tenant_gets_nothing(
-    app: Litestar, client: Any, make_tenant: Callable[..., Any]
+    app: Litestar, client: Any, make_tenant: MakeTenant
 ) -> None:
     a, b = await make_tenant(), await make_tenant()
     await collection(client, b.admin, "secret")
@@ -304,7 +301,7 @@ async def test_a_forged_claim_of_another_tenant_gets_nothing(
 
 
 async def test_deleting_revoking_or_suspending_ends_the_token_at_once(
-    client: Any, make_tenant: Callable[..., Any], operator_key: str
+    client: Any, make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant("read_only")
     await collection(client, tenant.admin, "docs")
@@ -352,7 +349,7 @@ async def test_deleting_revoking_or_suspending_ends_the_token_at_once(
     assert (await client.post(path, json=SEARCH, headers=bearer(held["token"]))).status_code == 200
 
 
-async def test_ttl_expiry_and_the_sweep(client: Any, make_tenant: Callable[..., Any], db: Database) -> None:
+async def test_ttl_expiry_and_the_sweep(client: Any, make_tenant: MakeTenant, db: Database) -> None:
     tenant = await make_tenant()
     await collection(client, tenant.admin, "docs")
     created = await open_session(client, tenant.admin, collections=["docs"], ttl_seconds=1)
@@ -380,7 +377,7 @@ async def test_ttl_expiry_and_the_sweep(client: Any, make_tenant: Callable[..., 
     assert ("session.use", created["session_id"]) in actions
 
 
-async def test_max_queries_and_limits(client: Any, make_tenant: Callable[..., Any]) -> None:
+async def test_max_queries_and_limits(client: Any, make_tenant: MakeTenant) -> None:
     tenant = await make_tenant()
     await collection(client, tenant.admin, "docs")
     created = await open_session(client, tenant.admin, collections=["docs"], max_queries=2)
@@ -425,7 +422,7 @@ async def test_max_queries_and_limits(client: Any, make_tenant: Callable[..., An
 
 
 async def test_delegation_tokens_are_exchanged_once_and_die_with_their_parent(
-    client: Any, make_tenant: Callable[..., Any]
+    client: Any, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant("read_only")
     await collection(client, tenant.admin, "docs")
@@ -487,7 +484,7 @@ async def test_delegation_tokens_are_exchanged_once_and_die_with_their_parent(
     )
 
 
-async def test_listing_with_cursors(client: Any, make_tenant: Callable[..., Any]) -> None:
+async def test_listing_with_cursors(client: Any, make_tenant: MakeTenant) -> None:
     tenant = await make_tenant("read_only", collections=["a"])
     await collection(client, tenant.admin, "a")
     await collection(client, tenant.admin, "b")
@@ -514,7 +511,7 @@ async def test_listing_with_cursors(client: Any, make_tenant: Callable[..., Any]
 
 
 async def test_rotation_keeps_tokens_valid_and_jwks_verifies_them(
-    app: Litestar, client: Any, make_tenant: Callable[..., Any], operator_key: str
+    app: Litestar, client: Any, make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     await collection(client, tenant.admin, "docs")
@@ -555,7 +552,7 @@ async def test_private_keys_are_sealed_in_the_database(db: Database, client: Any
         assert len(row["private_sealed"]) == 12 + 32 + 16
 
 
-async def test_a_session_searches_documents_by_text(client: Any, make_tenant: Callable[..., Any]) -> None:
+async def test_a_session_searches_documents_by_text(client: Any, make_tenant: MakeTenant) -> None:
     from tests.test_documents import add, make_text_collection, paragraphs
 
     tenant = await make_tenant()

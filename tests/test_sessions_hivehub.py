@@ -4,15 +4,14 @@ their delegation tokens can be exchanged, within what the key could read."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, UniqueId, assert_problem, bearer
 from tests.fake_hivehub import API_KEY, FakeHub, serve
 
 
@@ -23,7 +22,7 @@ def hub() -> Iterator[FakeHub]:
 
 
 @pytest.fixture(scope="module")
-async def hclient(hub: FakeHub, make_settings: Callable[..., Settings]) -> AsyncIterator[Any]:
+async def hclient(hub: FakeHub, make_settings: MakeSettings) -> AsyncIterator[Any]:
     settings = make_settings(
         cluster={
             "enabled": True,
@@ -37,7 +36,7 @@ async def hclient(hub: FakeHub, make_settings: Callable[..., Settings]) -> Async
 
 
 async def test_a_hivehub_key_starts_and_delegates_sessions(
-    hclient: Any, hub: FakeHub, unique_id: Callable[[str], str]
+    hclient: Any, hub: FakeHub, unique_id: UniqueId
 ) -> None:
     tenant, key = unique_id("hub"), "hh_" + secrets.token_urlsafe(24)
     hub.add_key(key, tenant)

@@ -3,19 +3,17 @@ of its collections only, its searches counted towards max_queries, and it ends w
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from service.config import Settings
-from tests.conftest import LiveServer, bearer, run_live_server
+from tests.conftest import LiveServer, MakeSettings, MakeTenant, bearer, run_live_server
 from tests.test_mcp import READ_TOOLS, call, connect, fails, make_collection, snapshot, writes_and_reads
 
 
 @pytest.fixture(scope="module")
-def server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
+def server(make_settings: MakeSettings) -> Iterator[LiveServer]:
     with run_live_server(make_settings()) as live:
         yield live
 
@@ -27,7 +25,7 @@ async def rest(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_a_session_token_over_mcp(
-    server: LiveServer, rest: httpx.AsyncClient, make_tenant: Callable[..., Any]
+    server: LiveServer, rest: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_collection(rest, tenant.admin, "mine")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +18,24 @@ import httpx
 import pytest
 
 from service.db import Database
-from tests.conftest import bearer
+from tests.conftest import MakeTenant, UniqueId, bearer
+from tests.support.server import ServerProcess, replica_env
 from tests.test_revocation import cli, until
-from tests.test_serve import Server, free_port
 
 pytestmark = pytest.mark.slow
 
 SEARCH = {"vector": [1.0, 0.0, 0.5], "top_k": 1}
 
 
-def start(workdir: Path, pg_url: str, **env: str) -> Server:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VECTORHIVE_DATABASE__URL", pg_url)
-        patch.setenv("VECTORHIVE_SERVER__ACCESS_LOG", "false")
-        # Sessions need no model: none is prepared or loaded (a chat model download in progress
-        # would otherwise outlast a quick stop).
-        patch.setenv("VECTORHIVE_GENERATION__ENABLED", "false")
-        patch.setenv("VECTORHIVE_EMBEDDINGS__ENABLED", "false")
-        for name, value in env.items():
-            patch.setenv(name, value)
-        return Server(workdir, free_port())
+def start(workdir: Path, pg_url: str, **env: str) -> ServerProcess:
+    # Sessions need no model: none is prepared or loaded (a chat model download in progress
+    # would otherwise outlast a quick stop).
+    no_models = {"VECTORHIVE_GENERATION__ENABLED": "false", "VECTORHIVE_EMBEDDINGS__ENABLED": "false"}
+    return ServerProcess(workdir, env=replica_env(pg_url, **no_models, **env))
 
 
 @pytest.fixture(scope="module")
-def two_servers(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[Server]]:
+def two_servers(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[ServerProcess]]:
     # One working folder: both replicas share the signing-key secret file, as replicas share
     # sessions.signing_key_secret in production.
     workdir = tmp_path_factory.mktemp("session-replicas")
@@ -71,7 +65,7 @@ async def open_session(base: str, key: str, **body: Any) -> dict[str, Any]:
         return created
 
 
-async def statuses(servers: list[Server], token: str) -> list[int]:
+async def statuses(servers: list[ServerProcess], token: str) -> list[int]:
     async with httpx.AsyncClient(headers=bearer(token), timeout=10) as http:
         return [
             (await http.post(server.base + "/api/v1/collections/docs/search", json=SEARCH)).status_code
@@ -80,7 +74,7 @@ async def statuses(servers: list[Server], token: str) -> list[int]:
 
 
 async def test_ending_revoking_and_suspending_reach_the_other_replica(
-    two_servers: list[Server], make_tenant: Callable[..., Any], pg_url: str
+    two_servers: list[ServerProcess], make_tenant: MakeTenant, pg_url: str
 ) -> None:
     first, second = two_servers
     tenant = await make_tenant("read_only")
@@ -126,7 +120,7 @@ async def test_ending_revoking_and_suspending_reach_the_other_replica(
 
 
 async def test_a_session_outlives_a_sigkill_only_until_its_ttl(
-    tmp_path: Path, pg_url: str, make_tenant: Callable[..., Any], db: Database
+    tmp_path: Path, pg_url: str, make_tenant: MakeTenant, db: Database
 ) -> None:
     fast = {
         "VECTORHIVE_SESSIONS__MIN_TTL_SECONDS": "1",
@@ -169,9 +163,9 @@ async def test_a_session_outlives_a_sigkill_only_until_its_ttl(
 async def test_an_s5_sessions_collection_is_dropped_after_its_server_is_killed(
     tmp_path: Path,
     pg_url: str,
-    make_tenant: Callable[..., Any],
+    make_tenant: MakeTenant,
     db: Database,
-    unique_id: Callable[[str], str],
+    unique_id: UniqueId,
 ) -> None:
     from tests.fake_s5 import FakePortal, serve
     from tests.s5_fixtures import build

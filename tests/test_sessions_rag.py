@@ -3,7 +3,7 @@ towards max_queries, and other collections stay invisible."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 from tests.support.tiny_chat_model import build
 from tests.test_documents import CORPUS, add, make_text_collection
 
@@ -21,7 +20,7 @@ QUESTION = "Where does the Danube flow?"
 
 @pytest.fixture(scope="module")
 async def rag_client(
-    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory
+    make_settings: MakeSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Any]:
     folder: Path = tmp_path_factory.mktemp("session-rag-models")
     settings = make_settings(
@@ -37,7 +36,7 @@ async def rag_client(
 
 
 async def test_a_session_token_retrieves_context_and_answers_within_max_queries(
-    rag_client: Any, make_tenant: Callable[..., Any]
+    rag_client: Any, make_tenant: MakeTenant
 ) -> None:
     tenant = await make_tenant()
     await make_text_collection(rag_client, tenant.admin)

@@ -11,7 +11,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,12 @@ import pytest
 
 from service.db import Database
 from service.imports.lease import LEASE_CLASS
-from tests.conftest import TenantKeys, bearer
+from tests.conftest import MakeTenant, TenantKeys, UniqueId, bearer
 from tests.db_proxy import DatabaseProxy, database_proxy
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import build
-from tests.test_import_process import KEY_HEX, ServerProcess
+from tests.support.server import ServerProcess
+from tests.test_import_process import KEY_HEX
 
 pytestmark = pytest.mark.slow
 
@@ -64,15 +65,22 @@ async def test_sigterm_with_the_database_unreachable_ends_promptly_and_leaves_no
     tmp_path: Path,
     proxy: DatabaseProxy,
     portal: FakePortal,
-    make_tenant: Callable[..., Any],
-    unique_id: Callable[[str], str],
+    make_tenant: MakeTenant,
+    unique_id: UniqueId,
     db: Database,
 ) -> None:
     tenant: TenantKeys = await make_tenant("read_only")
     source = build(name=unique_id("db"), n=300, chunk_size=100, key=bytes(range(32)))
     portal.files.update(source.files)
     portal.faults[f"{source.folder}/chunk-2.json"] = ["slow:60"]  # the import is mid-way at the outage
-    server = ServerProcess(tmp_path, proxy.url, portal.url)
+    server = ServerProcess(
+        tmp_path,
+        env={
+            "VECTORHIVE_DATABASE__URL": proxy.url,
+            "VECTORHIVE_DATABASE__POOL_MIN_SIZE": "1",
+            "S5_PORTAL_URL": portal.url,  # the seed's name for s5.portal_url
+        },
+    )
     try:
         async with httpx.AsyncClient(base_url=server.base, headers=bearer(tenant.admin), timeout=30) as http:
             accepted = await http.post(

@@ -3,19 +3,15 @@ tenant without keys, for local development."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.config import Settings
-from tests.conftest import assert_problem, bearer
+from tests.conftest import MakeSettings, MakeTenant, assert_problem, bearer
 
 
 async def test_requests_without_a_key_act_as_the_default_tenant(
-    make_settings: Callable[..., Settings], make_tenant: Any
+    make_settings: MakeSettings, make_tenant: MakeTenant
 ) -> None:
     other = await make_tenant("read_only")
     app = create_app(make_settings(auth={"require_authentication": False, "default_tenant_id": "local"}))
@@ -41,7 +37,7 @@ async def test_requests_without_a_key_act_as_the_default_tenant(
 
 
 async def test_warns_when_listening_beyond_loopback(
-    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("WARNING", logger="vectorhive.app")
     for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
@@ -52,6 +48,6 @@ async def test_warns_when_listening_beyond_loopback(
         assert any("authentication is off" in r.getMessage() for r in caplog.records) is warned, host
 
 
-async def test_authentication_on_refuses_keyless_requests(make_settings: Callable[..., Settings]) -> None:
+async def test_authentication_on_refuses_keyless_requests(make_settings: MakeSettings) -> None:
     async with AsyncTestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
         assert_problem(await client.get("/api/v1/me"), 401)

@@ -10,7 +10,7 @@ import json
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,15 @@ import httpx
 import pytest
 
 from service.db import Database
-from tests.conftest import bearer
+from tests.conftest import MakeTenant, UniqueId, bearer
 from tests.fake_hivehub import API_KEY, FakeHub
 from tests.fake_hivehub import serve as serve_hub
 from tests.fake_s5 import FakePortal
 from tests.fake_s5 import serve as serve_portal
 from tests.s5_fixtures import build
-from tests.test_cluster_processes import REDIS_URL, redis_reachable, start_server, wait_for
+from tests.support.server import ServerProcess, replica_env
+from tests.test_cluster_processes import REDIS_URL, redis_reachable, wait_for
 from tests.test_quotas import hammer
-from tests.test_serve import Server
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,7 @@ def portal() -> Iterator[FakePortal]:
 
 
 @pytest.fixture
-def replicas(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, hub: FakeHub, portal: FakePortal
-) -> Iterator[list[Server]]:
+def replicas(tmp_path: Path, pg_url: str, hub: FakeHub, portal: FakePortal) -> Iterator[list[ServerProcess]]:
     if not redis_reachable():
         pytest.skip(f"needs Redis at {REDIS_URL} (shared counters); none is reachable")
     env = {
@@ -63,7 +61,7 @@ def replicas(
         "VECTORHIVE_DATABASE__POOL_MIN_SIZE": "1",
         "S5_PORTAL_URL": portal.url,
     }
-    servers = [start_server(tmp_path, monkeypatch, pg_url, env) for _ in range(3)]
+    servers = [ServerProcess(tmp_path, env=replica_env(pg_url, **env)) for _ in range(3)]
     try:
         yield servers
     finally:
@@ -73,7 +71,7 @@ def replicas(
 
 
 async def test_rate_limits_and_token_buckets_are_shared_exactly(
-    replicas: list[Server], make_tenant: Callable[..., Any], db: Database
+    replicas: list[ServerProcess], make_tenant: MakeTenant, db: Database
 ) -> None:
     windowed, bucketed = await make_tenant(), await make_tenant()
     await db.pool.execute(
@@ -101,7 +99,7 @@ async def test_rate_limits_and_token_buckets_are_shared_exactly(
 
 
 async def test_revocation_and_suspension_through_one_replica_reach_the_others_within_a_second(
-    replicas: list[Server], make_tenant: Callable[..., Any], operator_key: str
+    replicas: list[ServerProcess], make_tenant: MakeTenant, operator_key: str
 ) -> None:
     tenant = await make_tenant()
     first, *others = replicas
@@ -130,7 +128,7 @@ async def test_revocation_and_suspension_through_one_replica_reach_the_others_wi
 
 
 async def test_usage_is_reported_once_and_an_index_is_built_once(
-    replicas: list[Server], hub: FakeHub, db: Database, unique_id: Callable[[str], str]
+    replicas: list[ServerProcess], hub: FakeHub, db: Database, unique_id: UniqueId
 ) -> None:
     tenant = unique_id("three")
     key = "hh_" + secrets.token_urlsafe(24)
@@ -185,10 +183,10 @@ async def test_usage_is_reported_once_and_an_index_is_built_once(
 
 
 async def test_an_import_runs_on_one_replica_and_ends_cleanly_when_that_one_is_killed(
-    replicas: list[Server],
+    replicas: list[ServerProcess],
     portal: FakePortal,
-    make_tenant: Callable[..., Any],
-    unique_id: Callable[[str], str],
+    make_tenant: MakeTenant,
+    unique_id: UniqueId,
 ) -> None:
     tenant = await make_tenant()
     source = build(name=unique_id("db"), n=300, chunk_size=100, key=bytes(range(32)))
@@ -208,7 +206,7 @@ async def test_an_import_runs_on_one_replica_and_ends_cleanly_when_that_one_is_k
     assert accepted.status_code == 202, accepted.text
     import_id = accepted.json()["import_id"]
 
-    def status(server: Server) -> dict[str, Any]:
+    def status(server: ServerProcess) -> dict[str, Any]:
         answer: dict[str, Any] = httpx.get(
             f"{server.base}/api/v1/imports/{import_id}", headers=bearer(tenant.admin)
         ).json()

@@ -4,7 +4,7 @@ only when the request's TCP peer is a listed proxy. Real HTTP on 127.0.0.1 (uvic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from service.auth.proxies import ClientAddress
-from service.config import ConfigError, Settings, load_settings
-from tests.conftest import TenantKeys, assert_problem, bearer, run_live_server
+from service.config import ConfigError, load_settings
+from tests.conftest import MakeSettings, MakeTenant, TenantKeys, assert_problem, bearer, run_live_server
 from tests.test_auth import ME
 from tests.test_auth_flood import random_secret
 
@@ -21,7 +21,7 @@ LIMIT = 3  # wrong secrets per address per minute, in these tests
 
 
 @contextmanager
-def server(make_settings: Callable[..., Settings], trusted: list[str]) -> Iterator[str]:
+def server(make_settings: MakeSettings, trusted: list[str]) -> Iterator[str]:
     settings = make_settings(
         server={"trusted_proxies": trusted},
         # Only the per-address limit: the per-key one would hide whose limit answered.
@@ -52,7 +52,7 @@ def assert_address_limited(response: httpx.Response) -> None:
 
 
 async def test_without_trusted_proxies_x_forwarded_for_is_ignored(
-    make_settings: Callable[..., Settings], make_tenant: Callable[..., Any]
+    make_settings: MakeSettings, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant()
     with server(make_settings, []) as url:
@@ -65,7 +65,7 @@ async def test_without_trusted_proxies_x_forwarded_for_is_ignored(
 
 
 async def test_a_trusted_proxy_reports_the_client_and_each_client_has_its_own_limit(
-    make_settings: Callable[..., Settings], make_tenant: Callable[..., Any]
+    make_settings: MakeSettings, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant("read_only")
     # The test's own connections come from 127.0.0.1: here, that is the reverse proxy.
@@ -92,7 +92,7 @@ async def test_a_trusted_proxy_reports_the_client_and_each_client_has_its_own_li
 
 
 async def test_the_header_from_a_peer_that_is_not_a_trusted_proxy_is_ignored(
-    make_settings: Callable[..., Settings], make_tenant: Callable[..., Any]
+    make_settings: MakeSettings, make_tenant: MakeTenant
 ) -> None:
     tenant: TenantKeys = await make_tenant()
     with server(make_settings, ["10.0.0.0/8"]) as url:

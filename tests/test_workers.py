@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from service.config import ConfigError, load_settings
-from tests.test_serve import Server, cli, embedded_running, free_port, workdir  # noqa: F401 (fixture)
+from tests.support.server import ServerProcess
+from tests.test_serve import cli, embedded_running, workdir  # noqa: F401 (fixture)
 
 
 def test_more_workers_with_rate_limits_in_memory_is_refused(tmp_path: Path) -> None:
@@ -29,10 +30,9 @@ def test_more_workers_with_rate_limits_in_memory_is_refused(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_two_workers_serve_one_embedded_database(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_two_workers_serve_one_embedded_database(workdir: Path) -> None:  # noqa: F811
     data_dir = workdir / "data" / "postgres"
-    monkeypatch.setenv("VECTORHIVE_SERVER__WORKERS", "2")
-    server = Server(workdir, free_port())
+    server = ServerProcess(workdir, env={"VECTORHIVE_SERVER__WORKERS": "2"})
     try:
         operator = {"Authorization": "Bearer " + cli(workdir, "keys", "create", "--operator").stdout.strip()}
         runners: set[int] = set()

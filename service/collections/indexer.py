@@ -189,7 +189,7 @@ class IndexBuilder:
             await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row.hnsw_index}")
             await conn.execute(store.hnsw_index_sql(row), timeout=BUILD_TIMEOUT_SECONDS)
             # Fresh statistics before the index counts as ready: without them the planner
-            # misjudges the row-level security predicate and prefers a full scan to the index.
+            # misjudges the table's size and the filters' selectivity and may prefer a full scan.
             await conn.execute(f"ANALYZE {row.table}", timeout=BUILD_TIMEOUT_SECONDS)
         except asyncio.CancelledError:
             INDEX_BUILDS.labels("cancelled").inc()

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,26 +25,9 @@ from pathlib import Path
 import httpx
 
 from service.bench import print_result
-from tests.test_serve import free_port
+from tests.support.server import ServerProcess, vectorhive_cli
 
 REDIS = "redis://127.0.0.1:6379/14"
-CLI = [sys.executable, "-m", "service.cli"]
-
-
-def start(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen([*CLI, "serve", "--port", str(port)], cwd=workdir, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("a replica did not become ready")
 
 
 async def spread(urls: list[str], key: str, n: int, concurrency: int = 32) -> tuple[dict[int, int], float]:
@@ -70,10 +50,8 @@ async def spread(urls: list[str], key: str, n: int, concurrency: int = 32) -> tu
 
 
 def key_for(workdir: Path, env: dict[str, str], tenant: str) -> str:
-    return subprocess.run(
-        [*CLI, "keys", "create", "--tenant", tenant, "--permission", "admin"],
-        cwd=workdir, env=env, check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+    made = vectorhive_cli("keys", "create", "--tenant", tenant, "--permission", "admin", cwd=workdir, env=env)
+    return made.stdout.strip()
 
 
 def main() -> int:
@@ -88,7 +66,6 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="vectorhive-bench3-"))
     env = {
-        **os.environ,
         "VECTORHIVE_SERVER__ACCESS_LOG": "false",
         "VECTORHIVE_SERVER__LOG_LEVEL": "warning",
         "VECTORHIVE_RATE_LIMITING__STORAGE_URI": REDIS,
@@ -96,26 +73,16 @@ def main() -> int:
         "VECTORHIVE_RATE_LIMITING__DEFAULT_REQUESTS_PER_HOUR": "100000000",
         "VECTORHIVE_RATE_LIMITING__TOKEN_BUCKET_CAPACITY": "100000000",
     }
-    subprocess.run(
-        [*CLI, "tenants", "create", "bench"], cwd=workdir, env=env, check=True, capture_output=True
-    )
-    subprocess.run(
-        [*CLI, "tenants", "create", "limited"], cwd=workdir, env=env, check=True, capture_output=True
-    )
-    replicas = [start(workdir, env) for _ in range(3)]  # all three attach to one embedded PostgreSQL
-    urls = [url for _, url in replicas]
+    vectorhive_cli("tenants", "create", "bench", cwd=workdir, env=env)
+    vectorhive_cli("tenants", "create", "limited", cwd=workdir, env=env)
+    # All three attach to one embedded PostgreSQL; their logs are server-<port>.log in workdir.
+    replicas = [ServerProcess(workdir, env=env, ready_seconds=120) for _ in range(3)]
+    urls = [replica.base for replica in replicas]
     result: dict[str, float | int | str] = {}
     try:
         # 1. one shared window
         limited = key_for(workdir, env, "limited")
-        operator = subprocess.run(
-            [*CLI, "keys", "create", "--operator"],
-            cwd=workdir,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        operator = vectorhive_cli("keys", "create", "--operator", cwd=workdir, env=env).stdout.strip()
         quotas = httpx.put(
             f"{urls[0]}/api/v1/admin/tenants/limited/quotas",
             json={"requests_per_minute": args.limit},
@@ -156,10 +123,8 @@ def main() -> int:
             assert set(counts) == {200}, counts
             result[f"me_rps_{label}"] = round(args.requests / seconds)
     finally:
-        for process, _ in replicas:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in replicas:
-            process.wait(timeout=60)
+        for replica in replicas:
+            replica.end()
         shutil.rmtree(workdir, ignore_errors=True)
     print_result(result, as_json=args.json)
     return 0
