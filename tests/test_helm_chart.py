@@ -217,19 +217,30 @@ def test_embedded_default_migrates_in_the_pod_and_has_one_replica() -> None:
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
 
 
+LIMITS_ON = {"config": {"rate_limiting": {"enabled": True}}}
+
+
 @pytest.mark.parametrize(
     "values",
     [
-        {"replicaCount": 3, "database": {"existingSecret": "db"}},
-        {"autoscaling": {"enabled": True}, "database": {"url": "postgresql://u:p@db/vh"}},
-        {"replicaCount": 2, "cnpg": {"enabled": True}},
+        {"replicaCount": 3, "database": {"existingSecret": "db"}, **LIMITS_ON},
+        {"autoscaling": {"enabled": True}, "database": {"url": "postgresql://u:p@db/vh"}, **LIMITS_ON},
+        # Cluster mode (a HiveHub URL) switches rate limits on by default.
+        {"replicaCount": 2, "cnpg": {"enabled": True}, "hivehub": {"url": "http://hivehub:8080"}},
     ],
-    ids=["replicas", "hpa", "cnpg"],
+    ids=["replicas", "hpa", "cnpg-cluster-mode"],
 )
-def test_more_than_one_replica_without_redis_does_not_render(values: dict[str, Any]) -> None:
+def test_more_than_one_replica_with_rate_limits_without_redis_does_not_render(values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError, match="needs Redis"):
         render(values)
     render({**values, "redis": {"url": "redis://redis:6379/0"}})  # the same with Redis renders
+
+
+def test_more_than_one_replica_outside_cluster_mode_needs_no_redis() -> None:
+    """Rate limits are off by default outside cluster mode, so there is nothing to share."""
+    rendered = render({"replicaCount": 3, "database": {"existingSecret": "db"}})
+    assert "VECTORHIVE_RATE_LIMITING__STORAGE_URI" not in str(rendered)
+    render({"replicaCount": 3, "database": {"existingSecret": "db"}, "config": {"rate_limiting": {"enabled": None}}})
 
 
 def test_values_the_chart_refuses() -> None:

@@ -196,12 +196,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $max := int (include "vectorhive.maxReplicas" .) }}
 {{- $config := default (dict) .Values.config }}
 {{- $rl := default (dict) (get $config "rate_limiting") }}
-{{- $rateLimiting := ternary true (get $rl "enabled") (not (hasKey $rl "enabled")) }}
+{{- /* rate_limiting.enabled unset or null: on in cluster mode only (as the service decides it) */}}
+{{- $clusterMode := or .Values.hivehub.url (get (default (dict) (get $config "cluster")) "enabled") }}
+{{- $explicit := and (hasKey $rl "enabled") (not (kindIs "invalid" (get $rl "enabled"))) }}
+{{- $rateLimiting := ternary (get $rl "enabled") $clusterMode $explicit }}
 {{- if and (eq $mode "embedded") (gt $max 1) }}
 {{- fail "more than one replica needs an external PostgreSQL: set database.url, database.existingSecret or cnpg.enabled (the embedded database lives inside one pod)" }}
 {{- end }}
 {{- if and (gt $max 1) $rateLimiting (not (or .Values.redis.url .Values.redis.existingSecret)) }}
-{{- fail "more than one replica with rate limiting on needs Redis, so that limits and token buckets are shared: set redis.url or redis.existingSecret (or config.rate_limiting.enabled: false)" }}
+{{- fail "more than one replica with rate limiting on (cluster mode, or config.rate_limiting.enabled: true) needs Redis, so that limits and token buckets are shared: set redis.url or redis.existingSecret (or config.rate_limiting.enabled: false)" }}
 {{- end }}
 {{- if and .Values.cnpg.enabled (or .Values.database.url .Values.database.existingSecret) }}
 {{- fail "cnpg.enabled creates the database: leave database.url and database.existingSecret empty" }}
