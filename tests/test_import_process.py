@@ -4,7 +4,6 @@ and exit status. Servers are `vectorhive serve` subprocesses on the test databas
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from service.db import Database
 from tests.conftest import TenantKeys, bearer
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import build
-from tests.test_serve import free_port
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -33,46 +32,14 @@ def portal() -> Iterator[FakePortal]:
         yield running
 
 
-class ServerProcess:
-    def __init__(self, tmp: Path, pg_url: str, portal_url: str) -> None:
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = tmp / f"server-{port}.log"
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "VECTORHIVE_DATABASE__URL": pg_url,
-            "VECTORHIVE_DATABASE__POOL_MIN_SIZE": "1",
-            "S5_PORTAL_URL": portal_url,  # the seed's name for s5.portal_url
-        }
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-                cwd=tmp,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.process.kill()
-        raise AssertionError("server did not become ready:\n" + self.log.read_text())
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
+def import_server(tmp: Path, pg_url: str, portal_url: str) -> ServerProcess:
+    """`vectorhive serve` on the shared database, with the portal under the seed's variable name."""
+    env = {
+        "VECTORHIVE_DATABASE__URL": pg_url,
+        "VECTORHIVE_DATABASE__POOL_MIN_SIZE": "1",
+        "S5_PORTAL_URL": portal_url,  # the seed's name for s5.portal_url
+    }
+    return ServerProcess(tmp, env=env, ready_seconds=90)
 
 
 def poll(base: str, key: str, import_id: str, until: set[str], timeout: float = 60) -> dict[str, Any]:
@@ -97,7 +64,7 @@ async def test_a_server_killed_mid_import_leaves_no_import_stuck_and_nothing_wri
     source = build(name=unique_id("db"), n=300, chunk_size=100, key=bytes(range(32)))
     portal.files.update(source.files)
     portal.faults[f"{source.folder}/chunk-2.json"] = ["slow:20"]  # chunks 0 and 1 get staged first
-    first = ServerProcess(tmp_path, pg_url, portal.url)
+    first = import_server(tmp_path, pg_url, portal.url)
     try:
         accepted = httpx.post(
             f"{first.base}/api/v1/collections/victim/imports",
@@ -119,14 +86,14 @@ async def test_a_server_killed_mid_import_leaves_no_import_stuck_and_nothing_wri
         assert children, "the import ran no decode worker"
         first.kill()
     finally:
-        first.stop()
+        first.end()
     # They die with it: nothing is left behind by a SIGKILL'd server.
     _gone, alive = psutil.wait_procs(children, timeout=15)
     for orphan in alive:
         orphan.kill()
     assert not alive, [p.pid for p in alive]
 
-    second = ServerProcess(tmp_path, pg_url, portal.url)
+    second = import_server(tmp_path, pg_url, portal.url)
     try:
         status = poll(second.base, tenant.admin, import_id, {"loaded", "error", "cancelled"}, timeout=10)
         assert status["status"] == "error", status
@@ -148,7 +115,7 @@ async def test_a_server_killed_mid_import_leaves_no_import_stuck_and_nothing_wri
         ).json()
         assert poll(second.base, tenant.admin, again["import_id"], {"loaded", "error"})["status"] == "loaded"
     finally:
-        second.stop()
+        second.end()
     # No import's staging table outlived its session.
     leftovers = await db.pool.fetchval(
         "SELECT count(*) FROM pg_class WHERE relname = 'vh_import' AND relpersistence = 't'"
@@ -166,7 +133,7 @@ async def test_cli_shows_progress_and_exits_by_outcome(
     tenant: TenantKeys = await make_tenant()
     source = build(name=unique_id("db"), n=300, chunk_size=100, key=bytes(range(32)))
     portal.files.update(source.files)
-    server = ServerProcess(tmp_path, pg_url, portal.url)
+    server = import_server(tmp_path, pg_url, portal.url)
     try:
 
         def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -222,4 +189,4 @@ async def test_cli_shows_progress_and_exits_by_outcome(
         assert bad_user.returncode == 2
         assert "\n  user_address: must be 0x followed by 40 hex digits" in bad_user.stderr
     finally:
-        server.stop()
+        server.end()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +22,9 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from service.config import Settings
 from service.db import Database
 from service.imports.models import FINISHED
-from tests.conftest import TenantKeys, bearer
+from tests.conftest import MakeSettings, MakeTenant, TenantKeys, UniqueId, bearer
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import S5Database, build
 
@@ -75,8 +74,8 @@ class Imports:
     http: Client
     portal: FakePortal
     db: Database
-    make_tenant: Callable[..., Awaitable[TenantKeys]]
-    unique_id: Callable[[str], str]
+    make_tenant: MakeTenant
+    unique_id: UniqueId
 
     async def tenant(self, *permissions: str, collections: list[str] | None = None) -> TenantKeys:
         return await self.make_tenant(*permissions, collections=collections)
@@ -141,7 +140,7 @@ class ImportServer:
 
 
 @pytest.fixture(scope="module", name="import_server")
-async def import_server_fixture(make_settings: Callable[..., Settings]) -> AsyncIterator[ImportServer]:
+async def import_server_fixture(make_settings: MakeSettings) -> AsyncIterator[ImportServer]:
     """The portal and a server reading from it, one pair per test module."""
     with serve(FakePortal()) as portal:
         app = create_app(
@@ -158,7 +157,7 @@ async def import_server_fixture(make_settings: Callable[..., Settings]) -> Async
 def imports_fixture(
     import_server: ImportServer,
     db: Database,
-    make_tenant: Callable[..., Awaitable[TenantKeys]],
-    unique_id: Callable[[str], str],
+    make_tenant: MakeTenant,
+    unique_id: UniqueId,
 ) -> Imports:
     return Imports(import_server.http, import_server.portal, db, make_tenant, unique_id)
