@@ -240,7 +240,13 @@ def test_more_than_one_replica_outside_cluster_mode_needs_no_redis() -> None:
     """Rate limits are off by default outside cluster mode, so there is nothing to share."""
     rendered = render({"replicaCount": 3, "database": {"existingSecret": "db"}})
     assert "VECTORHIVE_RATE_LIMITING__STORAGE_URI" not in str(rendered)
-    render({"replicaCount": 3, "database": {"existingSecret": "db"}, "config": {"rate_limiting": {"enabled": None}}})
+    render(
+        {
+            "replicaCount": 3,
+            "database": {"existingSecret": "db"},
+            "config": {"rate_limiting": {"enabled": None}},
+        }
+    )
 
 
 def test_values_the_chart_refuses() -> None:
