@@ -9,13 +9,12 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import operator_only
 from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.principal import Principal
 from service.auth.service import KeyService
 from service.errors import AUTHENTICATED, Conflict, NotFound, problem_responses
-from service.pagination import Page
+from service.pagination import Cursor, Page, PageLimit
 from service.tenants.models import Tenant, TenantId, TenantStatus
 from service.tenants.service import TenantService
 

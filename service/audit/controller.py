@@ -11,10 +11,10 @@ from litestar.params import QueryParameter
 
 from service.audit.models import AuditPage
 from service.audit.service import AuditService
-from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import operator_only, requires
 from service.auth.principal import Permission, TenantPrincipal
 from service.errors import AUTHENTICATED, problem_responses
+from service.pagination import Cursor, PageLimit
 from service.tenants.models import TenantFilter
 from service.timerange import Since, Until
 

@@ -15,9 +15,7 @@ from service.auth.models import ApiKey, CreatedApiKey, CreateKeyRequest
 from service.auth.principal import Permission, Principal, TenantPrincipal
 from service.auth.service import KeyService
 from service.errors import AUTHENTICATED, Conflict, NotFound, problem_responses
-from service.pagination import Cursor as Cursor  # re-exported: other controllers import it from here
-from service.pagination import Page
-from service.pagination import PageLimit as PageLimit  # re-exported, as Cursor
+from service.pagination import Cursor, Page, PageLimit
 
 
 class Me(msgspec.Struct, kw_only=True):

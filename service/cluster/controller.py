@@ -9,13 +9,12 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
-from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import operator_only
 from service.auth.models import KeyStatus
 from service.cluster.models import ClusterHealth, ClusterTenant, ValidateKeyRequest
 from service.cluster.service import ClusterHealthService, ClusterService
 from service.errors import AUTHENTICATED, NotFound, ServiceUnavailable, problem_responses
-from service.pagination import Page
+from service.pagination import Cursor, Page, PageLimit
 from service.quota.usage import TenantUsage
 from service.tenants.models import TenantFilter, TenantStatus
 from service.timerange import Since, Until, parse_time

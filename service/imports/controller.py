@@ -6,12 +6,12 @@ from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import requires
 from service.auth.principal import Permission, TenantPrincipal
 from service.errors import AUTHENTICATED, problem_responses
 from service.imports.models import Import, ImportAccepted, ImportPage, ImportRequest
 from service.imports.service import ImportService
+from service.pagination import Cursor, PageLimit
 
 Service = NamedDependency[ImportService]
 Tenant = NamedDependency[TenantPrincipal]

@@ -8,11 +8,11 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from service.auth.controller import Cursor, PageLimit
 from service.auth.guards import operator_only, requires
 from service.auth.principal import Permission, Principal, TenantPrincipal
 from service.collections.models import SearchMode
 from service.errors import AUTHENTICATED, InvalidRequest, problem_responses
+from service.pagination import Cursor, PageLimit
 from service.sessions.models import (
     CreateDelegationRequest,
     CreatedSession,
