@@ -121,18 +121,20 @@ async def search_latencies(
     return latencies, found, strategies
 
 
+async def search_top_10(client: httpx.AsyncClient, name: str, query: np.ndarray) -> None:
+    """One plain search for the 10 nearest, as the QPS runs and the raw-SQL comparison send it."""
+    response = await send(
+        client, "POST", f"/api/v1/collections/{name}/search", json={"vector": query.tolist(), "top_k": 10}
+    )
+    response.raise_for_status()
+
+
 async def qps(client: httpx.AsyncClient, name: str, queries: np.ndarray, concurrency: int) -> float:
     per_client = max(1, len(queries) // concurrency)
 
     async def worker(part: np.ndarray) -> None:
         for query in part:
-            response = await send(
-                client,
-                "POST",
-                f"/api/v1/collections/{name}/search",
-                json={"vector": query.tolist(), "top_k": 10},
-            )
-            response.raise_for_status()
+            await search_top_10(client, name, query)
 
     parts = [queries[i * per_client : (i + 1) * per_client] for i in range(concurrency)]
     started = time.perf_counter()

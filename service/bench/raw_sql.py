@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.bench.api import BATCH, percentiles, send
+from service.bench.api import BATCH, percentiles, search_top_10
 
 _RAW_SEARCH = "SELECT id, 1 - (embedding <=> $1) AS score FROM {table} ORDER BY embedding <=> $1 LIMIT 10"
 
@@ -41,13 +41,7 @@ async def paired(
 
         async def api(query: np.ndarray) -> float:
             started = time.perf_counter()
-            response = await send(
-                client,
-                "POST",
-                f"/api/v1/collections/{name}/search",
-                json={"vector": query.tolist(), "top_k": 10},
-            )
-            response.raise_for_status()
+            await search_top_10(client, name, query)
             return (time.perf_counter() - started) * 1000
 
         async def raw(query: np.ndarray) -> float:
