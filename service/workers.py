@@ -56,7 +56,7 @@ def app_from_environment() -> Any:
 
 def serve_workers(settings: Settings, make_config: Callable[..., Any]) -> int:
     """Run settings.server.workers worker processes until SIGINT/SIGTERM; make_config(app, **options)
-    is the uvicorn.Config every server uses (cli._uvicorn_config)."""
+    is the uvicorn.Config every server uses (service.commands.serve.uvicorn_config)."""
     from uvicorn.supervisors import Multiprocess
 
     from service.collections.indexer import embedded_maintenance_workers

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from service.app import create_app
-from service.cli import openapi_json
+from service.commands.tools import openapi_json
 from service.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
