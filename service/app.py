@@ -52,6 +52,7 @@ from service.imports.service import ImportService
 from service.inference.generators import GeneratorRegistry
 from service.inference.registry import ModelRegistry
 from service.jobs import BackgroundJobs
+from service.lean_path import LeanPath
 from service.mcp import controller as mcp_controller
 from service.mcp.server import McpEndpoint
 from service.mcp.service import McpService
@@ -62,7 +63,7 @@ from service.query import reject_unknown_query_parameters
 from service.quota import store as quota_store
 from service.quota.controller import QuotasAdminController, UsageController
 from service.quota.limiter import Limiter
-from service.quota.middleware import TenantLimitsMiddleware
+from service.quota.middleware import TenantLimitsMiddleware, TenantRequests
 from service.quota.service import QuotaService
 from service.quota.usage import UsageMeter, UsageReporter, UsageService
 from service.rag.answers import RagService
@@ -220,6 +221,7 @@ def create_app(settings: Settings, *, bind_metrics_port: bool = True) -> Litesta
     documents = DocumentService(collections, embeddings, settings.documents)
     imports = ImportService(db, settings.s5, import_runner)
     usage = UsageService(db, meter)
+    tenant_requests = TenantRequests(quotas, meter)
 
     # MCP tools call the same services as REST (service/mcp); the SDK's manager runs in the lifespan.
     mcp = (
@@ -233,8 +235,7 @@ def create_app(settings: Settings, *, bind_metrics_port: bool = True) -> Litesta
                     rag=rag,
                     generation=settings.generation.enabled,
                 ),
-                quotas,
-                meter,
+                tenant_requests,
             ),
         )
         if settings.mcp.enabled
@@ -376,7 +377,7 @@ def create_app(settings: Settings, *, bind_metrics_port: bool = True) -> Litesta
         },
         middleware=[
             DefineMiddleware(BearerAuthMiddleware, authenticator=authenticator, exclude=PUBLIC_PATHS),
-            DefineMiddleware(TenantLimitsMiddleware, quotas=quotas, meter=meter),
+            DefineMiddleware(TenantLimitsMiddleware, requests=tenant_requests),
         ],
         before_request=check_request,
         plugins=[problem_details_plugin(max_body_bytes=settings.collections.max_batch_bytes)],
@@ -404,7 +405,15 @@ def create_app(settings: Settings, *, bind_metrics_port: bool = True) -> Litesta
     )
     # Litestar builds its middleware per route, so routing failures (404, 405) never pass through it.
     # The request id and the access log must cover every response: wrap the outermost handler.
-    app.asgi_handler = RequestContextMiddleware(
-        app.asgi_handler, access_log_enabled=settings.server.access_log
-    )
+    inner = app.asgi_handler
+    if settings.server.lean_path:
+        # The hot collection routes without Litestar's per-request machinery, same checks.
+        inner = LeanPath(
+            app,
+            inner,
+            authenticator=authenticator,
+            requests=tenant_requests,
+            max_body_bytes=settings.collections.max_batch_bytes,
+        )
+    app.asgi_handler = RequestContextMiddleware(inner, access_log_enabled=settings.server.access_log)
     return app

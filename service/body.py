@@ -23,7 +23,7 @@ from litestar.utils.scope.state import ScopeState
 from service.errors import InvalidRequest, UnsupportedMediaType
 
 
-class _BodySpec(msgspec.Struct, frozen=True):
+class BodySpec(msgspec.Struct, frozen=True):
     decoder: msgspec.json.Decoder[Any]
     type: Any
     name: str
@@ -34,19 +34,20 @@ class _BodySpec(msgspec.Struct, frozen=True):
 _SPEC = "_vectorhive_body_spec"
 
 
-def _spec(handler: BaseRouteHandler) -> _BodySpec | None:
+def body_spec(handler: BaseRouteHandler) -> BodySpec | None:
+    """How a handler's `data` is decoded (None: the handler takes no body)."""
     if _SPEC not in handler.opt:
         field = handler.parsed_fn_signature.parameters.get("data")
         if field is None:
             handler.opt[_SPEC] = None
         else:
             annotation = field.annotation
-            handler.opt[_SPEC] = _BodySpec(
+            handler.opt[_SPEC] = BodySpec(
                 decoder=msgspec.json.Decoder(annotation, strict=True),
                 type=annotation,
                 name=getattr(annotation, "__name__", "JSON"),
             )
-    spec: _BodySpec | None = handler.opt[_SPEC]
+    spec: BodySpec | None = handler.opt[_SPEC]
     return spec
 
 
@@ -57,24 +58,32 @@ def _is_json(content_type: str) -> bool:
 
 async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
     """A before_request hook: decode the body into the route's type, or refuse it (400/415)."""
-    spec = _spec(request.route_handler)
+    spec = body_spec(request.route_handler)
     if spec is None:
         return
     content_type = request.headers.get("content-type")
-    # No Content-Type at all is read as JSON (RFC 9110 lets the recipient decide); any other type is
-    # refused rather than guessed at.
+    check_content_type(content_type)
+    ScopeState.from_scope(request.scope).json = decode_strictly(spec, await request.body())
+
+
+def check_content_type(content_type: str | None) -> None:
+    """No Content-Type at all is read as JSON (RFC 9110 lets the recipient decide); any other type
+    than JSON is refused rather than guessed at."""
     if content_type is not None and not _is_json(content_type):
         raise UnsupportedMediaType(
             "The request body must be JSON (Content-Type: application/json), "
             f"not {content_type.split(';')[0]}. With curl, use --json or -H 'Content-Type: application/json'."
         )
-    body = await request.body()
+
+
+def decode_strictly(spec: BodySpec, body: bytes) -> Any:
+    """The body as the route's type, or a 400 naming the first problem."""
     if not body.strip():
         raise InvalidRequest.field(
             None, "empty body", f"The request needs a JSON body (a {spec.name} object); it was empty."
         )
     try:
-        value = spec.decoder.decode(body)
+        return spec.decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise validation_problem(exc, spec.type) from None
     except msgspec.DecodeError as exc:
@@ -86,7 +95,6 @@ async def decode_body_strictly(request: Request[Any, Any, Any]) -> None:
             "nested too deeply",
             "The request body nests arrays and objects too deeply (about 1,000 levels or more).",
         ) from None
-    ScopeState.from_scope(request.scope).json = value
 
 
 # --- msgspec's messages in words --------------------------------------------------------------------

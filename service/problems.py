@@ -67,22 +67,32 @@ class Problem(ProblemDetailsException):
         self.members = dict(extra or {})
 
     def to_response(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        handler = request.scope.get("route_handler")
+        body = self.document(
+            request.url.path,
+            request.scope.get("state", {}).get("request_id"),
+            openai_compatible=handler is not None and bool(handler.opt.get(OPENAI_COMPATIBLE)),
+        )
+        return Response(
+            body, status_code=self.status_code, headers=self.headers, media_type=PROBLEM_MEDIA_TYPE
+        )
+
+    def document(self, instance: str, request_id: str | None, *, openai_compatible: bool) -> dict[str, Any]:
+        """The problem+json body (also sent by the lean path, service.lean_path)."""
         body: dict[str, Any] = {
             "type": PROBLEM_TYPE_PREFIX + self.code,
             "title": self.title,
             "status": self.status_code,
             "detail": self.detail,
             "code": self.code,
-            "instance": request.url.path,
+            "instance": instance,
         }
-        request_id = request.scope.get("state", {}).get("request_id")
         if request_id:
             body["request_id"] = request_id
         if self.errors:
             body["errors"] = self.errors
         body.update(self.members)
-        handler = request.scope.get("route_handler")
-        if handler is not None and handler.opt.get(OPENAI_COMPATIBLE):
+        if openai_compatible:
             # OpenAI's clients show error.message (and nothing of a problem document): the same
             # problem, also in the shape they read.
             body["error"] = {
@@ -91,9 +101,7 @@ class Problem(ProblemDetailsException):
                 "code": self.code,
                 "param": self.errors[0].get("field") if self.errors else None,
             }
-        return Response(
-            body, status_code=self.status_code, headers=self.headers, media_type=PROBLEM_MEDIA_TYPE
-        )
+        return body
 
 
 def _from_service_error(exc: ServiceError) -> Problem:
@@ -250,15 +258,16 @@ def problem_details_plugin(*, max_body_bytes: int | None = None) -> ProblemDetai
     )
 
 
-def problem_of(exc: Exception) -> Problem:
+def problem_of(exc: Exception, max_body_bytes: int | None = None) -> Problem:
     """The problem an exception renders as, outside Litestar's handlers (MCP tool errors use it so
-    that a tool fails with the same code and detail as the REST operation it mirrors)."""
+    that a tool fails with the same code and detail as the REST operation it mirrors; the lean path
+    for the same rendering as the plugin's)."""
     if isinstance(exc, Problem):
         return exc
     if isinstance(exc, ServiceError):
         return _from_service_error(exc)
     if isinstance(exc, HTTPException):
-        return _from_http_exception(exc)
+        return _from_http_exception(exc, max_body_bytes)
     if isinstance(exc, asyncpg.DataError):
         return _from_database_data_error(exc)
     if isinstance(exc, asyncpg.TransactionRollbackError):

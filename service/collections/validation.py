@@ -45,6 +45,8 @@ def first_unstorable(matrix: np.ndarray[Any, Any], *, metric: str, storage: str)
     metric and storage as the collection states them (cosine | l2 | inner_product, float32 |
     float16). Rules are checked one after the other over all rows, so the problem reported is
     the first row breaking the first rule that any row breaks."""
+    if _all_storable(matrix, cosine=metric == "cosine", half=storage == "float16"):
+        return None
     finite = np.isfinite(matrix).all(axis=1)
     if not finite.all():
         return _first(~finite), "contains NaN or Infinity (or a value too large for float32)"
@@ -77,6 +79,20 @@ def first_unstorable(matrix: np.ndarray[Any, Any], *, metric: str, storage: str)
                 "it has no cosine similarity; scale it up"
             )
     return None
+
+
+def _all_storable(matrix: np.ndarray[Any, Any], *, cosine: bool, half: bool) -> bool:
+    """Every rule at once, in one pass, for the common case where all rows pass (a search's query
+    vector, a batch of good vectors): the squared lengths in float64 of the stored values are NaN
+    or inf for a row with NaN or inf (float16 overflow included), 0 for an all-zero row, and
+    out of range for rows too long or too short. Any doubt: the rules one by one find the row."""
+    if half and not np.abs(matrix).max(initial=0.0) <= FLOAT16_MAX:  # 65504 < |x| < 65520 rounds down
+        return False
+    stored = (matrix.astype(np.float16) if half else matrix).astype(np.float64)
+    squares = np.einsum("ij,ij->i", stored, stored)
+    low = _MIN_SQUARED_LENGTH if cosine else 0.0
+    # NaN fails both comparisons; inf fails the second.
+    return bool(((squares >= low) & (squares <= _MAX_SQUARED_LENGTH)).all())
 
 
 def _first(mask: np.ndarray[Any, Any]) -> int:

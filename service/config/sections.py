@@ -25,6 +25,8 @@ class ServerSettings(_Section):
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # Server processes (uvicorn workers) sharing the port, each with its own pool, caches and models.
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # The hot collection routes served without Litestar's per-request machinery (service/lean_path.py).
+    lean_path: bool = True
 
 
 class DatabaseSettings(_Section):

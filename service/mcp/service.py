@@ -39,10 +39,9 @@ from service.body import validation_problem
 from service.errors import PROBLEM_TYPE_PREFIX, Forbidden, InvalidRequest
 from service.inference.base import ModelUnavailable
 from service.mcp.tools import TOOLS, Services, Tool
-from service.metrics import MCP_TOOL_CALLS, MCP_TOOL_SECONDS, TENANT_REQUESTS
+from service.metrics import MCP_TOOL_CALLS, MCP_TOOL_SECONDS
 from service.problems import problem_of
-from service.quota.service import QuotaService
-from service.quota.usage import UsageMeter
+from service.quota.middleware import TenantRequests
 
 log = logging.getLogger("vectorhive.mcp")
 
@@ -94,13 +93,11 @@ class McpService:
     def __init__(
         self,
         services: Services,
-        quotas: QuotaService,
-        meter: UsageMeter,
+        requests: TenantRequests,
         sessions: Callable[[], SessionTokens | None] = lambda: None,
     ) -> None:
         self.services = services
-        self.quotas = quotas
-        self.meter = meter
+        self.requests = requests
         # Read at each call: the app attaches the session verifier to the Authenticator after
         # the MCP endpoint is built.
         self.sessions = sessions
@@ -114,11 +111,9 @@ class McpService:
         return [tool for tool in TOOLS.values() if self.available(tool) and may_call(principal, tool)]
 
     async def count_request(self, principal: TenantPrincipal, name: str) -> None:
-        """A tenant's window limits, metric and usage, as TenantLimitsMiddleware does for REST
-        requests, with the tool (or MCP method) as the operation."""
-        await self.quotas.check_request(principal.tenant_id)
-        TENANT_REQUESTS.labels(principal.tenant_id, operation(name)).inc()
-        self.meter.record(principal.tenant_id, "requests", 1, operation(name))
+        """A tenant's window limits, metric and usage, as for REST requests, with the tool (or MCP
+        method) as the operation."""
+        await self.requests.admit(principal, operation(name))
 
     async def _check_permission(self, principal: TenantPrincipal, tool: Tool) -> None:
         if not self.available(tool):

@@ -24,21 +24,21 @@ def operation_of(scope: Scope) -> str:
     return str(getattr(handler, "handler_name", "unknown"))
 
 
-class TenantLimitsMiddleware:
-    def __init__(self, app: ASGIApp, quotas: QuotaService, meter: UsageMeter) -> None:
-        self.app = app
+class TenantRequests:
+    """Each tenant request: its window limits checked (429 past them), counted and metered."""
+
+    def __init__(self, quotas: QuotaService, meter: UsageMeter) -> None:
         self.quotas = quotas
         self.meter = meter
         # (tenant, operation) -> the counter's child (prometheus keeps every child anyway): a label
         # lookup costs more than the increment, on every request.
         self._requests: dict[tuple[str, str], Any] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal = scope.get("user")
+    async def admit(self, principal: object, operation: str) -> None:
+        """Operators and unauthenticated callers pass untouched."""
         if isinstance(principal, Principal) and principal.tenant_id is not None and not principal.is_operator:
             tenant_id = principal.tenant_id
             await self.quotas.check_request(tenant_id)
-            operation = operation_of(scope)
             counter = self._requests.get((tenant_id, operation))
             if counter is None:
                 counter = self._requests[(tenant_id, operation)] = TENANT_REQUESTS.labels(
@@ -46,4 +46,15 @@ class TenantLimitsMiddleware:
                 )
             counter.inc()
             self.meter.record(tenant_id, "requests", 1, operation)
+
+
+class TenantLimitsMiddleware:
+    def __init__(self, app: ASGIApp, requests: TenantRequests) -> None:
+        self.app = app
+        self.requests = requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = scope.get("user")
+        if isinstance(principal, Principal) and not principal.is_operator:
+            await self.requests.admit(principal, operation_of(scope))
         await self.app(scope, receive, send)
