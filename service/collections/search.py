@@ -37,6 +37,10 @@ _JSON_BYTES_PER_FLOAT = 12
 _HIT_OVERHEAD_BYTES = 48
 
 
+class _Fixed(dict[str, str]):
+    """The settings of a single-statement connection: they cannot change within the search."""
+
+
 class _ResponseBudget:
     """The bytes a search response is growing to; refuses past collections.max_search_response_bytes."""
 
@@ -135,13 +139,24 @@ class SearchService:
         await self.usage.charge(tenant_id, "search", 1)
         embedded, made_for = await self._embed_texts(principal, name, [request], lambda _: "")
         settings = self._search_settings(request)
+        # The common search (by vector, no filter) is one statement with these settings: no
+        # transaction needed around it (CollectionAccess.open(single_statement=True)).
+        single = request.mode is SearchMode.VECTOR and not request.filter
         for cached in (True, False):
             budget = _ResponseBudget(self.settings.max_search_response_bytes)
             try:
-                async with self.access.open(principal, name, settings, cached=cached) as (conn, row):
+                async with self.access.open(
+                    principal, name, settings, cached=cached, single_statement=single
+                ) as (conn, row):
                     self._same_collection(row, made_for)
                     hits, strategy = await self._search_one(
-                        conn, row, request, embedded.get(0), "", dict(settings), budget
+                        conn,
+                        row,
+                        request,
+                        embedded.get(0),
+                        "",
+                        (_Fixed if single else dict)(settings),
+                        budget,
                     )
                 break
             except StaleCollection:
@@ -192,6 +207,10 @@ class SearchService:
     async def _apply(conn: TenantConnection, wanted: dict[str, str], applied: dict[str, str]) -> None:
         """Set the transaction-local parameters in `wanted` that differ from `applied` (one round trip)."""
         changed = {k: v for k, v in wanted.items() if applied.get(k) != v}
+        if changed and isinstance(applied, _Fixed):
+            raise RuntimeError(
+                f"a single-statement search was opened without the settings it needs: {changed}"
+            )
         if changed:
             await set_local(conn, changed)
             applied.update(changed)

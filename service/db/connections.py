@@ -17,6 +17,7 @@ sanctioned way from a plain connection to a tenant connection is `enter_tenant`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NewType, cast
 
@@ -75,6 +76,19 @@ ServiceConnection = NewType("ServiceConnection", PgConnection)
 def service_connection(conn: Any) -> ServiceConnection:
     """A connection of the service's own login, as acquired from the pool."""
     return ServiceConnection(cast("PgConnection", conn))
+
+
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:@/+=-]*")
+
+
+def settings_sql(settings: Mapping[str, str], *, local: bool) -> str | None:
+    """`SELECT set_config(...), ...` setting `settings` (transaction-locally or for the session),
+    to travel in one message with other statements; None when a name or value is not plain text
+    (then they must travel as parameters, in a round trip of their own: see set_local)."""
+    if not all(_PLAIN_VALUE.fullmatch(v) and _PLAIN_VALUE.fullmatch(k) for k, v in settings.items()):
+        return None
+    flag = "true" if local else "false"
+    return "SELECT " + ", ".join(f"set_config('{k}', '{v}', {flag})" for k, v in settings.items())
 
 
 def tenant_context(tenant_id: str, role: str, settings: Mapping[str, str] | None = None) -> dict[str, str]:

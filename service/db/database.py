@@ -6,16 +6,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import asyncpg.transaction
-from asyncpg.transaction import TransactionState
 from pgvector.asyncpg import register_vector
 
 from service.config import DatabaseSettings
@@ -24,10 +20,13 @@ from service.db.connections import (
     TenantConnection,
     service_connection,
     set_local,
+    settings_sql,
     tenant_context,
 )
 from service.db.embedded import EmbeddedPostgres
 from service.db.migrate import head_revision, known_revisions, upgrade_to_head
+from service.db.tenant_reads import TenantReads
+from service.db.tenant_transaction import CLEAN_AFTER_COMMIT, TenantTransaction, reset_connection
 from service.errors import is_database_outage
 
 log = logging.getLogger("vectorhive.db")
@@ -44,57 +43,6 @@ _STAGING_TABLES = {"vector": "vh_staging_vector", "halfvec": "vh_staging_halfvec
 # What graceful shutdown gives one of its last database writes (usage counts, last-used times,
 # interrupted imports) and the check that the database still answers. A pod has 30 s in all.
 SHUTDOWN_DATABASE_SECONDS = 5.0
-
-
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:@/+=-]*")
-
-
-def _settings_prelude(settings: Mapping[str, str]) -> str | None:
-    """SQL setting `settings` transaction-locally, for the same message as BEGIN; None when a
-    name or value is not plain text (then they travel as parameters, in a round trip of their own)."""
-    if not all(_PLAIN_VALUE.fullmatch(v) and _PLAIN_VALUE.fullmatch(k) for k, v in settings.items()):
-        return None
-    return "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in settings.items())
-
-
-class _TenantTransaction(asyncpg.transaction.Transaction):  # type: ignore[misc]
-    """A top-level transaction whose BEGIN carries the tenant context in the same message: one
-    round trip instead of two on every tenant request. asyncpg's own Transaction does the rest
-    (commit, rollback, savepoints nested inside)."""
-
-    __slots__ = ("_prelude",)
-
-    def __init__(self, conn: Any, prelude: str) -> None:
-        super().__init__(conn, None, False, False)
-        self._prelude = prelude
-
-    async def start(self) -> None:
-        conn = self._connection
-        if conn._top_xact is not None or conn._protocol.is_in_transaction():
-            raise asyncpg.InterfaceError("a tenant transaction cannot start inside another transaction")
-        conn._top_xact = self
-        try:
-            await conn.execute(f"BEGIN; {self._prelude}")  # the simple protocol: both in one message
-        except BaseException:
-            self._state = TransactionState.FAILED  # type: ignore[misc]
-            raise
-        self._state = TransactionState.STARTED
-
-
-# Connections whose last use was a committed tenant transaction. Everything such a transaction
-# changes is transaction-local (SET LOCAL, the role, xact locks, ON COMMIT DELETE ROWS staging),
-# so there is nothing for asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)
-# to undo: skipping it saves a round trip per request. Every other connection is reset as usual.
-_CLEAN_AFTER_COMMIT: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-async def _reset_connection(conn: Any) -> None:
-    if conn in _CLEAN_AFTER_COMMIT:
-        _CLEAN_AFTER_COMMIT.discard(conn)
-        return
-    query = conn.get_reset_query()
-    if query:
-        await conn.execute(query)
 
 
 def tenant_role_name(database: str, tenant_id: str) -> str:
@@ -137,6 +85,8 @@ class Database:
         # Set when shutdown finds the database unreachable: nothing after that waits for it.
         self.unreachable_at_shutdown = False
         self._overrun: set[asyncio.Future[Any]] = set()
+        # Single-statement tenant reads on connections of their own (the common search).
+        self.reads = TenantReads(register_vector)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -160,9 +110,14 @@ class Database:
                 max_size=self.settings.pool_max_size,
                 command_timeout=self.settings.command_timeout,
                 init=_init_connection,
-                reset=_reset_connection,
+                reset=reset_connection,
             )
             self.database_name = await self._pool.fetchval("SELECT current_database()")
+            await self.reads.start(
+                self.url,
+                max_size=max(1, self.settings.pool_max_size // 2),
+                command_timeout=self.settings.command_timeout,
+            )
         except BaseException:
             await self._stop_embedded()
             raise
@@ -297,21 +252,27 @@ class Database:
                 await supervisor
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            if self.unreachable_at_shutdown:
-                pool.terminate()  # closing politely would wait for answers that cannot come
-                overrun, self._overrun = self._overrun, set()
-                if overrun:  # they end now that their connections are gone
-                    await asyncio.wait(overrun, timeout=SHUTDOWN_DATABASE_SECONDS)
-                    for task in overrun:
-                        if task.done() and not task.cancelled():
-                            task.exception()  # seen: the skipped write was logged already
-            else:
-                try:
-                    await asyncio.wait_for(pool.close(), timeout=10)
-                except TimeoutError:
-                    log.warning("database pool did not close in 10 s; terminating connections")
-                    pool.terminate()
+            await self._close_pool(pool)
+        reads = self.reads.take_pool()
+        if reads is not None:
+            await self._close_pool(reads)
         await self._stop_embedded()
+
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        if self.unreachable_at_shutdown:
+            pool.terminate()  # closing politely would wait for answers that cannot come
+            overrun, self._overrun = self._overrun, set()
+            if overrun:  # they end now that their connections are gone
+                await asyncio.wait(overrun, timeout=SHUTDOWN_DATABASE_SECONDS)
+                for task in overrun:
+                    if task.done() and not task.cancelled():
+                        task.exception()  # seen: the skipped write was logged already
+        else:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=10)
+            except TimeoutError:
+                log.warning("database pool did not close in 10 s; terminating connections")
+                pool.terminate()
 
     async def _stop_embedded(self) -> None:
         if self.embedded is not None:
@@ -341,6 +302,13 @@ class Database:
         for service bookkeeping; tenant data goes through tenant_transaction)."""
         async with self.pool.acquire() as conn, conn.transaction():
             yield service_connection(conn)
+
+    def tenant_statement(
+        self, tenant_id: str, settings: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[TenantConnection]:
+        """A connection in the tenant's context for one statement: one round trip when the pooled
+        connection is in that context already (service/db/tenant_reads.py)."""
+        return self.reads.statement(tenant_id, self.tenant_role(tenant_id), settings)
 
     def tenant_role(self, tenant_id: str) -> str:
         return tenant_role_name(self.database_name, tenant_id)
@@ -376,13 +344,13 @@ class Database:
         parameters (e.g. hnsw.ef_search), set in the same round trip.
         """
         context = tenant_context(tenant_id, self.tenant_role(tenant_id), settings)
-        prelude = _settings_prelude(context)
+        prelude = settings_sql(context, local=True)
         async with self.pool.acquire() as conn:
             if prelude is None:
                 async with conn.transaction():
                     await set_local(conn, context)
                     yield TenantConnection(conn)
             else:
-                async with _TenantTransaction(conn._con, prelude):  # the connection behind the pool's proxy
+                async with TenantTransaction(conn._con, prelude):  # the connection behind the pool's proxy
                     yield TenantConnection(conn)
-            _CLEAN_AFTER_COMMIT.add(conn._con)
+            CLEAN_AFTER_COMMIT.add(conn._con)
