@@ -277,23 +277,20 @@ def test_the_lean_path_refuses_routes_it_could_not_serve_alike(make_settings: Ma
     app = create_app(make_settings())
     lean = app.asgi_handler.app  # type: ignore[attr-defined]
     assert isinstance(lean, LeanPath)
+
+    def lean_path_for(*operations: str) -> LeanPath:
+        return LeanPath(
+            app,
+            lean.next_app,
+            authenticator=lean.authenticator,
+            requests=lean.requests,
+            max_body_bytes=MAX_BODY,
+            operations=frozenset(operations),
+        )
+
     # listCollections takes query parameters (limit, cursor) that only Litestar parses.
     with pytest.raises(ValueError, match="needs the request"):
-        LeanPath(
-            app,
-            lean.next_app,
-            authenticator=lean.authenticator,
-            requests=lean.requests,
-            max_body_bytes=MAX_BODY,
-            operations=frozenset({"listCollections"}),
-        )
+        lean_path_for("listCollections")
     with pytest.raises(ValueError, match="no route"):
-        LeanPath(
-            app,
-            lean.next_app,
-            authenticator=lean.authenticator,
-            requests=lean.requests,
-            max_body_bytes=MAX_BODY,
-            operations=frozenset({"noSuchOperation"}),
-        )
+        lean_path_for("noSuchOperation")
     assert {"searchCollection", "searchCollectionBatch", "getVector", "upsertVectors"} == LEAN_OPERATIONS
