@@ -63,6 +63,9 @@ class _Route:
     handler: HTTPRouteHandler
     operation: str
     guard: RequiresGuard
+    # Paths of other routes that this one's pattern also matches: Litestar's router prefers a
+    # fixed segment to a parameter (GET .../vectors/delete is the deleteVectors route's, 405).
+    shadowed_by: tuple[re.Pattern[str], ...]
     body: BodySpec | None
     # The handler's arguments that need no request (the services), from the app's providers.
     constants: dict[str, Any]
@@ -72,16 +75,15 @@ class _Route:
 
 
 def _pattern(route: HTTPRoute) -> re.Pattern[str]:
-    """The route's path as a regex: each {name} one segment, as Litestar's router matches it."""
-    for parameter in route.path_parameters.values():
-        if parameter.type is not str:
-            raise ValueError(f"lean path: {route.path} has a path parameter that is not a str")
+    """The route's path as a regex for fullmatch: each {name} one segment, as Litestar's router
+    matches it."""
     pieces = re.split(r"\{(\w+)\}", route.path_format)
-    regex = "".join(f"(?P<{piece}>[^/]+)" if i % 2 else re.escape(piece) for i, piece in enumerate(pieces))
-    return re.compile(regex + "$")
+    return re.compile(
+        "".join(f"(?P<{piece}>[^/]+)" if i % 2 else re.escape(piece) for i, piece in enumerate(pieces))
+    )
 
 
-def _lean_route(route: HTTPRoute, handler: HTTPRouteHandler) -> _Route:
+def _lean_route(route: HTTPRoute, handler: HTTPRouteHandler, others: list[HTTPRoute]) -> _Route:
     operation = handler.operation_id
     if not isinstance(operation, str):
         raise ValueError(f"lean path: {handler.handler_name} has no fixed operation id")
@@ -111,8 +113,15 @@ def _lean_route(route: HTTPRoute, handler: HTTPRouteHandler) -> _Route:
         constants[name] = provider.dependency()
     if not tenant_argument:
         raise ValueError(f"lean path: {handler.operation_id} does not take the tenant")
+    for parameter in route.path_parameters.values():
+        if parameter.type is not str:
+            raise ValueError(f"lean path: {route.path} has a path parameter that is not a str")
+    pattern = _pattern(route)
     return _Route(
-        pattern=_pattern(route),
+        pattern=pattern,
+        shadowed_by=tuple(
+            _pattern(other) for other in others if other is not route and pattern.fullmatch(other.path_format)
+        ),
         template=route.path_format,
         handler=handler,
         operation=operation,
@@ -143,12 +152,14 @@ class LeanPath:
         # method -> its lean routes
         self.routes: dict[str, list[_Route]] = {}
         found = set()
-        for route in app.routes:
-            if not isinstance(route, HTTPRoute):
-                continue
+        # Litestar wraps its router in these; the lean path, in front of it, would skip them.
+        if app.cors_config is not None or "OpenTelemetryPlugin" in {type(p).__name__ for p in app.plugins}:
+            raise ValueError("lean path: the app has CORS or OpenTelemetry, which the lean path would skip")
+        http_routes = [route for route in app.routes if isinstance(route, HTTPRoute)]
+        for route in http_routes:
             for handler in route.route_handlers:
                 if handler.operation_id in operations:
-                    lean = _lean_route(route, handler)
+                    lean = _lean_route(route, handler, http_routes)
                     for method in handler.http_methods:
                         self.routes.setdefault(method, []).append(lean)
                     found.add(handler.operation_id)
@@ -161,8 +172,10 @@ class LeanPath:
             return None
         path = scope["path"]
         for route in routes:
-            matched = route.pattern.match(path)
+            matched = route.pattern.fullmatch(path)
             if matched is not None:
+                if any(shadow.fullmatch(path) for shadow in route.shadowed_by):
+                    return None  # another route's own path: Litestar's to answer
                 return route, matched.groupdict()
         return None
 

@@ -51,6 +51,8 @@ async def pair(make_settings: MakeSettings) -> AsyncIterator[Pair]:
 def _comparable(response: Any) -> tuple[int, dict[str, str], Any]:
     # The request id and took_ms differ by nature (and with them the length).
     headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "content-length")}
+    if "allow" in headers:  # Litestar lists the methods of a 405 in no fixed order
+        headers["allow"] = ", ".join(sorted(m.strip() for m in headers["allow"].split(",")))
     body = response.json() if response.content else None
     if isinstance(body, dict):
         body.pop("request_id", None)
@@ -173,8 +175,25 @@ async def test_every_kind_of_refusal_matches_the_full_stack(
         ("POST", search + "/", {"json": {**SEARCH, "topk": 5}, "headers": admin}, 400),
         ("GET", "/api/v1/collections/c/vectors/v1?include_vector=true", {"headers": admin}, 400),
     ]
-    for method, path, kwargs, expected in refusals:
-        status, body = await same_answer(pair, method, path, **kwargs)
+    # Litestar's answers (the lean path passes them on): a newline is not part of a path segment
+    # it matches, and a fixed segment (.../vectors/delete, POST only) wins over {vector_id}.
+    litestars = [
+        ("POST", search + "%0A", {"json": SEARCH, "headers": admin}, 404),
+        ("GET", "/api/v1/collections/c/vectors/delete", {"headers": admin}, 405),
+    ]
+    lean = pair.lean.app.asgi_handler.app  # type: ignore[attr-defined]
+    behind = lean.next_app
+
+    async def unreachable(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError(f"{scope['method']} {scope['path']} reached Litestar")
+
+    for method, path, kwargs, expected in refusals + litestars:
+        served_by_lean = "?" not in path and not path.endswith(("/", "%0A", "/delete"))
+        lean.next_app = unreachable if served_by_lean else behind
+        try:
+            status, body = await same_answer(pair, method, path, **kwargs)
+        finally:
+            lean.next_app = behind
         assert status == expected, (method, path, body)
     # Nothing was written by any of them.
     count = (await pair.full.get("/api/v1/collections/c", headers=admin)).json()["vector_count"]

@@ -119,6 +119,9 @@ class Database:
                 command_timeout=self.settings.command_timeout,
             )
         except BaseException:
+            if self._pool is not None:
+                pool, self._pool = self._pool, None
+                pool.terminate()
             await self._stop_embedded()
             raise
 
