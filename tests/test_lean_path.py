@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from service.app import create_app
 from service.lean_path import LEAN_OPERATIONS, LeanPath
 from service.middleware import RequestContextMiddleware
-from tests.conftest import MakeSettings, MakeTenant, bearer, set_quotas
+from tests.conftest import MakeSettings, MakeTenant, TenantKeys, bearer, set_quotas
 
 MAX_BODY = 100_000
 JSON = "application/json"
@@ -70,17 +70,35 @@ async def same_answer(pair: Pair, method: str, path: str, **kwargs: Any) -> tupl
     return lean.status_code, lean.json() if lean.content else None
 
 
+async def tenant_with_collection(pair: Pair, make_tenant: MakeTenant, *permissions: str) -> TenantKeys:
+    """A fresh tenant with keys of `permissions` and an empty collection "c" of dimension 3."""
+    tenant = await make_tenant(*permissions)
+    created = await pair.lean.post(
+        "/api/v1/collections", json={"name": "c", "dimension": 3}, headers=bearer(tenant.admin)
+    )
+    assert created.status_code == 201, created.text
+    return tenant
+
+
+def lean_path_of(client: AsyncTestClient[Litestar]) -> LeanPath:
+    lean = client.app.asgi_handler.app  # type: ignore[attr-defined]
+    assert isinstance(lean, LeanPath)
+    return lean
+
+
+async def unreachable(scope: Any, receive: Any, send: Any) -> None:
+    """Stands in for Litestar behind the lean path where the lean path must answer itself."""
+    raise AssertionError(f"{scope['method']} {scope['path']} reached Litestar")
+
+
 SEARCH = {"vector": [1.0, 0.0, 0.5], "top_k": 2}
 SEARCH_PATH = "/api/v1/collections/c/search"
 VECTORS_PATH = "/api/v1/collections/c/vectors"
 
 
 async def test_successes_match_the_full_stack(pair: Pair, make_tenant: MakeTenant) -> None:
-    tenant = await make_tenant("read_only")
+    tenant = await tenant_with_collection(pair, make_tenant, "read_only")
     admin = bearer(tenant.admin)
-    assert (
-        await pair.lean.post("/api/v1/collections", json={"name": "c", "dimension": 3}, headers=admin)
-    ).status_code == 201
     items = [{"id": f"v{i}", "vector": [1.0, float(i), 0.5], "metadata": {"i": i}} for i in range(5)]
     status, body = await same_answer(
         pair, "PUT", "/api/v1/collections/c/vectors", json={"vectors": items}, headers=admin
@@ -122,11 +140,8 @@ async def test_successes_match_the_full_stack(pair: Pair, make_tenant: MakeTenan
 async def test_every_kind_of_refusal_matches_the_full_stack(
     pair: Pair, make_tenant: MakeTenant, operator_key: str
 ) -> None:
-    tenant = await make_tenant("read_only", "mcp")
+    tenant = await tenant_with_collection(pair, make_tenant, "read_only", "mcp")
     admin = bearer(tenant.admin)
-    assert (
-        await pair.lean.post("/api/v1/collections", json={"name": "c", "dimension": 3}, headers=admin)
-    ).status_code == 201
     search = SEARCH_PATH
     refusals: list[tuple[str, str, dict[str, Any], int]] = [
         ("POST", search, {"json": SEARCH}, 401),  # no key
@@ -181,12 +196,8 @@ async def test_every_kind_of_refusal_matches_the_full_stack(
         ("POST", search + "%0A", {"json": SEARCH, "headers": admin}, 404),
         ("GET", "/api/v1/collections/c/vectors/delete", {"headers": admin}, 405),
     ]
-    lean = pair.lean.app.asgi_handler.app  # type: ignore[attr-defined]
+    lean = lean_path_of(pair.lean)
     behind = lean.next_app
-
-    async def unreachable(scope: Any, receive: Any, send: Any) -> None:
-        raise AssertionError(f"{scope['method']} {scope['path']} reached Litestar")
-
     for method, path, kwargs, expected in refusals + litestars:
         served_by_lean = "?" not in path and not path.endswith(("/", "%0A", "/delete"))
         lean.next_app = unreachable if served_by_lean else behind
@@ -203,11 +214,8 @@ async def test_every_kind_of_refusal_matches_the_full_stack(
 async def test_session_tokens_and_rate_limits_on_the_lean_path(
     pair: Pair, make_tenant: MakeTenant, operator_key: str
 ) -> None:
-    tenant = await make_tenant()
+    tenant = await tenant_with_collection(pair, make_tenant)
     admin = bearer(tenant.admin)
-    assert (
-        await pair.lean.post("/api/v1/collections", json={"name": "c", "dimension": 3}, headers=admin)
-    ).status_code == 201
     opened = await pair.lean.post("/api/v1/sessions", json={"collections": ["c"]}, headers=admin)
     assert opened.status_code == 201, opened.text
     token = bearer(opened.json()["token"])
@@ -246,17 +254,10 @@ async def test_session_tokens_and_rate_limits_on_the_lean_path(
 async def test_the_lean_path_serves_the_hot_routes_itself(
     pair: Pair, make_tenant: MakeTenant, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tenant = await make_tenant()
+    tenant = await tenant_with_collection(pair, make_tenant)
     admin = bearer(tenant.admin)
-    assert (
-        await pair.lean.post("/api/v1/collections", json={"name": "c", "dimension": 3}, headers=admin)
-    ).status_code == 201
-    lean = pair.lean.app.asgi_handler.app
-    assert isinstance(lean, LeanPath)
+    lean = lean_path_of(pair.lean)
     behind = lean.next_app
-
-    async def unreachable(scope: Any, receive: Any, send: Any) -> None:
-        raise AssertionError(f"{scope['method']} {scope['path']} reached Litestar")
 
     counted_before = REGISTRY.get_sample_value(
         "vectorhive_tenant_requests_total", {"tenant_id": tenant.tenant_id, "operation": "searchCollection"}
