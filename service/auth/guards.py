@@ -115,12 +115,6 @@ def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     return principal
 
 
-async def _session_checks(
-    connection: ASGIConnection[Any, Any, Any, Any], principal: Principal, handler: BaseRouteHandler
-) -> None:
-    await session_checks(getattr(connection, "auth", None), principal, handler)
-
-
 async def session_checks(
     authenticator: Authenticator | None, principal: Principal, handler: BaseRouteHandler
 ) -> None:
@@ -193,7 +187,7 @@ async def any_principal(connection: ASGIConnection[Any, Any, Any, Any], handler:
     principal = _principal(connection)
     if not principal.is_operator:
         tenant = _admit_tenant(principal)
-        await _session_checks(connection, tenant, handler)
+        await session_checks(getattr(connection, "auth", None), tenant, handler)
         _remember(connection, tenant)
 
 

@@ -12,7 +12,8 @@ issue:
 
 Both are NewTypes over one typed view of asyncpg's connection, so they cost nothing at run time
 and mypy refuses a service connection where a tenant one is required (and the reverse). The one
-sanctioned way from a plain connection to a tenant connection is `enter_tenant`.
+sanctioned ways from a plain connection to a tenant connection are `enter_tenant` and, for one
+statement on a connection kept in the tenant's context, `Database.tenant_statement` (tenant_reads.py).
 """
 
 from __future__ import annotations

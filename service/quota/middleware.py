@@ -54,7 +54,5 @@ class TenantLimitsMiddleware:
         self.requests = requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal = scope.get("user")
-        if isinstance(principal, Principal) and not principal.is_operator:
-            await self.requests.admit(principal, operation_of(scope))
+        await self.requests.admit(scope.get("user"), operation_of(scope))
         await self.app(scope, receive, send)
