@@ -19,6 +19,7 @@ from service.db import Database
 from tests.conftest import TenantKeys, bearer
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import build
+from tests.support.imports import spool_folders
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -85,6 +86,7 @@ async def test_a_server_killed_mid_import_leaves_no_import_stuck_and_nothing_wri
         children = psutil.Process(first.process.pid).children(recursive=True)
         assert children, "the import ran no decode worker"
         first.kill()
+        first.process.wait(timeout=10)
     finally:
         first.end()
     # They die with it: nothing is left behind by a SIGKILL'd server.
@@ -92,6 +94,8 @@ async def test_a_server_killed_mid_import_leaves_no_import_stuck_and_nothing_wri
     for orphan in alive:
         orphan.kill()
     assert not alive, [p.pid for p in alive]
+    # What a SIGKILL'd server cannot remove: its folder of downloaded chunks (until the next import).
+    assert spool_folders(import_id)
 
     second = import_server(tmp_path, pg_url, portal.url)
     try:
@@ -114,6 +118,8 @@ async def test_a_server_killed_mid_import_leaves_no_import_stuck_and_nothing_wri
             headers=bearer(tenant.admin),
         ).json()
         assert poll(second.base, tenant.admin, again["import_id"], {"loaded", "error"})["status"] == "loaded"
+        assert not spool_folders(import_id)  # the next import removed the dead server's folder
+        assert not spool_folders(again["import_id"])
     finally:
         second.end()
     # No import's staging table outlived its session.

@@ -10,12 +10,14 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cbor2
 import msgspec
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -23,11 +25,13 @@ from service.app import create_app
 from service.collections.indexer import IndexBuilder
 from service.config import Settings
 from service.db import Database
+from service.imports import formats
 from service.imports.formats import ChunkInfo, ImportFailure
-from service.imports.staging import COPY_HEADER, GROUP_VECTORS, TargetSpec, stage_chunk
+from service.imports.staging import COPY_HEADER, GROUP_VECTORS, TargetSpec, stage_chunk, stage_chunk_file
 from tests.conftest import TenantKeys, bearer
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import build, encode
+from tests.support.imports import spool_folders
 
 KEY = bytes(range(32))
 SPEC = TargetSpec(dimension=8, storage="float32", metric="cosine", max_metadata_bytes=4096)
@@ -64,14 +68,26 @@ def read_copy(data: bytes) -> list[tuple[int, str, np.ndarray, Any]]:
         )
 
 
+def staged_from(where: str, raw: bytes, key: bytes | None, info: ChunkInfo, tmp_path: Path) -> Any:
+    """stage_chunk on the bytes, or stage_chunk_file on them written to a file (as imports run)."""
+    if where == "memory":
+        return stage_chunk(raw, key, info, SPEC)
+    path = tmp_path / f"chunk-{info.chunk_id}"
+    path.write_bytes(raw)
+    return stage_chunk_file(str(path), key, info, SPEC)
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
 @pytest.mark.parametrize("encoding", ["json", "cbor"])
 @pytest.mark.parametrize("key", [None, KEY], ids=["plain", "encrypted"])
-def test_a_chunk_becomes_copy_rows_of_its_float32_vectors(encoding: str, key: bytes | None) -> None:
+def test_a_chunk_becomes_copy_rows_of_its_float32_vectors(
+    encoding: str, key: bytes | None, where: str, tmp_path: Path
+) -> None:
     # More vectors than one decoding group, so that the groups' seams are crossed.
     n = GROUP_VECTORS * 2 + 7
     db = build(n=n, dimensions=8, chunk_size=n, encoding=encoding, key=key)
     info = ChunkInfo(chunk_id=0, cid="x", vector_count=n)
-    staged = stage_chunk(db.files[f"{db.folder}/chunk-0.json"], key, info, SPEC)
+    staged = staged_from(where, db.files[f"{db.folder}/chunk-0.json"], key, info, tmp_path)
     rows = read_copy(staged.copy_data)
     assert staged.count == n == len(rows)
     assert [r[0] for r in rows] == list(range(n))
@@ -144,6 +160,44 @@ def test_values_out_of_float32_range_are_refused_not_stored_as_infinity() -> Non
     assert failure.code == "invalid_manifest" and "vector 3 ('v3')" in failure.message
 
 
+def test_a_file_is_decrypted_in_pieces_exactly_and_refused_when_altered_or_short(tmp_path: Path) -> None:
+    vectors = _vectors(3)
+    plain = b" \n\t " + msgspec.json.encode({"chunkId": 0, "vectors": vectors})  # JSON after whitespace
+    info = ChunkInfo(chunk_id=0, cid="x", vector_count=3)
+    path = tmp_path / "chunk-0"
+    # A file of several decryption pieces, whose last piece is not whole.
+    text = os.urandom(3 * formats.DECRYPT_PIECE_BYTES + 12_345)
+    nonce = os.urandom(12)
+    big = nonce + AESGCM(KEY).encrypt(nonce, text, None)
+    with open(path, "wb") as file:
+        file.write(big)
+    with open(path, "rb") as file:
+        decrypted = formats.decrypt_file(file, len(big), KEY)
+    assert decrypted == text
+
+    nonce = os.urandom(12)
+    sealed = nonce + AESGCM(KEY).encrypt(nonce, plain, None)
+    path.write_bytes(sealed)
+    assert [r[1] for r in read_copy(stage_chunk_file(str(path), KEY, info, SPEC).copy_data)] == [
+        "v0",
+        "v1",
+        "v2",
+    ]
+    for damaged, code in [
+        (sealed[:20] + bytes([sealed[20] ^ 1]) + sealed[21:], "decryption_failed"),  # one bit of the text
+        (sealed[:-1] + bytes([sealed[-1] ^ 1]), "decryption_failed"),  # one bit of the tag
+        (sealed[:27], "decryption_failed"),  # shorter than a nonce and a tag
+    ]:
+        path.write_bytes(damaged)
+        with pytest.raises(ImportFailure) as excinfo:
+            stage_chunk_file(str(path), KEY, info, SPEC)
+        assert excinfo.value.code == code
+    path.write_bytes(sealed)
+    with pytest.raises(ImportFailure) as excinfo:
+        stage_chunk_file(str(path), bytes(32), info, SPEC)  # the wrong key
+    assert excinfo.value.code == "decryption_failed" and "wrong key" in excinfo.value.message
+
+
 # -- end to end ----------------------------------------------------------------------------------
 
 
@@ -213,6 +267,8 @@ async def test_a_new_collection_gets_the_later_of_repeated_ids(
     assert (got["vector"], got["metadata"]) == ([0.5, 0.5, 0.5, 0.5], {"again": True})
     info = (await client.get("/api/v1/collections/fresh", headers=bearer(tenant.admin))).json()
     assert info["vector_count"] == 29
+    # Its chunks were spooled to a folder of its own, gone with it.
+    assert not spool_folders(status["import_id"])
     # Another tenant sees neither the import nor the collection.
     other: TenantKeys = await make_tenant()
     missing = await client.get(f"/api/v1/imports/{status['import_id']}", headers=bearer(other.admin))

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import assert_problem, bearer
-from tests.support.imports import KEY, KEY_HEX, Imports, metric, submit, wait_for
+from tests.support.imports import KEY, KEY_HEX, Imports, metric, spool_folders, submit, wait_for
 from tests.support.imports import import_server_fixture as import_server_fixture  # the fixtures
 from tests.support.imports import imports_fixture as imports_fixture
 
@@ -101,6 +101,8 @@ async def test_a_failed_import_leaves_the_collection_exactly_as_it_was(
     assert await imports.all_vectors(tenant.admin, "c") == before
     collection = (await imports.http.get("/api/v1/collections/c", headers=bearer(tenant.admin))).json()
     assert collection["vector_count"] == 1
+    # The chunks it downloaded went into a folder of its own, gone with it.
+    assert not spool_folders(status["import_id"])
 
 
 async def test_a_failed_import_does_not_create_the_collection(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -33,7 +34,10 @@ async def test_downloads_a_whole_encrypted_database(portal: FakePortal) -> None:
         check_manifest(manifest, user_address=OWNER, dimension=8)
         total = 0
         for info in manifest.chunks:
-            total += len(parse_chunk(await s5.fetch_chunk(db.folder, info), KEY, info.chunk_id).vectors)
+            with tempfile.TemporaryFile() as file:
+                await s5.fetch_chunk(db.folder, info, file)
+                file.seek(0)
+                total += len(parse_chunk(file.read(), KEY, info.chunk_id).vectors)
         assert total == 250
     finally:
         await s5.close()
@@ -77,6 +81,33 @@ async def test_truncated_body_is_retried(portal: FakePortal) -> None:
     await s5.close()
 
 
+async def test_a_chunk_spooled_to_a_file_after_a_truncated_answer_is_the_whole_chunk(
+    portal: FakePortal,
+) -> None:
+    """The import spools chunks to files: a retry must overwrite the broken attempt, not append."""
+    whole = b'{"chunkId": 3, "vectors": [' + b"0," * 20_000 + b"0]}"
+    portal.files["u/d/chunk-3.json"] = whole
+    portal.faults["u/d/chunk-3.json"] = ["truncate", "500"]
+    s5 = client(portal)
+    with tempfile.TemporaryFile() as file:
+        file.write(b"left over from before " * 10_000)
+        await s5.fetch_chunk("u/d", ChunkInfo(chunk_id=3, cid="", vector_count=0), file)
+        file.seek(0)
+        assert file.read() == whole
+    assert s5.attempts == 3
+    await s5.close()
+
+
+async def test_a_chunk_larger_than_the_limit_is_refused_while_it_arrives(portal: FakePortal) -> None:
+    portal.files["u/d/chunk-0.json"] = b"x" * 300_000
+    s5 = S5Portal(portal.url, timeout=2.0, retries=3, backoff=0.01, max_file_bytes=100_000)
+    with tempfile.TemporaryFile() as file, pytest.raises(ImportFailure) as excinfo:
+        await s5.fetch_chunk("u/d", ChunkInfo(chunk_id=0, cid="", vector_count=0), file)
+    assert excinfo.value.code == "invalid_manifest" and "larger than 100,000 bytes" in excinfo.value.message
+    assert s5.attempts == 1
+    await s5.close()
+
+
 async def test_slow_answers_time_out(portal: FakePortal) -> None:
     portal.files["a/b.json"] = b"{}"
     portal.faults["a/b.json"] = ["slow:0.6"] * 4
@@ -92,10 +123,12 @@ async def test_slow_answers_time_out(portal: FakePortal) -> None:
 async def test_chunk_by_cid_falls_back_to_the_blob_endpoint(portal: FakePortal) -> None:
     portal.blobs["z6Mkabc123"] = b'{"chunkId": 0, "vectors": []}'
     s5 = client(portal)
-    body = await s5.fetch_chunk(
-        "home/vector-databases/u/d", ChunkInfo(chunk_id=0, cid="z6Mkabc123", vector_count=0)
-    )
-    assert body == b'{"chunkId": 0, "vectors": []}'
+    with tempfile.TemporaryFile() as file:
+        await s5.fetch_chunk(
+            "home/vector-databases/u/d", ChunkInfo(chunk_id=0, cid="z6Mkabc123", vector_count=0), file
+        )
+        file.seek(0)
+        assert file.read() == b'{"chunkId": 0, "vectors": []}'
     assert portal.requests == ["/s5/fs/home/vector-databases/u/d/chunk-0.json", "/s5/blob/z6Mkabc123"]
     await s5.close()
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from io import BufferedReader
 from typing import Any
 
 import cbor2
 import msgspec
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.collections.validation import dimension_problem
@@ -102,11 +104,45 @@ def decrypt(blob: bytes, key: bytes) -> bytes:
     if len(blob) < NONCE_BYTES + TAG_BYTES:
         raise ImportFailure("decryption_failed", "the file is too short to be AES-GCM encrypted")
     try:
-        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], None)
+        # A view, not a slice: a slice of a 76 MB chunk would copy it once more before decrypting.
+        return AESGCM(key).decrypt(blob[:NONCE_BYTES], memoryview(blob)[NONCE_BYTES:], None)
     except InvalidTag:
         raise ImportFailure(
             "decryption_failed", "the file could not be decrypted: wrong key, or the data was altered"
         ) from None
+
+
+# A file is decrypted this many bytes at a time (decrypt_file).
+DECRYPT_PIECE_BYTES = 4 << 20
+_AES_BLOCK_BYTES = 16
+
+
+def decrypt_file(file: BufferedReader, size: int, key: bytes) -> memoryview:
+    """An encrypted file of `size` bytes (nonce, ciphertext, tag), read and decrypted a piece at a
+    time into one buffer: the ciphertext is never whole in memory beside the plaintext. GCM can
+    decrypt before it sees the tag at the end; the plaintext is returned only once the tag has
+    verified all of it, so nothing unauthenticated leaves this function."""
+    if size < NONCE_BYTES + TAG_BYTES:
+        raise ImportFailure("decryption_failed", "the file is too short to be AES-GCM encrypted")
+    nonce = file.read(NONCE_BYTES)
+    length = size - NONCE_BYTES - TAG_BYTES
+    # update_into wants room for a block more than it is given (cryptography's rule).
+    plain = memoryview(bytearray(length + _AES_BLOCK_BYTES - 1))
+    piece = memoryview(bytearray(min(DECRYPT_PIECE_BYTES, length) or 1))
+    decryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).decryptor()
+    done = 0
+    while done < length:
+        read = file.readinto(piece[: min(len(piece), length - done)])
+        if not read:
+            raise ImportFailure("download_failed", "the downloaded file is shorter than it was")
+        done += decryptor.update_into(piece[:read], plain[done:])
+    try:
+        decryptor.finalize_with_tag(file.read(TAG_BYTES))
+    except (InvalidTag, ValueError):  # ValueError: a tag cut short
+        raise ImportFailure(
+            "decryption_failed", "the file could not be decrypted: wrong key, or the data was altered"
+        ) from None
+    return plain[:length]
 
 
 # RFC 8746 typed arrays that JavaScript CBOR encoders emit for Float32Array / Float64Array.

@@ -1,8 +1,11 @@
 """An import's chunks: downloaded, decoded in worker processes, staged with binary COPY.
 
 Bounded memory. At most one chunk more than there are decode workers is in flight (downloaded,
-decoded or waiting for COPY), never more than s5.max_parallel_chunks; decoding runs in worker
-processes, so the event loop keeps serving, and goes straight into a float32 matrix (staging.py).
+decoded or waiting for COPY), never more than s5.max_parallel_chunks. A chunk is downloaded into a
+file of the import's own temporary folder, never into this process's memory; a decode worker reads
+it from there (no copy of it crosses a pipe), decrypting a piece at a time, and decodes it straight
+into a float32 matrix (staging.py). Decoding runs in worker processes, so the event loop keeps
+serving.
 The chunks go into a temporary table of the import's own connection (store.create_staging);
 merge.py moves them into the collection.
 """
@@ -14,10 +17,14 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import numpy as np
@@ -28,10 +35,12 @@ from service.errors import TooManyRequests
 from service.imports import store
 from service.imports.formats import ChunkInfo, ImportFailure, Manifest
 from service.imports.portal import S5Portal
-from service.imports.staging import StagedChunk, TargetSpec, stage_chunk
+from service.imports.staging import StagedChunk, TargetSpec, stage_chunk_file
 from service.imports.worker_guard import guard_worker
 from service.metrics import S5_DOWNLOAD_SECONDS
 from service.quota.service import QuotaService
+
+_T = TypeVar("_T")
 
 
 class ImportCancelled(Exception):
@@ -46,11 +55,39 @@ def fingerprint_of(manifest: Manifest, plain: bytes) -> str:
     return "sha256:" + hashlib.sha256(plain).hexdigest()
 
 
-async def download(kind: str, fetch: Awaitable[bytes]) -> bytes:
+async def download(kind: str, fetch: Awaitable[_T]) -> _T:
     started = time.perf_counter()
     data = await fetch
     S5_DOWNLOAD_SECONDS.labels(kind).observe(time.perf_counter() - started)
     return data
+
+
+SPOOL_PREFIX = "vectorhive-import-"
+
+
+def spool_folder_for(import_id: object) -> tempfile.TemporaryDirectory[str]:
+    """The import's own folder for the chunks it downloads, named after this process and the
+    import; it goes with its files when the import ends, however it ends."""
+    _sweep_dead_spools()
+    return tempfile.TemporaryDirectory(
+        prefix=f"{SPOOL_PREFIX}{os.getpid()}-{import_id}-", ignore_cleanup_errors=True
+    )
+
+
+def _sweep_dead_spools() -> None:
+    """A server killed mid-import (SIGKILL, a lost machine) cannot remove its folder: the next
+    import on this machine removes the folders of processes that no longer exist. Folders of
+    live processes (other workers, replicas) are theirs."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        pid_text = folder.name.removeprefix(SPOOL_PREFIX).split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            continue
 
 
 class ChunkStager:
@@ -124,19 +161,20 @@ class ChunkStager:
         key: bytes | None,
         spec: TargetSpec,
         tenant_id: str,
+        spool: Path,
     ) -> StagedChunk:
         await self._pace(tenant_id, info.vector_count)
-        raw = await download("chunk", portal.fetch_chunk(folder, info))
-        loop = asyncio.get_running_loop()
+        path = spool / f"chunk-{info.chunk_id}"
         try:
-            # In a list that the worker empties, and not kept here: this process holds the file
-            # only until the pool has sent it.
-            box = [raw]
-            del raw
-            return await loop.run_in_executor(self._pool(), stage_chunk, box, key, info, spec)
+            with path.open("wb") as file:
+                await download("chunk", portal.fetch_chunk(folder, info, file))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool(), stage_chunk_file, str(path), key, info, spec)
         except BrokenProcessPool:
             self._executor = None  # a worker died (e.g. killed for memory); the next import gets a new pool
             raise
+        finally:
+            path.unlink(missing_ok=True)  # staged or failed: its rows are in the COPY data now
 
     async def stage_all(
         self,
@@ -152,10 +190,12 @@ class ChunkStager:
         in_flight: set[asyncio.Task[StagedChunk]] = set()
         done_chunks = staged = 0
         digests: list[bytes] = []
-        # A chunk in flight is a whole file in this process's memory (a 10,000 x 384 chunk is
-        # ~76 MB of JSON), and only as many decode at once as there are workers: one more than
-        # that keeps them busy (the next download overlaps a decode) without a backlog of files.
+        # A chunk in flight is a whole file on disk and then in a worker's memory (a 10,000 x 384
+        # chunk is ~76 MB of JSON), and only as many decode at once as there are workers: one more
+        # than that keeps them busy (the next download overlaps a decode) without a backlog.
         limit = min(self.s5.max_parallel_chunks, self.workers() + 1)
+        spool_folder = spool_folder_for(row.id)
+        spool = Path(spool_folder.name)
 
         async def copy_finished() -> None:
             nonlocal done_chunks, staged
@@ -187,7 +227,9 @@ class ChunkStager:
                 while len(in_flight) >= limit:
                     await copy_finished()
                 in_flight.add(
-                    asyncio.create_task(self._stage_one(portal, folder, info, key, spec, row.tenant_id))
+                    asyncio.create_task(
+                        self._stage_one(portal, folder, info, key, spec, row.tenant_id, spool)
+                    )
                 )
             while in_flight:
                 await copy_finished()
@@ -195,5 +237,6 @@ class ChunkStager:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+            spool_folder.cleanup()
         everything = np.frombuffer(b"".join(digests), dtype=np.uint64)
         return staged, len(np.unique(everything)) == staged

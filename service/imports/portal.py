@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -54,23 +55,38 @@ class S5Portal:
 
     async def fetch_path(self, path: str, *, missing: str = "download_failed") -> bytes:
         """A file by path; `missing` is the error code when the portal has no such file."""
-        return await self._get(f"{self.base_url}/s5/fs/{checked_path(path)}", what=path, missing=missing)
+        return await self._get(self._fs_url(path), what=path, missing=missing)
 
-    async def fetch_blob(self, cid: str) -> bytes:
+    async def fetch_blob(self, cid: str, *, into: BinaryIO | None = None) -> bytes:
         if not cid or "/" in cid or not cid.isascii():
             raise ImportFailure("invalid_manifest", f"'{cid}' is not a CID")
-        return await self._get(f"{self.base_url}/s5/blob/{quote(cid, safe='')}", what=f"blob {cid}")
+        return await self._get(
+            f"{self.base_url}/s5/blob/{quote(cid, safe='')}", what=f"blob {cid}", into=into
+        )
 
-    async def fetch_chunk(self, folder: str, info: ChunkInfo) -> bytes:
-        """chunk-{id}.json beside the manifest; failing that, its cid (a path, or a CID for /s5/blob)."""
+    async def fetch_chunk(self, folder: str, info: ChunkInfo, into: BinaryIO) -> None:
+        """chunk-{id}.json beside the manifest, written to `into` (a file the import spools chunks
+        to); failing that, its cid (a path, or a CID for /s5/blob)."""
         try:
-            return await self.fetch_path(f"{folder}/chunk-{info.chunk_id}.json")
+            path = f"{folder}/chunk-{info.chunk_id}.json"
+            await self._get(self._fs_url(path), what=path, into=into)
+            return
         except ImportFailure as failure:
             if failure.code != "download_failed" or "404" not in failure.message or not info.cid:
                 raise
         if "/" in info.cid:
-            return await self.fetch_path(info.cid)
-        return await self.fetch_blob(info.cid)
+            await self._get(self._fs_url(info.cid), what=info.cid, into=into)
+        else:
+            await self.fetch_blob(info.cid, into=into)
+
+    def _fs_url(self, path: str) -> str:
+        return f"{self.base_url}/s5/fs/{checked_path(path)}"
+
+    def _too_large(self, what: str) -> ImportFailure:
+        S5_DOWNLOAD_ERRORS.labels("too_large").inc()
+        return ImportFailure(
+            "invalid_manifest", f"{what} is larger than {self.max_file_bytes:,} bytes; refused"
+        )
 
     async def _body(self, response: httpx.Response, what: str) -> bytes:
         """The body in one growing buffer: large files then live in memory the allocator maps and
@@ -80,13 +96,32 @@ class S5Portal:
         async for piece in response.aiter_bytes():
             body += piece
             if len(body) > self.max_file_bytes:
-                S5_DOWNLOAD_ERRORS.labels("too_large").inc()
-                raise ImportFailure(
-                    "invalid_manifest", f"{what} is larger than {self.max_file_bytes:,} bytes; refused"
-                )
+                raise self._too_large(what)
         return bytes(body)  # one copy, made and freed whole
 
-    async def _get(self, url: str, *, what: str, missing: str = "download_failed") -> bytes:
+    async def _spool(self, response: httpx.Response, what: str, into: BinaryIO) -> None:
+        """The body written to a file as it arrives, from its start (a retry overwrites a broken
+        attempt). The writes go to the page cache, a piece (64 KB or less) at a time: short enough
+        to make in the event loop."""
+        into.seek(0)
+        into.truncate()
+        written = 0
+        async for piece in response.aiter_bytes():
+            written += len(piece)
+            if written > self.max_file_bytes:
+                raise self._too_large(what)
+            try:
+                into.write(piece)
+            except OSError as exc:
+                raise ImportFailure(
+                    "download_failed", f"{what}: the server could not keep the download ({exc.strerror})"
+                ) from None
+        into.flush()
+
+    async def _get(
+        self, url: str, *, what: str, missing: str = "download_failed", into: BinaryIO | None = None
+    ) -> bytes:
+        """The body (or b"" once it is all in `into`), with the retries described above."""
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -96,7 +131,10 @@ class S5Portal:
             try:
                 async with self._client.stream("GET", url, timeout=self.timeout) as response:
                     if response.status_code == 200:
-                        return await self._body(response, what)
+                        if into is None:
+                            return await self._body(response, what)
+                        await self._spool(response, what, into)
+                        return b""
             except httpx.TimeoutException:
                 last = "timeout"
                 S5_DOWNLOAD_ERRORS.labels("timeout").inc()

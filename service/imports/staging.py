@@ -12,6 +12,8 @@ have for the SDK that wrote them.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +28,14 @@ from service.collections.validation import (
     first_unstorable,
     is_vector_id,
 )
+from service.collections.vector_codec import json_arrays_matrix
 from service.imports.formats import (
     _TYPED_FLOAT_ARRAYS,
     MAX_VECTORS_PER_CHUNK,
     ChunkInfo,
     ImportFailure,
     decrypt,
+    decrypt_file,
 )
 
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -97,10 +101,13 @@ def _dimension_error(
 
 
 def _json_matrix(vectors: list[_JsonVector], info: ChunkInfo, dimension: int) -> np.ndarray[Any, Any]:
-    """The vectors' raw JSON arrays -> one (n, dimension) float32 matrix, a group at a time.
+    """The vectors' raw JSON arrays -> one (n, dimension) float32 matrix.
 
-    msgspec parses the numbers (correctly rounded, as for any JSON vector) and numpy narrows
-    each group to float32 in place in the matrix."""
+    simdjson reads them when they are all plainly `dimension` numbers (json_arrays_matrix);
+    otherwise msgspec decodes them, a group at a time, and names the vector at fault."""
+    matrix = json_arrays_matrix([v.vector for v in vectors], dimension)
+    if matrix is not None:
+        return matrix
     matrix = np.empty((len(vectors), dimension), dtype=np.float32)
     for start in range(0, len(vectors), GROUP_VECTORS):
         group = vectors[start : start + GROUP_VECTORS]
@@ -162,11 +169,21 @@ class _CborChunk(msgspec.Struct, rename="camel"):
     vectors: list[_CborVector]
 
 
+_LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
+
+
+def _is_json(raw: bytes | memoryview) -> bool:
+    """JSON starts with '{' after optional whitespace (formats.py); found without copying the file."""
+    start = _LEADING_SPACE.match(raw)
+    offset = start.end() if start else 0
+    return bytes(raw[offset : offset + 1]) == b"{"
+
+
 def _decode(
-    raw: bytes, info: ChunkInfo, dimension: int
+    raw: bytes | memoryview, info: ChunkInfo, dimension: int
 ) -> tuple[list[str | int], np.ndarray[Any, Any], list[bytes]]:
     """ids, the float32 matrix and metadata JSON; no Python list per vector in either encoding."""
-    if raw.lstrip()[:1] == b"{":
+    if _is_json(raw):
         try:
             chunk = msgspec.json.decode(raw, type=_JsonChunk)
         except msgspec.ValidationError as exc:
@@ -247,15 +264,29 @@ def _ids(raw_ids: list[str | int], info: ChunkInfo) -> list[str]:
 def stage_chunk(
     raw: bytes | list[bytes], key: bytes | None, info: ChunkInfo, spec: TargetSpec
 ) -> StagedChunk:
-    """Decrypt, decode, check and encode one chunk; raises ImportFailure with the documented code.
-
-    raw may come in a one-item list that this function empties: a process pool keeps the call's
-    arguments alive until it returns, and the encrypted file (~76 MB of JSON for 10,000 x 384)
-    should be gone once it is decrypted, not beside the plaintext for the whole call."""
+    """Decrypt, decode, check and encode one chunk in memory; raises ImportFailure with the
+    documented code. raw may come in a one-item list that this function empties, so that the
+    encrypted file is gone once it is decrypted."""
     if isinstance(raw, list):
         raw = raw.pop()
-    plain = decrypt(raw, key) if key is not None else raw
+    box: list[bytes | memoryview] = [decrypt(raw, key) if key is not None else raw]
     del raw
+    return _stage_plain(box, info, spec)
+
+
+def stage_chunk_file(path: str, key: bytes | None, info: ChunkInfo, spec: TargetSpec) -> StagedChunk:
+    """stage_chunk for a chunk the server spooled to a file (how imports run): the worker reads
+    the file itself, decrypting it a piece at a time, so the chunk crosses no pipe between
+    processes and only its plaintext is ever whole in memory."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        box: list[bytes | memoryview] = [decrypt_file(file, size, key) if key is not None else file.read()]
+    return _stage_plain(box, info, spec)
+
+
+def _stage_plain(box: list[bytes | memoryview], info: ChunkInfo, spec: TargetSpec) -> StagedChunk:
+    """The decrypted chunk, in a list this function empties: no caller keeps it alive meanwhile."""
+    plain = box.pop()
     raw_ids, matrix, metadata = _decode(plain, info, spec.dimension)
     del plain  # the chunk's text is the largest thing here: gone before the COPY rows are made
     ids = _ids(raw_ids, info)

@@ -1,5 +1,10 @@
-"""One import chunk through the decode worker's code (service/imports/staging.stage_chunk), alone:
-CPU seconds and peak memory above the process's own baseline, each repetition in a fresh process.
+"""One import chunk through the decode worker's code (service/imports/staging), alone: CPU seconds
+and peak memory above the process's own baseline, each repetition in a fresh process.
+
+The worker's way with the chunk is what its code offers: stage_chunk_file (the chunk spooled to a
+file, read and decrypted in pieces) where it exists, else stage_chunk on the file's bytes, read in
+by the process (older code, where the server sent the bytes to the worker). Either way the file's
+bytes count: the baseline is taken before the file is read.
 
 A chunk is 10,000 x 384 (what the SDK writes), AES-256-GCM encrypted, JSON or CBOR. Run it against
 another checkout's code with PYTHONPATH=<checkout> to compare two versions on one machine.
@@ -21,9 +26,9 @@ from tests.s5_fixtures import build
 
 _CHILD = """
 import inspect, sys, time
+from service.imports import staging
 from service.imports.formats import ChunkInfo
 from service.imports.staging import TargetSpec, stage_chunk
-raw = open(sys.argv[1], "rb").read()
 key = bytes.fromhex(sys.argv[2])
 info = ChunkInfo(chunk_id=0, cid="x", vector_count=10_000)
 spec = TargetSpec(dimension=384, storage="float32", metric="cosine", max_metadata_bytes=65536)
@@ -31,12 +36,16 @@ def hwm():  # VmHWM, KiB (ru_maxrss would carry the parent's peak across exec)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
-base = hwm()  # imports and the file itself
+base = hwm()  # the imports
 cpu = time.process_time()
-# As the import runner passes it, where the code accepts that (the worker may then drop the file).
-arg = [raw] if "list" in str(inspect.signature(stage_chunk)) else raw
-del raw
-staged = stage_chunk(arg, key, info, spec)
+if hasattr(staging, "stage_chunk_file"):
+    staged = staging.stage_chunk_file(sys.argv[1], key, info, spec)
+else:
+    raw = open(sys.argv[1], "rb").read()
+    # As the import runner passed it, where the code accepts that (the worker may then drop the file).
+    arg = [raw] if "list" in str(inspect.signature(stage_chunk)) else raw
+    del raw
+    staged = stage_chunk(arg, key, info, spec)
 cpu = time.process_time() - cpu
 peak = hwm()
 print(f"{cpu:.3f} {(peak - base) / 1024:.1f} {base / 1024:.1f} {staged.count}")

@@ -11,9 +11,11 @@ the redundant alias marks the import as deliberate):
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from prometheus_client import REGISTRY
 from service.app import create_app
 from service.db import Database
 from service.imports.models import FINISHED
+from service.imports.pipeline import SPOOL_PREFIX
 from tests.conftest import MakeSettings, MakeTenant, TenantKeys, UniqueId, bearer
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import S5Database, build
@@ -32,6 +35,11 @@ KEY = bytes(range(32))
 KEY_HEX = KEY.hex()
 
 Client = AsyncTestClient[Litestar]
+
+
+def spool_folders(import_id: str) -> list[Path]:
+    """The folders an import's downloaded chunks were spooled to (service/imports/pipeline.py)."""
+    return list(Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-{import_id}-*"))
 
 
 def metric(name: str, **labels: str) -> float:
