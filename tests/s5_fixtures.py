@@ -52,9 +52,12 @@ def build(
     seed: int = 0,
     manifest_overrides: dict[str, Any] | None = None,
     id_format: str = "doc-{i}",
+    vectors: np.ndarray | None = None,
 ) -> S5Database:
-    rng = np.random.default_rng(seed)
-    vectors = rng.normal(size=(n, dimensions)).astype(np.float32)
+    """An SDK-style vector database of `n` vectors: the given ones, or standard normal ones."""
+    if vectors is None:
+        vectors = np.random.default_rng(seed).normal(size=(n, dimensions)).astype(np.float32)
+    assert vectors.shape == (n, dimensions)
     db = S5Database(user_address=owner, name=name, dimensions=dimensions, vectors=vectors)
     chunks = []
     for chunk_id, start in enumerate(range(0, n, chunk_size)):

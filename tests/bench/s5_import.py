@@ -6,6 +6,7 @@ background after the load), then a second import of the same manifest (the cache
 memory (VmHWM) of the server process and of its decoding workers.
 
     python -m tests.bench.s5_import [--sizes 1000,10000,100000] [--dim 384] [--encoding json|cbor]
+        [--data normal|clustered]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 
 from service.bench import print_result, start_temporary_server
+from service.bench.run import make_data
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import build
 
@@ -77,6 +79,13 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--encoding", choices=["json", "cbor"], default="json")
+    parser.add_argument(
+        "--data",
+        choices=["normal", "clustered"],
+        default="normal",
+        help="the vectors: standard normal (what this benchmark always used; HNSW's hard case) or "
+        "clustered like real embeddings (vectorhive bench's default generator)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--log-level", default="warning", help="the server's (info shows each import's phases)"
@@ -87,11 +96,24 @@ def main() -> int:
     portal = FakePortal()
     databases = {}
     for n in sizes:
+        vectors = make_data("clustered", n, args.dim, seed=n)[0] if args.data == "clustered" else None
         databases[n] = build(
-            n=n, dimensions=args.dim, chunk_size=10_000, encoding=args.encoding, key=KEY, name=f"bench-{n}"
+            n=n,
+            dimensions=args.dim,
+            chunk_size=10_000,
+            encoding=args.encoding,
+            key=KEY,
+            name=f"bench-{n}",
+            vectors=vectors,
         )
         portal.files.update(databases[n].files)
-    results: dict[str, Any] = {"dim": args.dim, "encoding": args.encoding, "encrypted": True, "sizes": {}}
+    results: dict[str, Any] = {
+        "dim": args.dim,
+        "encoding": args.encoding,
+        "data": args.data,
+        "encrypted": True,
+        "sizes": {},
+    }
     with serve(portal):
         target = start_temporary_server(
             {
