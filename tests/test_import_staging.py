@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -196,6 +198,17 @@ def test_a_file_is_decrypted_in_pieces_exactly_and_refused_when_altered_or_short
     with pytest.raises(ImportFailure) as excinfo:
         stage_chunk_file(str(path), bytes(32), info, SPEC)  # the wrong key
     assert excinfo.value.code == "decryption_failed" and "wrong key" in excinfo.value.message
+
+
+def test_the_decode_workers_load_no_web_stack() -> None:
+    """Each decode worker is a process of its own for the server's life: what its modules import
+    is memory it holds (litestar and asyncpg were about 22 MiB a worker)."""
+    code = (
+        "import sys, service.imports.staging, service.imports.worker_guard; "
+        "print(sorted(m for m in ('litestar', 'asyncpg', 'httpx', 'sqlalchemy') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
 
 
 # -- end to end ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""service.collections.vector_codec.json_arrays_matrix: vectors' JSON arrays parsed by simdjson.
+"""service.collections.json_vectors.json_arrays_matrix: vectors' JSON arrays parsed by simdjson.
 
 It must give exactly the float32 values msgspec (the reference decoder) gives, and step aside
 (None) for anything that is not plainly `dimension` numbers, so that the reference decoder names
@@ -13,7 +13,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from service.collections.vector_codec import JSON_GROUP_VECTORS, json_arrays_matrix
+from service.collections.json_vectors import JSON_GROUP_VECTORS, json_arrays_matrix
 
 _reference_rows = msgspec.json.Decoder(list[list[float]]).decode
 

@@ -22,13 +22,13 @@ import cbor2
 import msgspec
 import numpy as np
 
+from service.collections.json_vectors import json_arrays_matrix
 from service.collections.validation import (
     VECTOR_ID_RULE,
     dimension_problem,
     first_unstorable,
     is_vector_id,
 )
-from service.collections.vector_codec import json_arrays_matrix
 from service.imports.formats import (
     _TYPED_FLOAT_ARRAYS,
     MAX_VECTORS_PER_CHUNK,
