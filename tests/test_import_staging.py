@@ -202,7 +202,7 @@ def test_a_file_is_decrypted_in_pieces_exactly_and_refused_when_altered_or_short
 
 def test_the_decode_workers_load_no_web_stack() -> None:
     """Each decode worker is a process of its own for the server's life: what its modules import
-    is memory it holds (litestar and asyncpg were about 22 MiB a worker)."""
+    is memory it holds (with litestar and asyncpg, a worker's idle RSS was 59 MiB; without, 37)."""
     code = (
         "import sys, service.imports.staging, service.imports.worker_guard; "
         "print(sorted(m for m in ('litestar', 'asyncpg', 'httpx', 'sqlalchemy') if m in sys.modules))"
