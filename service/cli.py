@@ -8,17 +8,37 @@ running instance or start it for the duration of the command.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from service import __version__
-from service.commands.admin import cmd_keys, cmd_migrate, cmd_tenants
-from service.commands.common import CliError, describe_database
-from service.commands.serve import cmd_serve
-from service.commands.tools import cmd_bench, cmd_models_prepare, cmd_openapi
-from service.config import ConfigError, load_settings
-from service.errors import ServiceError
+from service.config import ConfigError, Settings, load_settings
 from service.logs import configure_logging
+
+# The commands are imported when one runs, not with this module: the import decode workers are
+# spawned processes, and spawning imports the parent's main module (this one, under `vectorhive`
+# or `python -m service.cli`) into each of them, where the web stack would only take memory.
+
+
+def _command(module: str, name: str) -> Callable[[Settings, argparse.Namespace], int]:
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        handler: Callable[[Settings, argparse.Namespace], int] = getattr(
+            importlib.import_module(f"service.commands.{module}"), name
+        )
+        return handler(settings, args)
+
+    return run
+
+
+cmd_serve = _command("serve", "cmd_serve")
+cmd_migrate = _command("admin", "cmd_migrate")
+cmd_tenants = _command("admin", "cmd_tenants")
+cmd_keys = _command("admin", "cmd_keys")
+cmd_bench = _command("tools", "cmd_bench")
+cmd_models_prepare = _command("tools", "cmd_models_prepare")
+cmd_openapi = _command("tools", "cmd_openapi")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from service.commands.common import CliError, describe_database
+    from service.errors import ServiceError
+
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(getattr(args, "config", None))

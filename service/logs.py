@@ -8,8 +8,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from service.errors import is_database_outage
-
 # Attributes of a LogRecord that are plumbing, not context worth printing. uvicorn adds
 # color_message: its msg again, with ANSI escapes for terminals.
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
@@ -27,6 +25,10 @@ class JsonFormatter(logging.Formatter):
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
+            # Imported here: this module is loaded by every process of the server, the import
+            # decode workers included (through service.cli), which need none of the web stack.
+            from service.errors import is_database_outage
+
             error = record.exc_info[1]
             if error is not None and is_database_outage(error):
                 # An unreachable database is a condition, not a bug: one line (what failed and

@@ -27,7 +27,7 @@ from service.app import create_app
 from service.collections.indexer import IndexBuilder
 from service.config import Settings
 from service.db import Database
-from service.imports import formats
+from service.imports import formats, staging
 from service.imports.formats import ChunkInfo, ImportFailure
 from service.imports.staging import COPY_HEADER, GROUP_VECTORS, TargetSpec, stage_chunk, stage_chunk_file
 from tests.conftest import TenantKeys, bearer
@@ -176,6 +176,9 @@ def test_a_file_is_decrypted_in_pieces_exactly_and_refused_when_altered_or_short
     with open(path, "rb") as file:
         decrypted = formats.decrypt_file(file, len(big), KEY)
     assert decrypted == text
+    with open(path, "rb") as file, pytest.raises(ImportFailure) as short:
+        formats.decrypt_file(file, len(big) + 1000, KEY)  # the file shrank after it was measured
+    assert short.value.code == "download_failed"
 
     nonce = os.urandom(12)
     sealed = nonce + AESGCM(KEY).encrypt(nonce, plain, None)
@@ -201,14 +204,42 @@ def test_a_file_is_decrypted_in_pieces_exactly_and_refused_when_altered_or_short
 
 
 def test_the_decode_workers_load_no_web_stack() -> None:
-    """Each decode worker is a process of its own for the server's life: what its modules import
-    is memory it holds (with litestar and asyncpg, a worker's idle RSS was 59 MiB; without, 37)."""
+    """Each decode worker is a process of its own for the server's life, and spawning imports the
+    server's main module into it (service.cli, under `vectorhive` or `python -m service.cli`): what
+    those modules import is memory each worker holds (with litestar and asyncpg, a worker's idle
+    RSS was 59 MiB; without, 37). A real pool of the stager, from a process whose main module is
+    service.cli, reports what its worker loaded."""
     code = (
-        "import sys, service.imports.staging, service.imports.worker_guard; "
-        "print(sorted(m for m in ('litestar', 'asyncpg', 'httpx', 'sqlalchemy') if m in sys.modules))"
+        "import sys, service.cli\n"
+        "sys.modules['__main__'] = service.cli  # as when the server runs\n"
+        "from service.config import S5Settings\n"
+        "from service.imports.pipeline import ChunkStager\n"
+        "from tests.support.worker_probe import web_stack_loaded\n"
+        "stager = ChunkStager(S5Settings(), None)\n"
+        "print(stager._pool().submit(web_stack_loaded).result(timeout=60))\n"
+        "stager.close()\n"
     )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "[]"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+def test_a_json_chunk_of_plain_numbers_never_reaches_the_reference_decoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """simdjson reads them (json_vectors.py); msgspec's row decoder is only for vectors at fault."""
+
+    def refuse(_: bytes) -> None:
+        raise AssertionError("the reference decoder was used for plain vectors")
+
+    monkeypatch.setattr(staging, "_decode_rows", refuse)
+    n = GROUP_VECTORS + 5
+    db = build(n=n, dimensions=8, chunk_size=n, encoding="json", key=None)
+    staged = stage_chunk(
+        db.files[f"{db.folder}/chunk-0.json"], None, ChunkInfo(chunk_id=0, cid="x", vector_count=n), SPEC
+    )
+    assert np.array_equal(np.stack([r[2] for r in read_copy(staged.copy_data)]), db.vectors)
 
 
 # -- end to end ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,20 @@ async def test_a_chunk_larger_than_the_limit_is_refused_while_it_arrives(portal:
         await s5.fetch_chunk("u/d", ChunkInfo(chunk_id=0, cid="", vector_count=0), file)
     assert excinfo.value.code == "invalid_manifest" and "larger than 100,000 bytes" in excinfo.value.message
     assert s5.attempts == 1
+    await s5.close()
+
+
+@pytest.mark.skipif(
+    not Path("/dev/full").exists(), reason="needs Linux's /dev/full (a disk that is always full)"
+)
+async def test_a_full_disk_on_the_server_is_a_clear_failure_not_a_crash(portal: FakePortal) -> None:
+    portal.files["u/d/chunk-0.json"] = b"x" * 200_000
+    s5 = client(portal)
+    with open("/dev/full", "wb") as full, pytest.raises(ImportFailure) as excinfo:  # noqa: ASYNC230
+        await s5.fetch_chunk("u/d", ChunkInfo(chunk_id=0, cid="", vector_count=0), full)
+    assert excinfo.value.code == "download_failed"
+    assert "could not keep the download" in excinfo.value.message
+    assert s5.attempts == 1  # the portal is not at fault: no retries
     await s5.close()
 
 

@@ -2,7 +2,7 @@
 
 Bounded memory. At most one chunk more than there are decode workers is in flight (downloaded,
 decoded or waiting for COPY), never more than s5.max_parallel_chunks. A chunk is downloaded into a
-file of the import's own temporary folder, never into this process's memory; a decode worker reads
+file of the import's own temporary folder (spool.py), never into this process's memory; a decode worker reads
 it from there (no copy of it crosses a pipe), decrypting a piece at a time, and decodes it straight
 into a float32 matrix (staging.py). Decoding runs in worker processes, so the event loop keeps
 serving.
@@ -17,13 +17,10 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
@@ -35,6 +32,7 @@ from service.errors import TooManyRequests
 from service.imports import store
 from service.imports.formats import ChunkInfo, ImportFailure, Manifest
 from service.imports.portal import S5Portal
+from service.imports.spool import Spool, sweep_abandoned
 from service.imports.staging import StagedChunk, TargetSpec, stage_chunk_file
 from service.imports.worker_guard import guard_worker
 from service.metrics import S5_DOWNLOAD_SECONDS
@@ -62,34 +60,6 @@ async def download(kind: str, fetch: Awaitable[_T]) -> _T:
     return data
 
 
-SPOOL_PREFIX = "vectorhive-import-"
-
-
-def spool_folder_for(import_id: object) -> tempfile.TemporaryDirectory[str]:
-    """The import's own folder for the chunks it downloads, named after this process and the
-    import; it goes with its files when the import ends, however it ends."""
-    _sweep_dead_spools()
-    return tempfile.TemporaryDirectory(
-        prefix=f"{SPOOL_PREFIX}{os.getpid()}-{import_id}-", ignore_cleanup_errors=True
-    )
-
-
-def _sweep_dead_spools() -> None:
-    """A server killed mid-import (SIGKILL, a lost machine) cannot remove its folder: the next
-    import on this machine removes the folders of processes that no longer exist. Folders of
-    live processes (other workers, replicas) are theirs."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
-        pid_text = folder.name.removeprefix(SPOOL_PREFIX).split("-", 1)[0]
-        if not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:  # another user's live process
-            continue
-
-
 class ChunkStager:
     """The decode workers (one process pool for all imports of this process) and the staging of
     an import's chunks, paced by its tenant's token bucket."""
@@ -98,6 +68,7 @@ class ChunkStager:
         self.s5 = settings
         self.quotas = quotas
         self._executor: ProcessPoolExecutor | None = None
+        sweep_abandoned()  # what a killed predecessor on this machine left behind
 
     @staticmethod
     def workers() -> int:
@@ -161,13 +132,19 @@ class ChunkStager:
         key: bytes | None,
         spec: TargetSpec,
         tenant_id: str,
-        spool: Path,
+        spool: Spool,
     ) -> StagedChunk:
         await self._pace(tenant_id, info.vector_count)
-        path = spool / f"chunk-{info.chunk_id}"
+        path = spool.file(f"chunk-{info.chunk_id}")
         try:
-            with path.open("wb") as file:
-                await download("chunk", portal.fetch_chunk(folder, info, file))
+            try:
+                with path.open("wb") as file:
+                    await download("chunk", portal.fetch_chunk(folder, info, file))
+            except OSError as exc:  # the server's own disk (full, gone): not the portal's fault
+                raise ImportFailure(
+                    "download_failed",
+                    f"chunk {info.chunk_id}: the server could not keep the download ({exc.strerror or exc})",
+                ) from None
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._pool(), stage_chunk_file, str(path), key, info, spec)
         except BrokenProcessPool:
@@ -194,8 +171,7 @@ class ChunkStager:
         # chunk is ~76 MB of JSON), and only as many decode at once as there are workers: one more
         # than that keeps them busy (the next download overlaps a decode) without a backlog.
         limit = min(self.s5.max_parallel_chunks, self.workers() + 1)
-        spool_folder = spool_folder_for(row.id)
-        spool = Path(spool_folder.name)
+        spool = Spool(row.id)
 
         async def copy_finished() -> None:
             nonlocal done_chunks, staged
@@ -234,9 +210,11 @@ class ChunkStager:
             while in_flight:
                 await copy_finished()
         finally:
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
-            spool_folder.cleanup()
+            try:
+                for task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            finally:  # even when cancelled again while waiting for them
+                spool.close()
         everything = np.frombuffer(b"".join(digests), dtype=np.uint64)
         return staged, len(np.unique(everything)) == staged

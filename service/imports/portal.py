@@ -8,6 +8,8 @@ jitter, on timeouts, broken connections, truncated bodies and 5xx answers; never
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import random
 from typing import BinaryIO
 from urllib.parse import quote
@@ -27,6 +29,16 @@ def checked_path(path: str) -> str:
     if not path.strip("/") or any(part in ("", ".", "..") for part in parts):
         raise ImportFailure("invalid_manifest", f"'{path}' is not a plain relative path")
     return "/".join(quote(part, safe="") for part in parts)
+
+
+def _free_bytes(file: BinaryIO) -> float:
+    """Free space where `file` is (for an unprivileged process), or infinity for a file that is
+    not on a disk."""
+    try:
+        stats = os.fstatvfs(file.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return math.inf
+    return stats.f_bavail * stats.f_frsize
 
 
 class S5Portal:
@@ -103,20 +115,30 @@ class S5Portal:
         """The body written to a file as it arrives, from its start (a retry overwrites a broken
         attempt). The writes go to the page cache, a piece (64 KB or less) at a time: short enough
         to make in the event loop."""
-        into.seek(0)
-        into.truncate()
+        announced = response.headers.get("content-length", "")
+        if announced.isdigit() and int(announced) > self.max_file_bytes:
+            raise self._too_large(what)
+        if announced.isdigit() and int(announced) > _free_bytes(into):
+            raise ImportFailure(
+                "download_failed",
+                f"{what}: {int(announced):,} bytes do not fit on the server's disk for downloads "
+                f"({_free_bytes(into):,} bytes free)",
+            )
         written = 0
-        async for piece in response.aiter_bytes():
-            written += len(piece)
-            if written > self.max_file_bytes:
-                raise self._too_large(what)
-            try:
+        try:
+            if into.seek(0, os.SEEK_END):  # a broken attempt before this one
+                into.seek(0)
+                into.truncate()
+            async for piece in response.aiter_bytes():
+                written += len(piece)
+                if written > self.max_file_bytes:
+                    raise self._too_large(what)
                 into.write(piece)
-            except OSError as exc:
-                raise ImportFailure(
-                    "download_failed", f"{what}: the server could not keep the download ({exc.strerror})"
-                ) from None
-        into.flush()
+            into.flush()
+        except OSError as exc:  # the server's own disk (full, gone): not the portal's fault
+            raise ImportFailure(
+                "download_failed", f"{what}: the server could not keep the download ({exc.strerror or exc})"
+            ) from None
 
     async def _get(
         self, url: str, *, what: str, missing: str = "download_failed", into: BinaryIO | None = None

@@ -287,6 +287,10 @@ def stage_chunk_file(path: str, key: bytes | None, info: ChunkInfo, spec: Target
 def _stage_plain(box: list[bytes | memoryview], info: ChunkInfo, spec: TargetSpec) -> StagedChunk:
     """The decrypted chunk, in a list this function empties: no caller keeps it alive meanwhile."""
     plain = box.pop()
+    if isinstance(plain, memoryview) and not _is_json(plain):
+        # cbor2 copies anything but bytes into a BytesIO it keeps for the whole parse; copied
+        # here instead, the decrypted buffer is freed at once and the copy is the only one.
+        plain = plain.tobytes()
     raw_ids, matrix, metadata = _decode(plain, info, spec.dimension)
     del plain  # the chunk's text is the largest thing here: gone before the COPY rows are made
     ids = _ids(raw_ids, info)

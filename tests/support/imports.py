@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 from service.app import create_app
 from service.db import Database
 from service.imports.models import FINISHED
-from service.imports.pipeline import SPOOL_PREFIX
+from service.imports.spool import PREFIX as SPOOL_PREFIX
 from tests.conftest import MakeSettings, MakeTenant, TenantKeys, UniqueId, bearer
 from tests.fake_s5 import FakePortal, serve
 from tests.s5_fixtures import S5Database, build
@@ -39,7 +39,7 @@ Client = AsyncTestClient[Litestar]
 
 def spool_folders(import_id: str) -> list[Path]:
     """The folders an import's downloaded chunks were spooled to (service/imports/pipeline.py)."""
-    return list(Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-{import_id}-*"))
+    return list(Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}{import_id}-*"))
 
 
 def metric(name: str, **labels: str) -> float:
