@@ -214,7 +214,7 @@ class ChunkStager:
                 for task in in_flight:
                     task.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
-            finally:  # even when cancelled again while waiting for them
-                spool.close()
+            finally:  # even when cancelled again while waiting for them (the thread goes on)
+                await asyncio.to_thread(spool.close)  # removing files can wait for the disk
         everything = np.frombuffer(b"".join(digests), dtype=np.uint64)
         return staged, len(np.unique(everything)) == staged

@@ -31,6 +31,15 @@ def checked_path(path: str) -> str:
     return "/".join(quote(part, safe="") for part in parts)
 
 
+# A download is written to its file in pieces of about this size (see S5Portal._spool).
+SPOOL_WRITE_BYTES = 1 << 20
+
+
+def _write_and_flush(file: BinaryIO, data: bytearray) -> None:
+    file.write(data)
+    file.flush()
+
+
 def _free_bytes(file: BinaryIO) -> float:
     """Free space where `file` is (for an unprivileged process), or infinity for a file that is
     not on a disk."""
@@ -113,8 +122,8 @@ class S5Portal:
 
     async def _spool(self, response: httpx.Response, what: str, into: BinaryIO) -> None:
         """The body written to a file as it arrives, from its start (a retry overwrites a broken
-        attempt). The writes go to the page cache, a piece (64 KB or less) at a time: short enough
-        to make in the event loop."""
+        attempt). Written a megabyte at a time from a thread: a write can wait for the disk when
+        the kernel holds back writers of too many unwritten pages, and the event loop must not."""
         announced = response.headers.get("content-length", "")
         if announced.isdigit() and int(announced) > self.max_file_bytes:
             raise self._too_large(what)
@@ -129,12 +138,16 @@ class S5Portal:
             if into.seek(0, os.SEEK_END):  # a broken attempt before this one
                 into.seek(0)
                 into.truncate()
+            pending = bytearray()
             async for piece in response.aiter_bytes():
                 written += len(piece)
                 if written > self.max_file_bytes:
                     raise self._too_large(what)
-                into.write(piece)
-            into.flush()
+                pending += piece
+                if len(pending) >= SPOOL_WRITE_BYTES:
+                    await asyncio.to_thread(into.write, pending)
+                    pending = bytearray()
+            await asyncio.to_thread(_write_and_flush, into, pending)
         except OSError as exc:  # the server's own disk (full, gone): not the portal's fault
             raise ImportFailure(
                 "download_failed", f"{what}: the server could not keep the download ({exc.strerror or exc})"
