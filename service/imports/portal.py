@@ -11,7 +11,7 @@ import asyncio
 import math
 import os
 import random
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -139,14 +139,23 @@ class S5Portal:
                 into.seek(0)
                 into.truncate()
             pending = bytearray()
-            async for piece in response.aiter_bytes():
-                written += len(piece)
-                if written > self.max_file_bytes:
-                    raise self._too_large(what)
-                pending += piece
-                if len(pending) >= SPOOL_WRITE_BYTES:
-                    await asyncio.to_thread(into.write, pending)
-                    pending = bytearray()
+            writing: asyncio.Future[Any] | None = None  # one write at a time, while the next piece arrives
+            try:
+                async for piece in response.aiter_bytes():
+                    written += len(piece)
+                    if written > self.max_file_bytes:
+                        raise self._too_large(what)
+                    pending += piece
+                    if len(pending) >= SPOOL_WRITE_BYTES:
+                        if writing is not None:
+                            await writing
+                        writing = asyncio.ensure_future(asyncio.to_thread(into.write, pending))
+                        pending = bytearray()
+            finally:
+                if writing is not None:
+                    await asyncio.gather(writing, return_exceptions=True)  # before the file closes
+            if writing is not None:
+                writing.result()  # its OSError, if any
             await asyncio.to_thread(_write_and_flush, into, pending)
         except OSError as exc:  # the server's own disk (full, gone): not the portal's fault
             raise ImportFailure(
