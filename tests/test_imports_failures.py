@@ -4,6 +4,7 @@ exactly as it was; transient portal faults are retried instead."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +104,22 @@ async def test_a_failed_import_leaves_the_collection_exactly_as_it_was(
     assert collection["vector_count"] == 1
     # The chunks it downloaded went into a folder of its own, gone with it.
     assert not spool_folders(status["import_id"])
+
+
+async def test_no_room_for_downloads_on_the_server_is_a_clear_failure(
+    imports: Imports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunks are spooled to the system's temporary directory: when it cannot be used, the
+    import says so (not an internal error), and nothing is created."""
+    tenant = await imports.tenant()
+    source = imports.published(n=30, dimensions=8, chunk_size=10, key=KEY)
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/vectorhive-tmp")
+    status = await imports.import_and_wait(tenant.admin, "nowhere", source, encryption_key=KEY_HEX)
+    assert status["status"] == "error", status
+    assert status["error"]["code"] == "download_failed"
+    assert "could not make a folder for the downloads" in status["error"]["message"]
+    missing = await imports.http.get("/api/v1/collections/nowhere", headers=bearer(tenant.admin))
+    assert missing.status_code == 404
 
 
 async def test_a_failed_import_does_not_create_the_collection(

@@ -1,11 +1,11 @@
 """An import's chunks: downloaded, decoded in worker processes, staged with binary COPY.
 
 Bounded memory. At most one chunk more than there are decode workers is in flight (downloaded,
-decoded or waiting for COPY), never more than s5.max_parallel_chunks. A chunk is downloaded into a
-file of the import's own temporary folder (spool.py), never into this process's memory; a decode worker reads
-it from there (no copy of it crosses a pipe), decrypting a piece at a time, and decodes it straight
-into a float32 matrix (staging.py). Decoding runs in worker processes, so the event loop keeps
-serving.
+decoded or waiting for COPY), never more than s5.max_parallel_chunks. A chunk is downloaded into
+a file of the import's own temporary folder (spool.py), never into this process's memory; a
+decode worker reads it from there (no copy of it crosses a pipe), decrypting a piece at a time,
+and decodes it straight into a float32 matrix (staging.py). Decoding runs in worker processes, so
+the event loop keeps serving.
 The chunks go into a temporary table of the import's own connection (store.create_staging);
 merge.py moves them into the collection.
 """
@@ -171,7 +171,13 @@ class ChunkStager:
         # chunk is ~76 MB of JSON), and only as many decode at once as there are workers: one more
         # than that keeps them busy (the next download overlaps a decode) without a backlog.
         limit = min(self.s5.max_parallel_chunks, self.workers() + 1)
-        spool = Spool(row.id)
+        try:
+            spool = Spool(row.id)
+        except OSError as exc:  # the server's temporary directory: missing, read-only, full
+            raise ImportFailure(
+                "download_failed",
+                f"the server could not make a folder for the downloads ({exc.strerror or exc})",
+            ) from None
 
         async def copy_finished() -> None:
             nonlocal done_chunks, staged
