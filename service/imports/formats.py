@@ -158,9 +158,20 @@ def _cbor_tag(*args: Any) -> Any:
     return tag
 
 
+_LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
+
+
+def looks_like_json(raw: bytes | memoryview) -> bool:
+    """JSON starts with '{' after JSON's whitespace; anything else is read as CBOR. Found without
+    copying the file (bytes.lstrip would copy a 76 MB chunk to look at its first byte)."""
+    start = _LEADING_SPACE.match(raw)
+    offset = start.end() if start else 0
+    return bytes(raw[offset : offset + 1]) == b"{"
+
+
 def _decode(raw: bytes, what: str) -> Any:
     """JSON or CBOR, detected from the bytes."""
-    if raw.lstrip()[:1] == b"{":
+    if looks_like_json(raw):
         try:
             return msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:

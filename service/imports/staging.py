@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from service.imports.formats import (
     ImportFailure,
     decrypt,
     decrypt_file,
+    looks_like_json,
 )
 
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -169,21 +169,11 @@ class _CborChunk(msgspec.Struct, rename="camel"):
     vectors: list[_CborVector]
 
 
-_LEADING_SPACE = re.compile(rb"[ \t\r\n]*")
-
-
-def _is_json(raw: bytes | memoryview) -> bool:
-    """JSON starts with '{' after optional whitespace (formats.py); found without copying the file."""
-    start = _LEADING_SPACE.match(raw)
-    offset = start.end() if start else 0
-    return bytes(raw[offset : offset + 1]) == b"{"
-
-
 def _decode(
     raw: bytes | memoryview, info: ChunkInfo, dimension: int
 ) -> tuple[list[str | int], np.ndarray[Any, Any], list[bytes]]:
     """ids, the float32 matrix and metadata JSON; no Python list per vector in either encoding."""
-    if _is_json(raw):
+    if looks_like_json(raw):
         try:
             chunk = msgspec.json.decode(raw, type=_JsonChunk)
         except msgspec.ValidationError as exc:
@@ -261,16 +251,10 @@ def _ids(raw_ids: list[str | int], info: ChunkInfo) -> list[str]:
     return ids
 
 
-def stage_chunk(
-    raw: bytes | list[bytes], key: bytes | None, info: ChunkInfo, spec: TargetSpec
-) -> StagedChunk:
-    """Decrypt, decode, check and encode one chunk in memory; raises ImportFailure with the
-    documented code. raw may come in a one-item list that this function empties, so that the
-    encrypted file is gone once it is decrypted."""
-    if isinstance(raw, list):
-        raw = raw.pop()
+def stage_chunk(raw: bytes, key: bytes | None, info: ChunkInfo, spec: TargetSpec) -> StagedChunk:
+    """Decrypt, decode, check and encode one chunk already in memory (imports run
+    stage_chunk_file); raises ImportFailure with the documented code."""
     box: list[bytes | memoryview] = [decrypt(raw, key) if key is not None else raw]
-    del raw
     return _stage_plain(box, info, spec)
 
 
@@ -287,7 +271,7 @@ def stage_chunk_file(path: str, key: bytes | None, info: ChunkInfo, spec: Target
 def _stage_plain(box: list[bytes | memoryview], info: ChunkInfo, spec: TargetSpec) -> StagedChunk:
     """The decrypted chunk, in a list this function empties: no caller keeps it alive meanwhile."""
     plain = box.pop()
-    if isinstance(plain, memoryview) and not _is_json(plain):
+    if isinstance(plain, memoryview) and not looks_like_json(plain):
         # cbor2 copies anything but bytes into a BytesIO it keeps for the whole parse; copied
         # here instead, the decrypted buffer is freed at once and the copy is the only one.
         plain = plain.tobytes()
