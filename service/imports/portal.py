@@ -124,14 +124,16 @@ class S5Portal:
         """The body written to a file as it arrives, from its start (a retry overwrites a broken
         attempt). Written a megabyte at a time from a thread: a write can wait for the disk when
         the kernel holds back writers of too many unwritten pages, and the event loop must not."""
-        announced = response.headers.get("content-length", "")
-        if announced.isdigit() and int(announced) > self.max_file_bytes:
+        length = response.headers.get("content-length", "")
+        announced = int(length) if length.isdigit() else 0
+        if announced > self.max_file_bytes:
             raise self._too_large(what)
-        if announced.isdigit() and int(announced) > _free_bytes(into):
+        free = _free_bytes(into)
+        if announced > free:
             raise ImportFailure(
                 "download_failed",
-                f"{what}: {int(announced):,} bytes do not fit on the server's disk for downloads "
-                f"({_free_bytes(into):,} bytes free)",
+                f"{what}: {announced:,} bytes do not fit on the server's disk for downloads "
+                f"({free:,} bytes free)",
             )
         written = 0
         try:
